@@ -1,0 +1,154 @@
+"""The exception tree shared by the SMTP and POP3 handlers.
+
+Every error the library raises derives from :class:`MailHandlerError`. Connection
+problems also derive from the built-in :class:`ConnectionError` and timeouts from
+:class:`TimeoutError`, so code that already catches ``OSError`` keeps working::
+
+    MailHandlerError
+    ├── MailValidationError (ValueError)          bad input, nothing was sent
+    ├── MailConnectionError (ConnectionError)      could not reach or lost the server
+    │   ├── MailTimeoutError (TimeoutError)        no answer within the timeout/deadline
+    │   ├── POP3ConnectionError                    spec name for POP3 connection failures
+    │   │   └── POP3TimeoutError (TimeoutError)
+    │   └── OutcomeUnknownError                    body sent, final reply never came
+    ├── MailSecurityError                          TLS unavailable, refused or unverifiable
+    │   └── POP3SecurityError
+    ├── MailProtocolError                          the server spoke garbage
+    │   └── POP3ProtocolError
+    └── MailResponseError                          the server answered with an error reply
+        ├── MailAuthenticationError                credentials refused
+        │   └── POP3AuthenticationError
+        ├── SMTPResponseError                      SMTP reply code >= 400
+        │   ├── SMTPSenderRefused
+        │   ├── SMTPRecipientsRefused
+        │   └── SMTPDataRefused
+        └── POP3ResponseError                      POP3 ``-ERR`` reply
+            └── POP3MailboxBusyError               [IN-USE] / [LOGIN-DELAY], retryable
+
+Errors built from a server reply carry ``code`` (SMTP reply code, or ``None`` for
+POP3), ``text`` (the reply text) and ``enhanced_code`` (``"5.1.1"`` or the POP3
+response code such as ``"IN-USE"``) as attributes. Whether an error may be retried
+is decided in :mod:`src.handlers.retry`, never by the raiser.
+
+No exception message ever contains a password, token or AUTH payload.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ENHANCED_CODE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def parse_enhanced_code(text: str) -> str | None:
+    """Return the RFC 3463 enhanced status code at the start of ``text``, if any."""
+    match = _ENHANCED_CODE.match(text.lstrip())
+    return ".".join(match.groups()) if match else None
+
+
+class MailHandlerError(Exception):
+    """Root of every exception raised by this library."""
+
+
+class MailValidationError(MailHandlerError, ValueError):
+    """Input was refused before anything was sent; ``field`` names what was wrong."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class MailConnectionError(MailHandlerError, ConnectionError):
+    """The server could not be reached, or the connection broke."""
+
+
+class MailTimeoutError(MailConnectionError, TimeoutError):
+    """The server did not answer within the configured timeout or deadline."""
+
+
+class OutcomeUnknownError(MailConnectionError):
+    """The message body was sent but the server's final reply never arrived.
+
+    The server may or may not have accepted the message, so it must not be resent
+    automatically.
+    """
+
+
+class MailSecurityError(MailHandlerError):
+    """TLS could not be established as configured (not offered, refused, or unverified)."""
+
+
+class MailProtocolError(MailHandlerError):
+    """The server sent something that does not follow the protocol."""
+
+
+class MailResponseError(MailHandlerError):
+    """The server answered a command with an error reply."""
+
+    def __init__(self, code: int | None, text: str, enhanced_code: str | None = None) -> None:
+        self.code = code
+        self.text = text
+        self.enhanced_code = enhanced_code if enhanced_code is not None else (
+            parse_enhanced_code(text)
+        )
+        super().__init__(f"{code} {text}" if code is not None else text)
+
+
+class MailAuthenticationError(MailResponseError):
+    """The server refused the credentials."""
+
+
+class SMTPResponseError(MailResponseError):
+    """An SMTP command got a 4xx or 5xx reply."""
+
+
+class SMTPSenderRefused(SMTPResponseError):
+    """MAIL FROM was refused."""
+
+    def __init__(self, code: int, text: str, sender: str) -> None:
+        super().__init__(code, text)
+        self.sender = sender
+
+
+class SMTPRecipientsRefused(SMTPResponseError):
+    """Every recipient was refused; ``failures`` maps each address to its reply."""
+
+    def __init__(self, code: int, text: str, failures: dict[str, tuple[int, str]]) -> None:
+        super().__init__(code, text)
+        self.failures = failures
+
+
+class SMTPDataRefused(SMTPResponseError):
+    """DATA, or the message after it, was refused."""
+
+
+class POP3ConnectionError(MailConnectionError):
+    """A POP3 server could not be reached or the session broke."""
+
+
+class POP3TimeoutError(POP3ConnectionError, MailTimeoutError):
+    """A POP3 server did not answer in time."""
+
+
+class POP3SecurityError(MailSecurityError):
+    """POP3 TLS could not be set up (STLS not offered, refused, or certificate invalid)."""
+
+
+class POP3ProtocolError(MailProtocolError):
+    """A POP3 server sent a malformed reply."""
+
+
+class POP3ResponseError(MailResponseError):
+    """A POP3 command got ``-ERR``."""
+
+    def __init__(self, text: str, response_code: str | None = None) -> None:
+        super().__init__(None, text, response_code)
+
+
+class POP3AuthenticationError(POP3ResponseError, MailAuthenticationError):
+    """The POP3 server refused the credentials."""
+
+
+class POP3MailboxBusyError(POP3ResponseError):
+    """The mailbox is locked by another session ([IN-USE]) or logins are throttled
+    ([LOGIN-DELAY]). Retry later; the credentials were not judged wrong."""
