@@ -1,0 +1,549 @@
+"""An in-process SMTP server for tests, built on ``aiosmtpd``.
+
+:class:`SMTPTestServer` runs a real ESMTP implementation on a loopback port in a
+background thread. It records every accepted message as a :class:`ReceivedMessage`,
+optionally offers STARTTLS or implicit TLS, AUTH PLAIN/LOGIN against a dict of users,
+SMTPUTF8 and a size limit, and lets a test inject failures through its mutable
+:class:`SMTPFaults`::
+
+    with SMTPTestServer(tls="starttls", ssl_context=certs.server_context(),
+                        users={"alice": "secret"}) as server:
+        server.faults.reject_recipients["bob@example.com"] = (550, "5.1.1 No such user")
+        ...  # send with the client under test
+        [message] = server.wait_for_messages(1)
+        assert message["Subject"] == "Hello"
+
+The server binds only to loopback addresses. Stopping it closes every open client
+connection, the listener and the event loop, so no resource warnings leak into the
+test that used it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any, Literal
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
+
+__all__ = ["ReceivedMessage", "SMTPFaults", "SMTPTestServer", "TLSMode"]
+
+log = logging.getLogger(__name__)
+
+TLSMode = Literal["none", "starttls", "implicit"]
+Reply = tuple[int, str]
+
+_TLS_MODES = ("none", "starttls", "implicit")
+_STOP_TIMEOUT = 5.0
+
+
+def format_reply(code: int, text: str) -> str:
+    """Render an SMTP reply; a ``text`` with newlines becomes a multi-line reply."""
+    if not 200 <= code <= 599:
+        raise ValueError(f"SMTP reply code out of range: {code}")
+    lines = text.splitlines() or [""]
+    rendered = [f"{code}-{line}" for line in lines[:-1]]
+    rendered.append(f"{code} {lines[-1]}")
+    return "\r\n".join(rendered)
+
+
+@dataclass
+class ReceivedMessage:
+    """One message the server accepted: the envelope and the raw DATA bytes.
+
+    ``data`` is exactly what the client sent between ``DATA`` and the final dot, with
+    dot-stuffing removed. ``secure`` tells whether the transaction ran over TLS and
+    ``username`` names the authenticated user, if any.
+    """
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    mail_options: list[str] = field(default_factory=list)
+    rcpt_options: list[str] = field(default_factory=list)
+    secure: bool = False
+    username: str | None = None
+
+    @property
+    def message(self) -> EmailMessage:
+        """The message parsed with :data:`email.policy.default`."""
+        parsed = BytesParser(_class=EmailMessage, policy=policy.default).parsebytes(self.data)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+    def __getitem__(self, header: str) -> str | None:
+        """The (decoded) value of ``header``, or ``None`` when the message lacks it."""
+        value = self.message[header]
+        return None if value is None else str(value)
+
+
+@dataclass
+class SMTPFaults:
+    """Failures to inject; tests may change these fields while the server runs.
+
+    * ``reject_recipients`` maps an address (compared case-insensitively) to the reply
+      given to its ``RCPT TO`` instead of 250.
+    * ``mail_replies`` maps the N-th ``MAIL FROM`` received since start or
+      :meth:`SMTPTestServer.clear` (1-based, across all connections) to its reply.
+    * ``data_reply`` replaces the 250 after the final dot. A 2xx or 3xx reply still
+      stores the message; an error reply does not.
+    * ``drop_after_data``: for that many upcoming messages, close the connection right
+      after the final dot without any reply and without storing the message.
+    * ``reply_delay`` is waited before every server reply, greeting included.
+    """
+
+    reject_recipients: dict[str, Reply] = field(default_factory=dict)
+    mail_replies: dict[int, Reply] = field(default_factory=dict)
+    data_reply: Reply | None = None
+    drop_after_data: int = 0
+    reply_delay: float = 0.0
+
+    def reset(self) -> None:
+        """Remove every injected fault."""
+        self.reject_recipients.clear()
+        self.mail_replies.clear()
+        self.data_reply = None
+        self.drop_after_data = 0
+        self.reply_delay = 0.0
+
+    def recipient_reply(self, address: str) -> Reply | None:
+        """The injected reply for ``address``, if any."""
+        if address in self.reject_recipients:
+            return self.reject_recipients[address]
+        folded = address.casefold()
+        for candidate, reply in self.reject_recipients.items():
+            if candidate.casefold() == folded:
+                return reply
+        return None
+
+
+class _QuietSession(Session):
+    """aiosmtpd's session without the deprecation log line on every successful AUTH."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
+class _SMTP(SMTP):
+    """aiosmtpd's protocol plus connection tracking and the reply-delay fault."""
+
+    def __init__(self, handler: Any, *, owner: SMTPTestServer, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._owner = owner
+        self._mid_reply = False
+
+    def _create_session(self) -> Session:
+        return _QuietSession(self.loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self._owner._connection_opened(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            self._owner._connection_closed(self)
+
+    async def push(self, status: str | bytes) -> None:
+        delay = self._owner.faults.reply_delay
+        if delay > 0 and not self._mid_reply:
+            await asyncio.sleep(delay)
+        raw = status.encode("utf-8", "surrogateescape") if isinstance(status, str) else status
+        last_line = raw.rsplit(b"\n", 1)[-1]
+        self._mid_reply = last_line[3:4] == b"-"
+        await super().push(raw)
+
+    def drop(self) -> None:
+        """Close the connection at once, without a reply or a TLS goodbye."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
+        elif transport is not None:
+            transport.close()
+
+    @property
+    def is_secure(self) -> bool:
+        """Whether this connection currently runs over TLS."""
+        return self.transport is not None and (
+            self.transport.get_extra_info("ssl_object") is not None
+        )
+
+
+class _Handler:
+    """aiosmtpd hooks that implement recording and fault injection.
+
+    No attribute here may start with ``auth_``: aiosmtpd would take it for an AUTH
+    mechanism.
+    """
+
+    def __init__(self, owner: SMTPTestServer) -> None:
+        self._owner = owner
+
+    async def handle_EHLO(
+        self, server: _SMTP, session: Session, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self._owner.users is None:
+            responses = [line for line in responses if not line[4:].upper().startswith("AUTH")]
+        return responses
+
+    async def handle_AUTH(
+        self, server: _SMTP, session: Session, envelope: Any, args: list[str]
+    ) -> Any:
+        from aiosmtpd.smtp import MISSING
+
+        if self._owner.users is None:
+            return "502 5.5.1 AUTH not available"
+        return MISSING
+
+    async def handle_MAIL(
+        self, server: _SMTP, session: Session, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        number = self._owner._count_mail_command()
+        if self._owner.auth_required and not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        reply = self._owner.faults.mail_replies.get(number)
+        if reply is not None and reply[0] >= 400:
+            return format_reply(*reply)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return format_reply(*reply) if reply is not None else "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: _SMTP, session: Session, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        reply = self._owner.faults.recipient_reply(address)
+        if reply is not None and reply[0] >= 400:
+            return format_reply(*reply)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return format_reply(*reply) if reply is not None else "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: _SMTP, session: Session, envelope: Any) -> str:
+        if self._owner._take_drop():
+            log.debug("dropping connection after the final dot, as instructed")
+            server.drop()
+            # Wait to be cancelled by connection_lost(): no reply must ever follow.
+            await asyncio.get_running_loop().create_future()
+        username = session.auth_data if session.authenticated else None
+        received = ReceivedMessage(
+            mail_from=envelope.mail_from,
+            rcpt_tos=list(envelope.rcpt_tos),
+            data=bytes(envelope.original_content),
+            mail_options=list(envelope.mail_options),
+            rcpt_options=list(envelope.rcpt_options),
+            secure=server.is_secure,
+            username=username if isinstance(username, str) else None,
+        )
+        reply = self._owner.faults.data_reply
+        if reply is None or reply[0] < 400:
+            self._owner._store(received)
+        return format_reply(*reply) if reply is not None else "250 2.0.0 OK: queued"
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException | ssl.SSLError | ConnectionError):
+            log.debug("client connection failed: %r", error)
+            return "421 4.7.0 Connection failed"
+        log.error("SMTP test server failed while handling a command", exc_info=error)
+        return "451 4.3.0 Internal test server error"
+
+
+class _Controller(Controller):
+    """aiosmtpd's threaded controller, reporting the real port and stopping cleanly."""
+
+    def __init__(self, owner: SMTPTestServer, handler: _Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._owner = owner
+        self.loop.set_exception_handler(_loop_exception_handler)
+
+    def factory(self) -> _SMTP:
+        return _SMTP(self.handler, owner=self._owner, loop=self.loop, **self.SMTP_kwargs)
+
+    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
+        return self._bind()
+
+    async def _bind(self) -> asyncio.AbstractServer:
+        server = await self.loop.create_server(
+            self._factory_invoker, host=self.hostname, port=self.port, ssl=self.ssl_context
+        )
+        sockets: tuple[Any, ...] = tuple(getattr(server, "sockets", ()))
+        self.port = sockets[0].getsockname()[1]
+        return server
+
+    async def shutdown(self) -> None:
+        """Close the listener and every connection, then finish the remaining tasks."""
+        if self.server is not None:
+            self.server.close()
+        self._owner._drop_all_connections()
+        deadline = time.monotonic() + 2.0
+        while self._owner._has_connections() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Log expected network failures quietly; leave anything else to asyncio."""
+    error = context.get("exception")
+    if isinstance(error, ssl.SSLError | ConnectionError | TimeoutError):
+        log.debug("%s: %r", context.get("message", "connection error"), error)
+        return
+    loop.default_exception_handler(context)
+
+
+def _check_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"host must be a loopback address, got {host!r}") from None
+    if not address.is_loopback:
+        raise ValueError(f"host must be a loopback address, got {host!r}")
+
+
+class SMTPTestServer:
+    """A real ESMTP server on a loopback port, for tests; see the module docstring.
+
+    ``tls`` chooses plain SMTP, STARTTLS (offered, and mandatory with
+    ``require_starttls``) or implicit TLS from the first byte; both TLS modes need
+    ``ssl_context``, a server context. With ``users`` set, AUTH PLAIN and LOGIN are
+    offered and checked against that dict; with ``auth_require_tls`` (the default)
+    only once the connection is encrypted. ``auth_required`` refuses ``MAIL`` until
+    the client has authenticated. ``size_limit`` is advertised as ``SIZE`` and
+    enforced; ``smtputf8`` offers SMTPUTF8. ``server_name`` appears in the greeting
+    and the EHLO reply; ``idle_timeout`` closes silent client connections.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: TLSMode = "none",
+        ssl_context: ssl.SSLContext | None = None,
+        users: Mapping[str, str] | None = None,
+        auth_require_tls: bool = True,
+        auth_required: bool = False,
+        require_starttls: bool = False,
+        smtputf8: bool = True,
+        size_limit: int | None = None,
+        server_name: str = "localhost",
+        idle_timeout: float = 60.0,
+        faults: SMTPFaults | None = None,
+    ) -> None:
+        _check_loopback(host)
+        if tls not in _TLS_MODES:
+            raise ValueError(f"tls must be one of {_TLS_MODES}, got {tls!r}")
+        if tls != "none" and ssl_context is None:
+            raise ValueError(f"tls={tls!r} needs an ssl_context")
+        if tls == "none" and ssl_context is not None:
+            raise ValueError("ssl_context given but tls='none'")
+        if require_starttls and tls != "starttls":
+            raise ValueError("require_starttls needs tls='starttls'")
+        if auth_required and users is None:
+            raise ValueError("auth_required needs users")
+        if size_limit is not None and size_limit <= 0:
+            raise ValueError("size_limit must be positive or None")
+        if not server_name or any(ch in server_name for ch in "\r\n \t"):
+            raise ValueError(f"invalid server_name {server_name!r}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"invalid port {port}")
+        self.host = host
+        self.port = port
+        self.tls: TLSMode = tls
+        self.ssl_context = ssl_context
+        self.users: dict[str, str] | None = None if users is None else dict(users)
+        self.auth_require_tls = auth_require_tls
+        self.auth_required = auth_required
+        self.require_starttls = require_starttls
+        self.smtputf8 = smtputf8
+        self.size_limit = size_limit
+        self.server_name = server_name
+        self.idle_timeout = idle_timeout
+        self.faults = faults if faults is not None else SMTPFaults()
+        self.messages: list[ReceivedMessage] = []
+        self.auth_attempts: list[tuple[str, str]] = []
+        self.sessions = 0
+        self._mail_commands = 0
+        self._condition = threading.Condition()
+        self._controller: _Controller | None = None
+        self._connections: set[_SMTP] = set()  # touched only on the server's loop
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (
+            f"<SMTPTestServer {self.host}:{self.port} tls={self.tls} {state} "
+            f"sessions={self.sessions} messages={len(self.messages)}>"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is accepting connections."""
+        return self._controller is not None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` for a client to connect to."""
+        return (self.host, self.port)
+
+    def start(self) -> None:
+        """Bind the port and start serving in a daemon thread."""
+        if self._controller is not None:
+            raise RuntimeError("server already running")
+        controller = _Controller(
+            self,
+            _Handler(self),
+            hostname=self.host,
+            port=self.port,
+            ssl_context=self.ssl_context if self.tls == "implicit" else None,
+            server_hostname=self.server_name,
+            ident="mailhandlers test server",
+            data_size_limit=self.size_limit,
+            enable_SMTPUTF8=self.smtputf8,
+            decode_data=False,
+            tls_context=self.ssl_context if self.tls == "starttls" else None,
+            require_starttls=self.require_starttls,
+            # Under implicit TLS every connection is already encrypted, but aiosmtpd
+            # only counts STARTTLS as encryption; its check would hide AUTH for good.
+            auth_require_tls=self.auth_require_tls and self.tls != "implicit",
+            authenticator=self._authenticate,
+            timeout=self.idle_timeout,
+        )
+        try:
+            controller.start()
+        except BaseException:
+            self._abandon(controller)
+            raise
+        self.port = controller.port
+        with self._condition:
+            # The controller opens one connection of its own while starting.
+            self.sessions = 0
+        self._controller = controller
+        log.debug("SMTP test server listening on %s:%d (tls=%s)", self.host, self.port, self.tls)
+
+    def stop(self) -> None:
+        """Close every client connection and the listener; wait for the thread to end."""
+        controller, self._controller = self._controller, None
+        if controller is None:
+            return
+        try:
+            future = asyncio.run_coroutine_threadsafe(controller.shutdown(), controller.loop)
+            future.result(_STOP_TIMEOUT)
+        finally:
+            controller.stop(no_assert=True)
+        log.debug("SMTP test server on %s:%d stopped", self.host, self.port)
+
+    @staticmethod
+    def _abandon(controller: _Controller) -> None:
+        """Release what a controller that failed to start may still hold."""
+        thread = controller._thread
+        if thread is not None and thread.is_alive():
+            controller.stop(no_assert=True)
+        elif not controller.loop.is_closed():
+            controller.loop.close()
+
+    def __enter__(self) -> SMTPTestServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- recorded state ----------------------------------------------------------
+
+    def clear(self) -> None:
+        """Forget recorded messages and AUTH attempts; reset the session and MAIL counts.
+
+        Faults are left alone; use ``faults.reset()`` for those.
+        """
+        with self._condition:
+            self.messages.clear()
+            self.auth_attempts.clear()
+            self.sessions = 0
+            self._mail_commands = 0
+
+    def wait_for_messages(self, n: int, timeout: float = 5.0) -> list[ReceivedMessage]:
+        """Block until at least ``n`` messages arrived; return a copy of all of them.
+
+        Raises :class:`TimeoutError` if fewer than ``n`` arrive within ``timeout``.
+        """
+        with self._condition:
+            if not self._condition.wait_for(lambda: len(self.messages) >= n, timeout):
+                raise TimeoutError(
+                    f"expected {n} message(s) within {timeout}s, got {len(self.messages)}"
+                )
+            return list(self.messages)
+
+    # -- called from the server thread -------------------------------------------
+
+    def _store(self, message: ReceivedMessage) -> None:
+        with self._condition:
+            self.messages.append(message)
+            self._condition.notify_all()
+
+    def _count_mail_command(self) -> int:
+        with self._condition:
+            self._mail_commands += 1
+            return self._mail_commands
+
+    def _take_drop(self) -> bool:
+        with self._condition:
+            if self.faults.drop_after_data > 0:
+                self.faults.drop_after_data -= 1
+                return True
+            return False
+
+    def _connection_opened(self, connection: _SMTP) -> None:
+        self._connections.add(connection)
+        with self._condition:
+            self.sessions += 1
+
+    def _connection_closed(self, connection: _SMTP) -> None:
+        self._connections.discard(connection)
+
+    def _has_connections(self) -> bool:
+        return bool(self._connections)
+
+    def _drop_all_connections(self) -> None:
+        for connection in list(self._connections):
+            connection.drop()
+
+    def _authenticate(
+        self, server: _SMTP, session: Session, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        if not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        username = data.login.decode("utf-8", "replace")
+        with self._condition:
+            self.auth_attempts.append((mechanism, username))
+        expected = (self.users or {}).get(username)
+        if expected is not None and hmac.compare_digest(expected.encode("utf-8"), data.password):
+            return AuthResult(success=True, auth_data=username)
+        return AuthResult(success=False, handled=False)
