@@ -84,7 +84,8 @@ class RetryPolicy:
     @classmethod
     def exponential(cls, max_retries: int, base: float = 1.0, factor: float = 2.0) -> RetryPolicy:
         """A policy waiting ``base``, ``base*factor``, ``base*factor**2``, ... seconds."""
-        return cls(max_retries=max_retries, delays=tuple(base * factor**i for i in range(max_retries)))
+        delays = tuple(base * factor**i for i in range(max_retries))
+        return cls(max_retries=max_retries, delays=delays)
 
     @classmethod
     def never(cls) -> RetryPolicy:

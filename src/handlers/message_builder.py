@@ -1,0 +1,356 @@
+"""Builds the bytes of an outgoing MIME message.
+
+The message is assembled directly as CRLF-terminated bytes instead of through
+``email.message.EmailMessage``: the result is the same standard MIME (the stdlib
+parser reads it back field for field) at a fraction of the CPU cost, and the output
+is fully under our control (no header is ever written with a raw line break).
+
+Structure chosen from what is given::
+
+    text only / html only          text/plain or text/html
+    text and html                  multipart/alternative
+    inline parts (contentId)       multipart/related around the html (or alternative)
+    attachments                    multipart/mixed around all of the above
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from .validation import Attachment, envelope_address, needs_smtputf8, split_display_name
+
+CRLF = b"\r\n"
+_FOLD_AT = 78
+_SPECIALS = frozenset('()<>[]:;@\\,."')
+# UTF-8 bytes per RFC 2047 encoded word: base64 of 45 bytes is 60 characters, so
+# "=?utf-8?b?" + 60 + "?=" stays within the 75-character limit.
+_WORD_BYTES = 45
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _encoded_words(text: str) -> list[str]:
+    """Split ``text`` into RFC 2047 base64 words, never splitting a character."""
+    words: list[str] = []
+    chunk: list[bytes] = []
+    size = 0
+    for char in text:
+        encoded = char.encode("utf-8", "surrogatepass")
+        if size + len(encoded) > _WORD_BYTES and chunk:
+            words.append(_one_word(b"".join(chunk)))
+            chunk, size = [], 0
+        chunk.append(encoded)
+        size += len(encoded)
+    if chunk:
+        words.append(_one_word(b"".join(chunk)))
+    return words
+
+
+def _one_word(data: bytes) -> str:
+    return "=?utf-8?b?" + base64.b64encode(data).decode("ascii") + "?="
+
+
+def _needs_encoding(text: str) -> bool:
+    """True for non-ASCII text, or ASCII that a reader would mistake for encoded words."""
+    return not text.isascii() or ("=?" in text and "?=" in text)
+
+
+def _fold_words(name: str, words: Sequence[str], separator: str = " ") -> str:
+    """Join ``words`` into a header line folded before any word that would pass 78 columns."""
+    lines: list[str] = []
+    current = f"{name}:"
+    for index, word in enumerate(words):
+        glue = " " if index == 0 else separator
+        if index and len(current) + len(glue) + len(word) > _FOLD_AT:
+            lines.append(current + glue.rstrip())
+            current = " " + word
+        else:
+            current += glue + word
+    lines.append(current)
+    return "\r\n".join(lines)
+
+
+def unstructured_header(name: str, value: str) -> str:
+    """An unstructured header (Subject, custom headers), encoded and folded as needed."""
+    if not value:
+        return f"{name}: "
+    if _needs_encoding(value) or any(len(word) > 900 for word in value.split(" ")):
+        return _fold_words(name, _encoded_words(value))
+    if len(name) + 2 + len(value) <= _FOLD_AT:
+        return f"{name}: {value}"
+    # Folding is done only at existing spaces, so the unfolded value is unchanged.
+    words = value.split(" ")
+    lines: list[str] = []
+    current = f"{name}: {words[0]}"
+    for word in words[1:]:
+        if len(current) + 1 + len(word) > _FOLD_AT and current.strip():
+            lines.append(current)
+            current = " " + word
+        else:
+            current += " " + word
+    lines.append(current)
+    return "\r\n".join(lines)
+
+
+def _quote_name(name: str) -> str:
+    if _needs_encoding(name):
+        return " ".join(_encoded_words(name))
+    if any(char in _SPECIALS for char in name) or name != name.strip():
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    return name
+
+
+def format_mailbox(value: str) -> str:
+    """Format a validated mailbox for a header: ``Name <addr>`` with the name encoded."""
+    name, address = split_display_name(value)
+    address = envelope_address(address)
+    if not name:
+        return address
+    return f"{_quote_name(name)} <{address}>"
+
+
+def address_header(name: str, mailboxes: Sequence[str]) -> str:
+    """An address-list header (To, Cc, Reply-To), folded between addresses."""
+    formatted = [format_mailbox(m) for m in mailboxes]
+    return _fold_words(name, [f + "," for f in formatted[:-1]] + formatted[-1:])
+
+
+def make_message_id(domain: str) -> str:
+    """A unique Message-ID using ``domain`` (no host-name lookup, cheap enough per message)."""
+    if not domain or domain.startswith("["):
+        domain = "mailhandlers.invalid"
+    return f"<{time.time_ns():x}.{secrets.token_hex(8)}@{domain}>"
+
+
+# --------------------------------------------------------------------------- parts
+
+
+@dataclass
+class _Part:
+    headers: list[str]
+    body: bytes = b""
+    children: list[_Part] = field(default_factory=list)
+    subtype: str = ""
+
+
+def _to_crlf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
+
+
+def _max_line_length(data: bytes) -> int:
+    return max((len(line) for line in data.split(b"\n")), default=0)
+
+
+def _encode_text_body(text: str) -> tuple[str, bytes]:
+    """Choose a transfer encoding for a text body; return (encoding, CRLF payload)."""
+    raw = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8", "surrogatepass")
+    if raw.isascii() and b"\x00" not in raw and _max_line_length(raw) <= 998:
+        return "7bit", raw.replace(b"\n", CRLF)
+    non_ascii = len(raw) - len(raw.translate(None, _HIGH_BYTES))
+    # Mostly non-ASCII text is shorter in base64; mostly ASCII text stays readable in QP.
+    if non_ascii * 3 > len(raw):
+        return "base64", _to_crlf(base64.encodebytes(raw))
+    return "quoted-printable", _to_crlf(binascii.b2a_qp(raw, istext=True, header=False))
+
+
+def _text_part(text: str, subtype: str) -> _Part:
+    encoding, payload = _encode_text_body(text)
+    return _Part(
+        headers=[
+            f'Content-Type: text/{subtype}; charset="utf-8"',
+            f"Content-Transfer-Encoding: {encoding}",
+        ],
+        body=payload,
+    )
+
+
+def _rfc2231_param(name: str, value: str) -> list[str]:
+    """``name*=utf-8''...`` split into continuations so no line gets too long."""
+    quoted = urllib.parse.quote(value, safe="!#$&+-.^_`|~")
+    if len(quoted) <= 60:
+        return [f"{name}*=utf-8''{quoted}"]
+    pieces: list[str] = []
+    start = 0
+    while start < len(quoted):
+        end = min(start + 60, len(quoted))
+        # Never cut a %XX escape in half.
+        while end < len(quoted) and "%" in quoted[end - 2 : end]:
+            end -= 1
+        pieces.append(quoted[start:end])
+        start = end
+    params = [f"{name}*0*=utf-8''{pieces[0]}"]
+    params.extend(f"{name}*{i}*={piece}" for i, piece in enumerate(pieces[1:], start=1))
+    return params
+
+
+def _quoted_param(name: str, value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'{name}="{escaped}"'
+
+
+def _attachment_part(attachment: Attachment) -> _Part:
+    filename = attachment.filename
+    disposition = "inline" if attachment.inline else "attachment"
+    if filename.isascii():
+        type_params = [_quoted_param("name", filename)]
+        disposition_params = [_quoted_param("filename", filename)]
+    else:
+        type_params = _rfc2231_param("name", filename)
+        disposition_params = _rfc2231_param("filename", filename)
+    headers = [
+        ";\r\n ".join([f"Content-Type: {attachment.content_type}", *type_params]),
+        "Content-Transfer-Encoding: base64",
+        ";\r\n ".join([f"Content-Disposition: {disposition}", *disposition_params]),
+    ]
+    if attachment.content_id is not None:
+        headers.append(f"Content-ID: <{attachment.content_id}>")
+    return _Part(headers=headers, body=_to_crlf(base64.encodebytes(attachment.content)))
+
+
+def _multipart(subtype: str, children: list[_Part]) -> _Part:
+    return _Part(headers=[], children=children, subtype=subtype)
+
+
+def _body_tree(
+    text_body: str | None, html_body: str | None, attachments: Sequence[Attachment]
+) -> _Part:
+    text = _text_part(text_body, "plain") if text_body is not None else None
+    html = _text_part(html_body, "html") if html_body is not None else None
+    inline = [a for a in attachments if a.inline]
+    regular = [a for a in attachments if not a.inline]
+    if html is not None and inline:
+        html = _multipart("related", [html, *(_attachment_part(a) for a in inline)])
+        inline = []
+    regular = inline + regular
+    parts = [p for p in (text, html) if p is not None]
+    root = parts[0] if len(parts) == 1 else _multipart("alternative", parts)
+    if regular:
+        root = _multipart("mixed", [root, *(_attachment_part(a) for a in regular)])
+    return root
+
+
+def _new_boundary(payloads: list[bytes]) -> str:
+    while True:
+        boundary = "=_mh_" + secrets.token_hex(12)
+        marker = boundary.encode("ascii")
+        if not any(marker in payload for payload in payloads):
+            return boundary
+
+
+def _leaf_payloads(part: _Part) -> list[bytes]:
+    if not part.children:
+        return [part.body]
+    return [payload for child in part.children for payload in _leaf_payloads(child)]
+
+
+def _serialize(part: _Part, out: list[bytes], payloads: list[bytes]) -> None:
+    """Append the part's headers and body to ``out`` (headers end with a blank line)."""
+    if not part.children:
+        out.append("\r\n".join(part.headers).encode("utf-8") + CRLF + CRLF)
+        out.append(part.body)
+        return
+    boundary = _new_boundary(payloads)
+    header_lines = [
+        *part.headers,
+        f'Content-Type: multipart/{part.subtype};\r\n boundary="{boundary}"',
+    ]
+    out.append("\r\n".join(header_lines).encode("utf-8") + CRLF + CRLF)
+    delimiter = f"--{boundary}".encode("ascii")
+    for child in part.children:
+        out.append(delimiter + CRLF)
+        _serialize(child, out, payloads)
+        # The CRLF before a delimiter belongs to the delimiter, so a body ending in a
+        # line break keeps it only if one more CRLF follows.
+        out.append(CRLF)
+    out.append(delimiter + b"--" + CRLF)
+
+
+# --------------------------------------------------------------------------- message
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """What goes on the wire: the envelope and the message bytes (CRLF, not dot-stuffed)."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    message_id: str
+    smtputf8: bool
+
+
+def _bare(mailbox: str) -> str:
+    return envelope_address(split_display_name(mailbox)[1])
+
+
+def unique_recipients(*lists: Sequence[str]) -> tuple[str, ...]:
+    """Envelope recipients in order, each once (domains compared case-insensitively)."""
+    seen: set[str] = set()
+    result: list[str] = []
+    for mailboxes in lists:
+        for mailbox in mailboxes:
+            address = _bare(mailbox)
+            local, _, domain = address.rpartition("@")
+            key = f"{local}@{domain.lower()}"
+            if key not in seen:
+                seen.add(key)
+                result.append(address)
+    return tuple(result)
+
+
+def build_message(
+    *,
+    from_address: str,
+    to_addresses: Sequence[str],
+    subject: str | None,
+    text_body: str | None = None,
+    html_body: str | None = None,
+    cc_addresses: Sequence[str] = (),
+    bcc_addresses: Sequence[str] = (),
+    reply_to: str | None = None,
+    attachments: Sequence[Attachment] = (),
+    custom_headers: Mapping[str, str] | None = None,
+    message_id: str | None = None,
+    date: datetime | None = None,
+) -> OutgoingMessage:
+    """Assemble a validated message. Bcc addresses go only into the envelope."""
+    sender = _bare(from_address)
+    recipients = unique_recipients(to_addresses, cc_addresses, bcc_addresses)
+    custom = dict(custom_headers or {})
+    custom_id = next((v for k, v in custom.items() if k.lower() == "message-id"), None)
+    custom = {k: v for k, v in custom.items() if k.lower() != "message-id"}
+    message_id = (custom_id or message_id or make_message_id(sender.rpartition("@")[2])).strip()
+    headers = [address_header("From", [from_address])]
+    if to_addresses:
+        headers.append(address_header("To", to_addresses))
+    if cc_addresses:
+        headers.append(address_header("Cc", cc_addresses))
+    if reply_to:
+        headers.append(address_header("Reply-To", [reply_to]))
+    headers.append(unstructured_header("Subject", subject or ""))
+    headers.append(f"Date: {format_datetime(date or datetime.now(UTC))}")
+    headers.append(f"Message-ID: {message_id}")
+    headers.append("MIME-Version: 1.0")
+    headers.extend(unstructured_header(name, value) for name, value in custom.items())
+    root = _body_tree(text_body, html_body, attachments)
+    root.headers[:0] = headers
+    out: list[bytes] = []
+    _serialize(root, out, _leaf_payloads(root))
+    return OutgoingMessage(
+        sender=sender,
+        recipients=recipients,
+        data=b"".join(out),
+        message_id=message_id,
+        smtputf8=any(needs_smtputf8(a) for a in (sender, *recipients)),
+    )
