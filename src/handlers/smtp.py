@@ -1,0 +1,498 @@
+"""Sending mail over SMTP: :class:`SMTPProtocolHandler` and its result types.
+
+A send goes validation → MIME building → a pooled connection → MAIL/RCPT/DATA
+(pipelined when offered) → a :class:`DeliveryResult`. Transient failures are retried
+on a fresh connection with the same Message-ID; a message whose body was sent but
+never confirmed is not resent, and the result says so.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from .errors import (
+    MailAuthenticationError,
+    MailHandlerError,
+    MailResponseError,
+    MailSecurityError,
+    MailValidationError,
+    OutcomeUnknownError,
+    SMTPRecipientsRefused,
+    SMTPSenderRefused,
+    parse_enhanced_code,
+)
+from .message_builder import OutgoingMessage, build_message
+from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy, Sleep
+from .smtp_connection import (
+    SMTPConnection,
+    SMTPEncryption,
+    SMTPNotSupportedError,
+    TransactionOutcome,
+)
+from .smtp_pool import PoolTimeoutError, SMTPConnectionPool
+from .validation import SMTPMessageValidator, check_address, find_control_character
+
+__all__ = [
+    "MAX_RETRIES",
+    "RETRYABLE_CODES",
+    "RETRY_DELAYS",
+    "DeliveryResult",
+    "SMTPConnectionPool",
+    "SMTPDeliveryStatus",
+    "SMTPEncryption",
+    "SMTPMessageValidator",
+    "SMTPProtocolHandler",
+    "shared_pool",
+]
+
+log = logging.getLogger(__name__)
+
+
+class SMTPDeliveryStatus(Enum):
+    """What happened to a message."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    RETRY = "retry"
+    INVALID = "invalid"
+    REJECTED = "rejected"
+    TEMP_FAILED = "temp_failed"
+
+
+@dataclass
+class DeliveryResult:
+    """The outcome of one :meth:`SMTPProtocolHandler.send_message` call.
+
+    ``outcome_unknown`` is True when the connection broke after the whole message was
+    sent but before the server confirmed it: the message may have been delivered, so
+    it was not resent and ``is_retryable`` is False.
+    """
+
+    status: SMTPDeliveryStatus
+    message_id: str | None = None
+    smtp_code: int | None = None
+    smtp_error: str | None = None
+    recipient_failures: dict[str, str] = field(default_factory=dict)
+    sent_at: datetime | None = None
+    retry_count: int = 0
+    is_retryable: bool = False
+    enhanced_status_code: str | None = None
+    outcome_unknown: bool = False
+
+    @property
+    def success(self) -> bool:
+        """True when the server accepted the message (perhaps not for every recipient)."""
+        return self.status is SMTPDeliveryStatus.SUCCESS
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the status as its value, ``sent_at`` as ISO-8601 UTC."""
+        return {
+            "status": self.status.value,
+            "message_id": self.message_id,
+            "smtp_code": self.smtp_code,
+            "smtp_error": self.smtp_error,
+            "recipient_failures": dict(self.recipient_failures),
+            "sent_at": self.sent_at.astimezone(UTC).isoformat() if self.sent_at else None,
+            "retry_count": self.retry_count,
+            "is_retryable": self.is_retryable,
+            "enhanced_status_code": self.enhanced_status_code,
+            "outcome_unknown": self.outcome_unknown,
+        }
+
+
+_shared_pool: SMTPConnectionPool | None = None
+_shared_pool_lock = threading.Lock()
+
+
+def shared_pool() -> SMTPConnectionPool:
+    """The process-wide pool used by handlers that are not given one.
+
+    Handlers for the same server and login share its warm connections, so creating a
+    handler per request does not open a new connection each time.
+    """
+    global _shared_pool
+    with _shared_pool_lock:
+        if _shared_pool is None:
+            _shared_pool = SMTPConnectionPool(max_connections=100)
+        return _shared_pool
+
+
+@atexit.register
+def _close_shared_pool() -> None:
+    if _shared_pool is not None:
+        _shared_pool.close_all()
+
+
+def _parse_encryption(value: SMTPEncryption | str) -> SMTPEncryption:
+    if isinstance(value, SMTPEncryption):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        aliases = {"starttls": "tls", "implicit": "ssl", "plain": "none"}
+        try:
+            return SMTPEncryption(aliases.get(lowered, lowered))
+        except ValueError:
+            pass
+    raise ValueError(f"encryption must be one of 'tls', 'ssl', 'none' (got {value!r})")
+
+
+def _check_hostname(hostname: str) -> None:
+    if not isinstance(hostname, str) or not hostname.strip():
+        raise ValueError("hostname must be a non-empty string")
+    if find_control_character(hostname) is not None or " " in hostname.strip():
+        raise ValueError("hostname must not contain spaces or control characters")
+
+
+def _check_port(port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"port must be an integer from 1 to 65535 (got {port!r})")
+
+
+class SMTPProtocolHandler:
+    """Sends mail through one SMTP server with one login.
+
+    Thread-safe: share one handler between threads; at most ``pool_size`` connections
+    are used at once. No network I/O happens until a method needs it.
+
+    Keyword-only options: ``timeout`` (seconds per socket operation), ``ssl_context``
+    (defaults to a shared verifying context), ``local_hostname`` (EHLO name),
+    ``retry_policy`` (a :class:`RetryPolicy`), ``sleep`` (for tests), ``pool`` (an
+    :class:`SMTPConnectionPool`; defaults to the process-wide :func:`shared_pool`),
+    ``pool_wait_timeout`` (how long a send waits for a free connection).
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        username: str | None = None,
+        password: str | None = None,
+        encryption: SMTPEncryption | str = "tls",
+        from_address: str | None = None,
+        pool_size: int = 10,
+        *,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        local_hostname: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Sleep = time.sleep,
+        pool: SMTPConnectionPool | None = None,
+        pool_wait_timeout: float = 30.0,
+    ) -> None:
+        _check_hostname(hostname)
+        _check_port(port)
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        for value, name in ((username, "username"), (password, "password")):
+            if value is not None and find_control_character(value) is not None:
+                raise ValueError(f"{name} must not contain control characters")
+        if from_address is not None:
+            valid, error = SMTPMessageValidator.validate_email_address(from_address)
+            if not valid:
+                raise ValueError(f"from_address: {error}")
+        self.hostname = hostname.strip()
+        self.port = port
+        self.username = username
+        self._password = password
+        self.encryption = _parse_encryption(encryption)
+        self.from_address = from_address
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self.local_hostname = local_hostname
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._sleep = sleep
+        self._pool = pool if pool is not None else shared_pool()
+        self._pool_wait_timeout = pool_wait_timeout
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ repr
+
+    def __repr__(self) -> str:
+        return (
+            f"<SMTPProtocolHandler {self.hostname}:{self.port} "
+            f"encryption={self.encryption.value} user={self.username!r}>"
+        )
+
+    @property
+    def pool(self) -> SMTPConnectionPool:
+        """The connection pool this handler uses."""
+        return self._pool
+
+    # ------------------------------------------------------------------ connections
+
+    def _checkout(self) -> SMTPConnection:
+        if not self._slots.acquire(timeout=self._pool_wait_timeout):
+            raise PoolTimeoutError(f"all {self.pool_size} connections of this handler stayed busy")
+        try:
+            return self._pool.get_connection(
+                self.hostname,
+                self.port,
+                self.username,
+                self._password,
+                self.encryption,
+                ssl_context=self.ssl_context,
+                timeout=self.timeout,
+                local_hostname=self.local_hostname,
+                wait_timeout=self._pool_wait_timeout,
+            )
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _checkin(self, connection: SMTPConnection) -> None:
+        try:
+            self._pool.release_connection(self.hostname, self.port, connection)
+        finally:
+            self._slots.release()
+
+    def _probe(self, check_noop: bool) -> bool:
+        try:
+            connection = self._checkout()
+        except MailHandlerError as error:
+            self.last_error = str(error)
+            log.info("SMTP %s:%s unavailable: %s", self.hostname, self.port, error)
+            return False
+        try:
+            if check_noop and not connection.noop():
+                self.last_error = "server did not answer NOOP with 250"
+                return False
+        except MailHandlerError as error:
+            self.last_error = str(error)
+            return False
+        finally:
+            self._checkin(connection)
+        self.last_error = None
+        return True
+
+    def connect(self) -> bool:
+        """Open (or reuse) a connection, with TLS and login as configured.
+
+        Returns False on failure and keeps the reason in :attr:`last_error`. The
+        connection stays in the pool for the next send.
+        """
+        return self._probe(check_noop=False)
+
+    def authenticate(self) -> bool:
+        """Check that the server accepts the credentials (logging in happens on connect)."""
+        return self._probe(check_noop=False)
+
+    def test_connection(self) -> bool:
+        """True if the server can be reached, secured, logged into and answers NOOP."""
+        return self._probe(check_noop=True)
+
+    def close(self) -> None:
+        """Stop using the server. Idempotent.
+
+        With a pool of its own, the handler's idle connections are closed. With the
+        process-wide shared pool they stay for other handlers of the same server and
+        login, and expire after the pool's idle timeout.
+        """
+        if self._pool is not _shared_pool:
+            self._pool.close_all()
+
+    def __enter__(self) -> SMTPProtocolHandler:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ sending
+
+    def send_message(
+        self,
+        to_addresses: Sequence[str] | str,
+        subject: str | None,
+        text_body: str | None = None,
+        html_body: str | None = None,
+        cc_addresses: Sequence[str] | str | None = None,
+        bcc_addresses: Sequence[str] | str | None = None,
+        reply_to: str | None = None,
+        attachments: Sequence[Mapping[str, Any]] | None = None,
+        custom_headers: Mapping[str, str] | None = None,
+        from_address: str | None = None,
+        retry: bool = True,
+    ) -> DeliveryResult:
+        """Validate, build and send one message; never raises for mail problems.
+
+        Returns a :class:`DeliveryResult`; see SMTP_HANDLER.md for when each status
+        is used.
+        """
+        try:
+            message = self._prepare(
+                to_addresses,
+                subject,
+                text_body,
+                html_body,
+                cc_addresses,
+                bcc_addresses,
+                reply_to,
+                attachments,
+                custom_headers,
+                from_address,
+            )
+        except MailValidationError as error:
+            self.last_error = str(error)
+            return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=str(error))
+        policy = self.retry_policy if retry else RetryPolicy.never()
+        return self._deliver(message, policy, retry)
+
+    def _sender(self, from_address: str | None) -> str:
+        sender = from_address or self.from_address
+        if sender is None and self.username and check_address(self.username) is None:
+            sender = self.username
+        if sender is None:
+            raise MailValidationError(
+                "no sender: pass from_address, or set it (or an address username) on the handler",
+                "from_address",
+            )
+        return sender
+
+    def _prepare(
+        self,
+        to_addresses: Sequence[str] | str,
+        subject: str | None,
+        text_body: str | None,
+        html_body: str | None,
+        cc_addresses: Sequence[str] | str | None,
+        bcc_addresses: Sequence[str] | str | None,
+        reply_to: str | None,
+        attachments: Sequence[Mapping[str, Any]] | None,
+        custom_headers: Mapping[str, str] | None,
+        from_address: str | None,
+    ) -> OutgoingMessage:
+        sender = self._sender(from_address)
+        to_list = [to_addresses] if isinstance(to_addresses, str) else to_addresses
+        cc_list = [cc_addresses] if isinstance(cc_addresses, str) else cc_addresses
+        bcc_list = [bcc_addresses] if isinstance(bcc_addresses, str) else bcc_addresses
+        decoded = SMTPMessageValidator.check_message(
+            to_list,
+            subject,
+            text_body,
+            html_body,
+            cc_list,
+            bcc_list,
+            attachments,
+            sender,
+            reply_to,
+            custom_headers,
+        )
+        return build_message(
+            from_address=sender,
+            to_addresses=list(to_list or []),
+            subject=subject,
+            text_body=text_body,
+            html_body=html_body,
+            cc_addresses=list(cc_list or []),
+            bcc_addresses=list(bcc_list or []),
+            reply_to=reply_to,
+            attachments=decoded,
+            custom_headers=custom_headers,
+        )
+
+    def _deliver(
+        self, message: OutgoingMessage, policy: RetryPolicy, retry: bool
+    ) -> DeliveryResult:
+        while True:
+            try:
+                outcome = self._attempt(message)
+            except Exception as error:  # every failure becomes a result, never a crash
+                if policy.is_retryable(error):
+                    if not retry:
+                        return _failure(error, message, policy, SMTPDeliveryStatus.RETRY)
+                    if policy.is_exhausted():
+                        return _failure(error, message, policy, SMTPDeliveryStatus.TEMP_FAILED)
+                    delay = policy.next_delay()
+                    policy = policy.increment(error)
+                    log.info(
+                        "SMTP send of %s failed (%s); retry %d in %gs",
+                        message.message_id,
+                        error,
+                        policy.retries_done,
+                        delay,
+                    )
+                    self._sleep(delay)
+                    continue
+                result = _failure(error, message, policy, _permanent_status(error))
+                self.last_error = result.smtp_error
+                return result
+            self.last_error = None
+            return DeliveryResult(
+                status=SMTPDeliveryStatus.SUCCESS,
+                message_id=message.message_id,
+                smtp_code=outcome.code,
+                smtp_error=None,
+                recipient_failures=_failures_text(outcome.refused),
+                sent_at=datetime.now(UTC),
+                retry_count=policy.retries_done,
+                enhanced_status_code=parse_enhanced_code(outcome.text),
+            )
+
+    def _attempt(self, message: OutgoingMessage) -> TransactionOutcome:
+        connection = self._checkout()
+        try:
+            return connection.send(message)
+        except (MailResponseError, SMTPNotSupportedError):
+            raise  # the server answered (or nothing was sent): the session is in step
+        except BaseException:
+            connection.broken = True
+            raise
+        finally:
+            self._checkin(connection)
+
+
+# ---------------------------------------------------------------------- results
+
+
+def _failures_text(refused: Mapping[str, tuple[int, str]]) -> dict[str, str]:
+    return {address: f"{code} {text}".strip() for address, (code, text) in refused.items()}
+
+
+def _permanent_status(error: BaseException) -> SMTPDeliveryStatus:
+    if isinstance(error, SMTPSenderRefused | SMTPRecipientsRefused):
+        return SMTPDeliveryStatus.REJECTED
+    return SMTPDeliveryStatus.FAILED
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, MailHandlerError):
+        return str(error)
+    log.exception("unexpected error while sending")
+    return f"unexpected error: {type(error).__name__}"
+
+
+def _failure(
+    error: BaseException,
+    message: OutgoingMessage,
+    policy: RetryPolicy,
+    status: SMTPDeliveryStatus,
+) -> DeliveryResult:
+    code = error.code if isinstance(error, MailResponseError) else None
+    text = error.text if isinstance(error, MailResponseError) else _describe(error)
+    result = DeliveryResult(
+        status=status,
+        message_id=message.message_id,
+        smtp_code=code,
+        smtp_error=text,
+        retry_count=policy.retries_done,
+        is_retryable=status in (SMTPDeliveryStatus.RETRY, SMTPDeliveryStatus.TEMP_FAILED),
+        enhanced_status_code=error.enhanced_code if isinstance(error, MailResponseError) else None,
+        outcome_unknown=isinstance(error, OutcomeUnknownError),
+    )
+    if isinstance(error, SMTPRecipientsRefused):
+        result.recipient_failures = _failures_text(error.failures)
+    if isinstance(error, SMTPNotSupportedError | MailSecurityError | MailAuthenticationError):
+        result.is_retryable = False
+    return result
