@@ -164,7 +164,7 @@ class _SMTP(SMTP):
             self._owner._connection_closed(self)
 
     async def push(self, status: str | bytes) -> None:
-        delay = self._owner.faults.reply_delay
+        delay = self._owner.faults.reply_delay if self._owner._live else 0.0
         if delay > 0 and not self._mid_reply:
             await asyncio.sleep(delay)
         raw = status.encode("utf-8", "surrogateescape") if isinstance(status, str) else status
@@ -392,6 +392,7 @@ class SMTPTestServer:
         self._mail_commands = 0
         self._condition = threading.Condition()
         self._controller: _Controller | None = None
+        self._live = False
         self._connections: set[_SMTP] = set()  # touched only on the server's loop
 
     def __repr__(self) -> str:
@@ -442,10 +443,10 @@ class SMTPTestServer:
             self._abandon(controller)
             raise
         self.port = controller.port
-        with self._condition:
-            # The controller opens one connection of its own while starting.
-            self.sessions = 0
         self._controller = controller
+        # The controller opened one connection of its own while starting; sessions
+        # and the reply delay only apply from here on.
+        self._live = True
         log.debug("SMTP test server listening on %s:%d (tls=%s)", self.host, self.port, self.tls)
 
     def stop(self) -> None:
@@ -453,6 +454,7 @@ class SMTPTestServer:
         controller, self._controller = self._controller, None
         if controller is None:
             return
+        self._live = False
         try:
             future = asyncio.run_coroutine_threadsafe(controller.shutdown(), controller.loop)
             future.result(_STOP_TIMEOUT)
@@ -522,8 +524,9 @@ class SMTPTestServer:
 
     def _connection_opened(self, connection: _SMTP) -> None:
         self._connections.add(connection)
-        with self._condition:
-            self.sessions += 1
+        if self._live:
+            with self._condition:
+                self.sessions += 1
 
     def _connection_closed(self, connection: _SMTP) -> None:
         self._connections.discard(connection)
