@@ -554,6 +554,21 @@ def test_stop_is_fast_and_closes_everything(server_ssl_context: ssl.SSLContext) 
     assert srv.errors == []
 
 
+def test_max_sessions_refuses_extra_connections() -> None:
+    with POP3TestServer(max_sessions=2) as srv:
+        with RawClient(srv) as first, RawClient(srv) as second:
+            assert first.line().startswith(b"+OK")
+            assert second.line().startswith(b"+OK")
+            with RawClient(srv) as third:
+                assert third.line() == b"-ERR [SYS/TEMP] too many sessions"
+                assert third.file.read() == b""
+        assert srv.wait_idle(5)
+        with pop(srv) as client:
+            client.quit()
+        assert srv.sessions_started == 3
+        assert srv.max_concurrent_sessions == 2
+
+
 def test_drop_connections_simulates_server_crash(server: POP3TestServer) -> None:
     with pop(server) as client:
         client.dele(1)

@@ -741,6 +741,8 @@ class _POP3Session:
         if len(parts) == 2:
             encoded = parts[1]
         else:
+            if self._muted:  # the continuation could never be answered
+                raise _Hangup("dropped during AUTH")
             self._send(b"+ \r\n", "AUTH")
             try:
                 line = self._reader.readline(self._sock, server._line_limit())
