@@ -59,7 +59,13 @@ class MailValidationError(MailHandlerError, ValueError):
 
 
 class MailConnectionError(MailHandlerError, ConnectionError):
-    """The server could not be reached, or the connection broke."""
+    """The server could not be reached, or the connection broke.
+
+    ``reset_by_peer`` is True when the server reset the connection (TCP RST), which
+    it does when it closes with data of ours still unread.
+    """
+
+    reset_by_peer: bool = False
 
 
 class MailTimeoutError(MailConnectionError, TimeoutError):
@@ -152,3 +158,27 @@ class POP3AuthenticationError(POP3ResponseError, MailAuthenticationError):
 class POP3MailboxBusyError(POP3ResponseError):
     """The mailbox is locked by another session ([IN-USE]) or logins are throttled
     ([LOGIN-DELAY]). Retry later; the credentials were not judged wrong."""
+
+
+class POP3MessageTooLargeError(MailHandlerError):
+    """A POP3 message is larger than the handler's ``max_message_size``.
+
+    The message was refused before (or, if the server misreported its size, while)
+    being downloaded. ``message_number`` and ``size`` are ``None`` when unknown.
+    """
+
+    def __init__(self, message_number: int | None, size: int | None, limit: int) -> None:
+        what = f"message {message_number}" if message_number is not None else "reply"
+        detail = f"{size} bytes" if size is not None else "more"
+        super().__init__(f"{what} is {detail}, over the limit of {limit} bytes")
+        self.message_number = message_number
+        self.size = size
+        self.limit = limit
+
+
+class POP3UnsupportedError(POP3ResponseError):
+    """The POP3 server refused an optional command an operation needs (UIDL, TOP)."""
+
+
+class POP3PoolClosedError(MailHandlerError):
+    """A handler was requested from a POP3 connection pool after ``close_all()``."""

@@ -266,6 +266,8 @@ class SMTPConnection:
         error (message not accepted) or OutcomeUnknownError (body sent, no reply).
         """
         options = " ".join(self._mail_options(message))
+        # smtplib encodes commands as ASCII unless told otherwise; SMTPUTF8 needs UTF-8.
+        self.client.command_encoding = "utf-8" if message.smtputf8 else "ascii"
         mail_args = f"FROM:<{message.sender}>" + (f" {options}" if options else "")
         rcpt_lines = [f"RCPT TO:<{r}>" for r in message.recipients]
         if self.has_extension("pipelining"):
@@ -341,6 +343,10 @@ class SMTPConnection:
         try:
             return self._read_reply("end of DATA")
         except MailConnectionError as error:
+            if error.reset_by_peer:
+                # A reset means our bytes were still unread when the server closed:
+                # it never saw the final dot, so it cannot have accepted the message.
+                raise
             raise OutcomeUnknownError(
                 "the connection was lost after the whole message was sent and before the "
                 f"server confirmed it ({error}); it may or may not have been delivered"
@@ -373,10 +379,16 @@ def _readable(sock: socket.socket) -> bool:
 
 
 def _disconnected(error: BaseException) -> MailConnectionError:
+    """Wrap a socket-level failure, keeping the fact smtplib hides: was it a reset?"""
+    root = error.__context__ if isinstance(error, smtplib.SMTPException) else error
     text = str(error)
-    if isinstance(error, TimeoutError) or "timed out" in text:
-        return MailTimeoutError(f"server did not answer in time: {text}")
-    return MailConnectionError(f"connection lost: {text}")
+    wrapped: MailConnectionError
+    if isinstance(root, TimeoutError) or "timed out" in text:
+        wrapped = MailTimeoutError(f"server did not answer in time: {text}")
+    else:
+        wrapped = MailConnectionError(f"connection lost: {text}")
+    wrapped.reset_by_peer = isinstance(root, ConnectionResetError)
+    return wrapped
 
 
 def _close_quietly(client: smtplib.SMTP) -> None:

@@ -1,0 +1,695 @@
+"""SMTPProtocolHandler against real servers on loopback.
+
+An in-process aiosmtpd server (plain, STARTTLS, implicit TLS, AUTH) checks what a
+correct server receives; a scripted server imitates servers that misbehave.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import pytest
+
+from src.handlers.smtp import (
+    SMTPConnectionPool,
+    SMTPDeliveryStatus,
+    SMTPEncryption,
+    SMTPProtocolHandler,
+    shared_pool,
+)
+from src.handlers.smtp_connection import SMTPConnection
+from src.testing.scripted_server import ScriptedServer
+from src.testing.smtp_scripts import (
+    SMTPDialogue,
+    drop_after_final_dot,
+    drop_mid_data,
+    greet_then_silent,
+    no_greeting,
+    smtp_accept_all,
+    smtp_refuse_connection,
+)
+from src.testing.smtp_server import SMTPTestServer
+from src.testing.tls import TestCertificates
+
+PASSWORD = "c0rrect-h0rse-battery"
+USERS = {"alice": PASSWORD}
+SENDER = "alice@example.com"
+
+
+class Sleeps(list[float]):
+    """A fake sleep that records the delays it was asked to wait."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def start_server(certs: TestCertificates) -> Iterator[Callable[..., SMTPTestServer]]:
+    servers: list[SMTPTestServer] = []
+
+    def start(tls: str = "none", **options: Any) -> SMTPTestServer:
+        if tls != "none":
+            options.setdefault("ssl_context", certs.server_context())
+        server = SMTPTestServer(tls=tls, **options)  # type: ignore[arg-type]
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def make_handler(
+    client_ssl_context: Any, sleeps: Sleeps
+) -> Iterator[Callable[..., SMTPProtocolHandler]]:
+    handlers: list[SMTPProtocolHandler] = []
+
+    def make(host: str, port: int, **options: Any) -> SMTPProtocolHandler:
+        options.setdefault("encryption", "none")
+        options.setdefault("from_address", SENDER)
+        options.setdefault("ssl_context", client_ssl_context)
+        options.setdefault("sleep", sleeps)
+        options.setdefault("timeout", 5.0)
+        options.setdefault("pool", SMTPConnectionPool(max_connections=10))
+        handler = SMTPProtocolHandler(host, port, **options)
+        handlers.append(handler)
+        return handler
+
+    yield make
+    for handler in handlers:
+        handler.close()
+
+
+def send_simple(handler: SMTPProtocolHandler, **overrides: Any) -> Any:
+    arguments: dict[str, Any] = {
+        "to_addresses": ["bob@example.org"],
+        "subject": "Hello",
+        "text_body": "Hi Bob",
+    }
+    arguments.update(overrides)
+    return handler.send_message(**arguments)
+
+
+# ---------------------------------------------------------------------- encryption modes
+
+
+@pytest.mark.parametrize(
+    ("tls", "encryption"),
+    [("none", "none"), ("starttls", "tls"), ("implicit", "ssl")],
+)
+def test_send_and_authenticate_in_every_mode(start_server, make_handler, tls, encryption):
+    server = start_server(tls, users=USERS, auth_require_tls=tls != "none")
+    handler = make_handler(
+        server.host, server.port, username="alice", password=PASSWORD, encryption=encryption
+    )
+    result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result.smtp_error
+    [received] = server.wait_for_messages(1)
+    assert received.username == "alice"
+    assert received.secure is (tls != "none")
+    assert received.mail_from == SENDER
+    assert received.rcpt_tos == ["bob@example.org"]
+    assert received["Subject"] == "Hello"
+    assert received.message.get_content().strip() == "Hi Bob"
+
+
+def test_encryption_accepts_the_enum(start_server, make_handler):
+    server = start_server("implicit")
+    handler = make_handler(server.host, server.port, encryption=SMTPEncryption.IMPLICIT_SSL)
+    assert send_simple(handler).status is SMTPDeliveryStatus.SUCCESS
+
+
+def test_starttls_required_but_not_offered_sends_nothing_in_clear(start_server, make_handler):
+    server = start_server("none", users=USERS, auth_require_tls=False)
+    handler = make_handler(
+        server.host, server.port, username="alice", password=PASSWORD, encryption="tls"
+    )
+    result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert "STARTTLS" in (result.smtp_error or "")
+    assert not result.is_retryable
+    assert server.auth_attempts == []
+    assert server.messages == []
+
+
+def test_default_context_rejects_an_untrusted_certificate(start_server, make_handler):
+    server = start_server("implicit")
+    handler = make_handler(server.host, server.port, encryption="ssl", ssl_context=None)
+    result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert "certificate" in (result.smtp_error or "")
+    assert server.messages == []
+
+
+def test_certificate_for_another_host_is_rejected(make_handler, client_ssl_context):
+    certs = TestCertificates()
+    wrong = certs.ca.issue_cert("mail.other.example")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    wrong.configure_cert(context)
+    with SMTPTestServer(tls="implicit", ssl_context=context) as server:
+        handler = make_handler(
+            server.host, server.port, encryption="ssl", ssl_context=certs.client_context()
+        )
+        result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert "certificate" in (result.smtp_error or "")
+
+
+def test_connect_authenticate_and_test_connection(start_server, make_handler):
+    server = start_server("starttls", users=USERS)
+    handler = make_handler(
+        server.host, server.port, username="alice", password=PASSWORD, encryption="tls"
+    )
+    assert handler.connect() is True
+    assert handler.authenticate() is True
+    assert handler.test_connection() is True
+    assert handler.last_error is None
+    assert server.sessions == 1  # the pooled connection served all three
+
+
+def test_wrong_password_fails_without_retry(start_server, make_handler, sleeps):
+    server = start_server("starttls", users=USERS)
+    handler = make_handler(
+        server.host, server.port, username="alice", password="wrong", encryption="tls"
+    )
+    assert handler.authenticate() is False
+    assert handler.last_error and "535" in handler.last_error
+    result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert result.smtp_code == 535
+    assert result.is_retryable is False
+    assert sleeps == []
+    assert server.messages == []
+
+
+def test_connect_returns_false_when_nothing_listens(make_handler):
+    with ScriptedServer(smtp_accept_all) as server:
+        host, port = server.address
+    handler = make_handler(host, port, retry_policy=None)
+    assert handler.connect() is False
+    assert handler.test_connection() is False
+    assert handler.last_error
+
+
+# ---------------------------------------------------------------------- message content
+
+
+def test_text_and_html_make_multipart_alternative(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler, text_body="plain words", html_body="<h1>rich words</h1>")
+    assert result.success
+    message = server.wait_for_messages(1)[0].message
+    assert message.get_content_type() == "multipart/alternative"
+    assert message.get_body(("plain",)).get_content().strip() == "plain words"
+    assert message.get_body(("html",)).get_content().strip() == "<h1>rich words</h1>"
+
+
+def test_html_only(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    assert send_simple(handler, text_body=None, html_body="<p>only html</p>").success
+    message = server.wait_for_messages(1)[0].message
+    assert message.get_content_type() == "text/html"
+
+
+def test_attachments_arrive_byte_exact(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    payload = bytes(range(256)) * 100
+    result = send_simple(
+        handler,
+        attachments=[
+            {
+                "filename": "data.bin",
+                "contentType": "application/octet-stream",
+                "data": base64.b64encode(payload).decode(),
+            },
+            {
+                "filename": "Überweisung März.pdf",
+                "contentType": "application/pdf",
+                "data": base64.b64encode(b"%PDF-1.7").decode(),
+            },
+        ],
+    )
+    assert result.success
+    message = server.wait_for_messages(1)[0].message
+    assert message.get_content_type() == "multipart/mixed"
+    attachments = list(message.iter_attachments())
+    assert [a.get_filename() for a in attachments] == ["data.bin", "Überweisung März.pdf"]
+    assert attachments[0].get_content() == payload
+    assert attachments[1].get_content() == b"%PDF-1.7"
+
+
+def test_bad_base64_attachment_is_invalid_and_nothing_is_sent(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler, attachments=[{"filename": "x.txt", "data": "not base64!!"}])
+    assert result.status is SMTPDeliveryStatus.INVALID
+    assert "attachments[0]" in (result.smtp_error or "")
+    assert server.sessions == 0
+
+
+def test_bcc_only_in_envelope(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    result = send_simple(
+        handler, cc_addresses=["carol@example.org"], bcc_addresses=["secret@example.net"]
+    )
+    assert result.success
+    received = server.wait_for_messages(1)[0]
+    assert received.rcpt_tos == ["bob@example.org", "carol@example.org", "secret@example.net"]
+    assert b"secret@example.net" not in received.data
+    assert received["Bcc"] is None
+    assert received["Cc"] == "carol@example.org"
+
+
+def test_headers_reply_to_custom_date_and_message_id(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    result = send_simple(
+        handler,
+        reply_to="Help Desk <help@example.com>",
+        custom_headers={"X-Campaign": "autumn", "X-Ticket": "12345"},
+    )
+    received = server.wait_for_messages(1)[0]
+    assert received["Reply-To"] == "Help Desk <help@example.com>"
+    assert received["X-Campaign"] == "autumn"
+    assert received["X-Ticket"] == "12345"
+    assert received["Message-ID"] == result.message_id
+    assert parsedate_to_datetime(received["Date"]).tzinfo is not None
+
+
+def test_non_ascii_subject_and_names(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port, from_address='"Zoë Ørsted" <zoe@example.com>')
+    result = send_simple(
+        handler,
+        to_addresses=['"Doe, Jöhn" <john@example.org>'],
+        subject="Grüße aus Köln – 東京",
+        text_body="Schöne Grüße",
+    )
+    assert result.success
+    received = server.wait_for_messages(1)[0]
+    assert received["Subject"] == "Grüße aus Köln – 東京"
+    assert received["From"] == "Zoë Ørsted <zoe@example.com>"
+    assert received.message["To"].addresses[0].display_name == "Doe, Jöhn"
+    assert received.message.get_content().strip() == "Schöne Grüße"
+
+
+def test_idn_domain_is_punycoded_in_envelope(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    assert send_simple(handler, to_addresses=["info@bücher.de"]).success
+    assert server.wait_for_messages(1)[0].rcpt_tos == ["info@xn--bcher-kva.de"]
+
+
+def test_utf8_local_part_uses_smtputf8(start_server, make_handler):
+    server = start_server(smtputf8=True)
+    handler = make_handler(server.host, server.port)
+    assert send_simple(handler, to_addresses=["用户@例子.广告"]).success
+    received = server.wait_for_messages(1)[0]
+    assert "SMTPUTF8" in received.mail_options
+    assert received.rcpt_tos == ["用户@" + "例子.广告".encode("idna").decode()]
+
+
+def test_utf8_local_part_without_server_support_fails_clearly(start_server, make_handler):
+    server = start_server(smtputf8=False)
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler, to_addresses=["josé@example.org"])
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert "SMTPUTF8" in (result.smtp_error or "")
+    assert server.messages == []
+
+
+def test_message_over_server_size_limit_is_not_sent(start_server, make_handler):
+    server = start_server(size_limit=2000)
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler, text_body="x" * 5000)
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert "at most 2000" in (result.smtp_error or "")
+    assert server.messages == []
+
+
+# ---------------------------------------------------------------------- statuses
+
+
+def test_some_recipients_refused_is_success_with_failures(start_server, make_handler):
+    server = start_server()
+    server.faults.reject_recipients["ghost@example.org"] = (550, "5.1.1 No such user")
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler, to_addresses=["bob@example.org", "ghost@example.org"])
+    assert result.status is SMTPDeliveryStatus.SUCCESS
+    assert result.recipient_failures == {"ghost@example.org": "550 5.1.1 No such user"}
+    assert server.wait_for_messages(1)[0].rcpt_tos == ["bob@example.org"]
+
+
+def test_all_recipients_refused_is_rejected(start_server, make_handler):
+    server = start_server()
+    server.faults.reject_recipients["ghost@example.org"] = (550, "5.1.1 No such user")
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler, to_addresses=["ghost@example.org"])
+    assert result.status is SMTPDeliveryStatus.REJECTED
+    assert result.smtp_code == 550
+    assert result.enhanced_status_code == "5.1.1"
+    assert result.recipient_failures == {"ghost@example.org": "550 5.1.1 No such user"}
+    assert server.messages == []
+
+
+def test_sender_refused_is_rejected(start_server, make_handler):
+    server = start_server()
+    server.faults.mail_replies[1] = (553, "5.7.1 Sender not allowed")
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.REJECTED
+    assert result.smtp_code == 553
+    assert server.messages == []
+
+
+def test_transient_mail_reply_is_retried_with_the_same_message_id(
+    start_server, make_handler, sleeps
+):
+    server = start_server()
+    server.faults.mail_replies[1] = (451, "4.3.0 Try again")
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.SUCCESS
+    assert result.retry_count == 1
+    assert sleeps == [1]
+    [received] = server.wait_for_messages(1)
+    assert received["Message-ID"] == result.message_id
+
+
+def test_retries_exhausted_is_temp_failed(start_server, make_handler, sleeps):
+    server = start_server()
+    for attempt in range(1, 5):
+        server.faults.mail_replies[attempt] = (421, "4.7.0 Busy")
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.TEMP_FAILED
+    assert result.is_retryable is True
+    assert result.retry_count == 3
+    assert result.smtp_code == 421
+    assert sleeps == [1, 5, 30]
+    assert json.loads(json.dumps(result.to_dict()))["status"] == "temp_failed"
+
+
+def test_retry_false_reports_retry(start_server, make_handler, sleeps):
+    server = start_server()
+    server.faults.mail_replies[1] = (450, "4.2.0 Mailbox busy")
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler, retry=False)
+    assert result.status is SMTPDeliveryStatus.RETRY
+    assert result.is_retryable is True
+    assert result.retry_count == 0
+    assert sleeps == []
+    assert server.messages == []
+
+
+def test_permanent_data_refusal_is_failed(start_server, make_handler, sleeps):
+    server = start_server()
+    server.faults.data_reply = (552, "5.3.4 Message too big for system")
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert result.smtp_code == 552
+    assert result.enhanced_status_code == "5.3.4"
+    assert sleeps == []
+
+
+def test_drop_after_data_is_outcome_unknown_and_not_resent(start_server, make_handler, sleeps):
+    server = start_server()
+    server.faults.drop_after_data = 1
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert result.outcome_unknown is True
+    assert result.is_retryable is False
+    assert sleeps == []
+    assert server.sessions == 1
+
+
+def test_invalid_input_never_touches_the_network(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler, to_addresses=["not-an-address"])
+    assert result.status is SMTPDeliveryStatus.INVALID
+    assert "to_addresses[0]" in (result.smtp_error or "")
+    result = send_simple(handler, subject="line\r\nBcc: victim@example.org")
+    assert result.status is SMTPDeliveryStatus.INVALID
+    assert server.sessions == 0
+
+
+# ---------------------------------------------------------------------- pooling and threads
+
+
+def test_connection_is_reused_between_sends(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    for _ in range(5):
+        assert send_simple(handler).success
+    assert server.sessions == 1
+    stats = handler.pool.get_stats()
+    assert stats["created"] == 1 and stats["reused"] == 4
+
+
+def test_connection_closed_by_server_while_idle_is_replaced(start_server, make_handler):
+    server = start_server(idle_timeout=0.2)
+    handler = make_handler(server.host, server.port)
+    assert send_simple(handler).success
+    deadline = threading.Event()
+    deadline.wait(0.6)  # let the server's idle timeout close the pooled connection
+    assert send_simple(handler).success
+    assert handler.pool.get_stats()["dropped"] == 1
+    assert len(server.wait_for_messages(2)) == 2
+
+
+def test_threads_share_a_handler_and_respect_pool_size(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port, pool_size=3)
+    results: list[Any] = []
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        for n in range(10):
+            result = send_simple(handler, subject=f"msg {index}-{n}")
+            with lock:
+                results.append(result)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(r.success for r in results) and len(results) == 80
+    received = server.wait_for_messages(80)
+    subjects = sorted(m["Subject"] for m in received)
+    assert subjects == sorted(f"msg {i}-{n}" for i in range(8) for n in range(10))
+    assert len({r.message_id for r in results}) == 80
+    assert server.sessions <= 3
+    assert handler.pool.get_stats()["created"] <= 3
+
+
+def test_new_handler_per_request_reuses_the_shared_pool(start_server, client_ssl_context):
+    server = start_server()
+    shared_pool().close_all()
+    try:
+        for _ in range(3):
+            handler = SMTPProtocolHandler(
+                server.host, server.port, encryption="none", from_address=SENDER
+            )
+            assert send_simple(handler).success
+            handler.close()
+        assert server.sessions == 1
+    finally:
+        shared_pool().close_all()
+
+
+def test_context_manager_closes_a_private_pool(start_server, make_handler):
+    server = start_server()
+    with make_handler(server.host, server.port) as handler:
+        assert send_simple(handler).success
+        assert handler.pool.get_stats()["idle"] == 1
+    assert handler.pool.get_stats()["idle"] == 0
+    handler.close()  # idempotent
+
+
+# ---------------------------------------------------------------------- secrets
+
+
+def test_password_never_leaks(start_server, make_handler, caplog):
+    caplog.set_level(logging.DEBUG)
+    server = start_server("starttls", users=USERS)
+    good = make_handler(
+        server.host, server.port, username="alice", password=PASSWORD, encryption="tls"
+    )
+    bad = make_handler(
+        server.host, server.port, username="alice", password=PASSWORD + "x", encryption="tls"
+    )
+    results = [send_simple(good), send_simple(bad)]
+    bad.connect()
+    texts = [
+        repr(good),
+        str(good),
+        repr(good.pool),
+        str(good.pool.get_stats()),
+        json.dumps([r.to_dict() for r in results]),
+        str(bad.last_error),
+        caplog.text,
+    ]
+    encoded = base64.b64encode(f"\0alice\0{PASSWORD}".encode()).decode()
+    for text in texts:
+        assert PASSWORD not in text
+        assert encoded not in text
+
+
+# ---------------------------------------------------------------------- misbehaving servers
+
+
+def test_421_greeting_then_accept(make_handler, sleeps):
+    with ScriptedServer([smtp_refuse_connection(421), smtp_accept_all]) as server:
+        handler = make_handler(*server.address)
+        result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.SUCCESS
+    assert result.retry_count == 1
+    assert sleeps == [1]
+    assert len(server.conversations[1].blocks) == 1  # type: ignore[attr-defined]
+    assert server.errors == []
+
+
+def test_no_greeting_times_out(make_handler):
+    with ScriptedServer(no_greeting) as server:
+        handler = make_handler(*server.address, timeout=0.3)
+        result = send_simple(handler, retry=False)
+    assert result.status is SMTPDeliveryStatus.RETRY
+    assert "time" in (result.smtp_error or "")
+
+
+def test_greeting_then_silence_times_out(make_handler, sleeps):
+    with ScriptedServer(greet_then_silent) as server:
+        handler = make_handler(*server.address, timeout=0.3)
+        result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.TEMP_FAILED
+    assert sleeps == [1, 5, 30]
+    assert server.connections == 4
+
+
+def test_drop_mid_data_is_retried_on_a_fresh_connection(make_handler, sleeps):
+    # The body must be larger than what the server could have read before hanging
+    # up; a smaller one is indistinguishable on the wire from "dropped after the dot".
+    body = "line of text\n" * 400_000
+    with ScriptedServer([drop_mid_data, smtp_accept_all]) as server:
+        handler = make_handler(*server.address)
+        result = send_simple(handler, text_body=body)
+    assert result.status is SMTPDeliveryStatus.SUCCESS
+    assert result.retry_count == 1
+    first, second = server.conversations
+    assert first.blocks == []  # type: ignore[attr-defined]
+    assert len(second.blocks) == 1  # type: ignore[attr-defined]
+
+
+def test_drop_after_final_dot_is_not_resent(make_handler, sleeps):
+    with ScriptedServer([drop_after_final_dot, smtp_accept_all]) as server:
+        handler = make_handler(*server.address)
+        result = send_simple(handler)
+    assert result.outcome_unknown is True
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert "may or may not" in (result.smtp_error or "")
+    assert server.connections == 1
+    assert sleeps == []
+
+
+def test_rcpt_refusal_from_scripted_server(make_handler):
+    dialogue = SMTPDialogue(rcpt_replies={"bad@example.org": (550, "5.1.1 Unknown user")})
+    with ScriptedServer(dialogue) as server:
+        handler = make_handler(*server.address)
+        result = send_simple(handler, to_addresses=["good@example.org", "bad@example.org"])
+    assert result.status is SMTPDeliveryStatus.SUCCESS
+    assert result.recipient_failures == {"bad@example.org": "550 5.1.1 Unknown user"}
+
+
+def test_552_on_data_from_scripted_server(make_handler):
+    with ScriptedServer(SMTPDialogue(end_of_data=(552, "5.3.4 Too big"))) as server:
+        handler = make_handler(*server.address)
+        result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert result.smtp_code == 552
+
+
+def test_starttls_refused_by_server_never_authenticates(make_handler, certs):
+    dialogue = SMTPDialogue(
+        tls_context=certs.server_context(),
+        auth_mechanisms=("PLAIN",),
+        replies={"STARTTLS": (454, "4.7.0 TLS not available")},
+    )
+    with ScriptedServer(dialogue) as server:
+        handler = make_handler(
+            *server.address, encryption="tls", username="alice", password=PASSWORD
+        )
+        result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert "STARTTLS" in (result.smtp_error or "")
+    received = b"".join(server.conversations[0].received).upper()
+    assert b"AUTH" not in received and b"MAIL" not in received
+
+
+def test_pipelining_sends_the_envelope_in_one_batch(make_handler, mocker):
+    dialogue = SMTPDialogue(
+        extensions=("PIPELINING", "8BITMIME"),
+        rcpt_replies={"bad@example.org": (550, "5.1.1 Unknown user")},
+    )
+    writes = mocker.spy(SMTPConnection, "_send_bytes")
+    with ScriptedServer(dialogue) as server:
+        handler = make_handler(*server.address)
+        result = send_simple(handler, to_addresses=["a@example.org", "bad@example.org"])
+    assert result.status is SMTPDeliveryStatus.SUCCESS
+    assert result.recipient_failures == {"bad@example.org": "550 5.1.1 Unknown user"}
+    envelope = writes.call_args_list[0].args[1]
+    assert envelope == (
+        b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<a@example.org>\r\n"
+        b"RCPT TO:<bad@example.org>\r\nDATA\r\n"
+    )
+    verbs = [line.split(b" ")[0].strip().upper() for line in server.conversations[0].received[:5]]
+    assert verbs == [b"EHLO", b"MAIL", b"RCPT", b"RCPT", b"DATA"]
+
+
+def test_pipelined_all_recipients_refused_sends_no_body(make_handler):
+    dialogue = SMTPDialogue(
+        extensions=("PIPELINING",),
+        rcpt_replies={"bad@example.org": (550, "5.1.1 Unknown user")},
+        replies={"DATA": [(554, "5.5.1 No valid recipients")]},
+    )
+    with ScriptedServer(dialogue) as server:
+        handler = make_handler(*server.address)
+        result = send_simple(handler, to_addresses=["bad@example.org"])
+        assert send_simple(handler, to_addresses=["good@example.org"]).success
+    assert result.status is SMTPDeliveryStatus.REJECTED
+    assert len(server.conversations[0].blocks) == 1  # only the second message  # type: ignore[attr-defined]
+
+
+def test_garbage_reply_is_a_failure_not_a_crash(make_handler):
+    def garbage(conv: Any) -> None:
+        conv.send("220 hello")
+        conv.recv_line()
+        conv.send("this is not smtp at all")
+        conv.wait_closed(2)
+
+    with ScriptedServer(garbage) as server:
+        handler = make_handler(*server.address)
+        result = send_simple(handler, retry=False)
+    assert result.status in (SMTPDeliveryStatus.FAILED, SMTPDeliveryStatus.RETRY)
+    assert result.smtp_error
