@@ -95,6 +95,7 @@ class _Headers:
 
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+_ENVELOPE = re.compile(rb"From [^\s:]")
 
 
 def _read_header_section(data: bytes, limit: int) -> tuple[_Headers, bytes, list[str]]:
@@ -105,10 +106,12 @@ def _read_header_section(data: bytes, limit: int) -> tuple[_Headers, bytes, list
     headers = _Headers()
     defects: list[str] = []
     start = 0
-    if data.startswith(b"From "):
+    if _ENVELOPE.match(data):
         # An mbox envelope line that some servers leave in front of the headers.
         newline = data.find(b"\n")
         start = len(data) if newline < 0 else newline + 1
+    if start >= len(data):
+        return headers, b"", defects
     if data.startswith(b"\n", start):
         return headers, data[start + 1 :], defects
     if data.startswith(b"\r\n", start):
@@ -241,11 +244,9 @@ def _decode_body_text(raw: bytes, charset: str) -> str:
 
 
 # Control characters do not belong in header-derived strings; folding leftovers become spaces.
-_CONTROL_TABLE: dict[int, str | None] = {code: None for code in (*range(0x20), 0x7F)} | {
-    9: " ",
-    10: " ",
-    13: " ",
-}
+_CONTROL_TABLE: dict[int, str | None] = {
+    code: None for code in (*range(0x20), *range(0x7F, 0xA0))
+} | {9: " ", 10: " ", 13: " "}
 
 
 def _clean(text: str) -> str:
@@ -442,6 +443,9 @@ def _addresses(value: str) -> list[str]:
     return found
 
 
+_NULL_SENDER = re.compile(r"<\s*>")
+
+
 def _sender(raw: bytes | None) -> str:
     if not raw:
         return ""
@@ -450,6 +454,8 @@ def _sender(raw: bytes | None) -> str:
         for address in _addresses(candidate):
             if "@" in address:
                 return address
+    if _NULL_SENDER.search(text):
+        return ""  # "<>" is the null sender of bounces, not a name to show
     return _clean(_decode_words(text))
 
 
@@ -758,7 +764,7 @@ def parse_message(
     ``receivedAt`` is in milliseconds since the epoch, taken from the first
     ``Received`` header (the hop nearest the mailbox) whose date parses, else from
     ``Date``, else 0. A date without a zone is read as UTC. ``textBody`` joins every
-    inline text/plain part with a newline, ``htmlBody`` every inline text/html part;
+    non-empty inline text/plain part with a newline, ``htmlBody`` every inline text/html part;
     inside multipart/alternative only the first of each is taken. Every other leaf
     part, any part with a filename or ``Content-Disposition: attachment``, and each
     encapsulated message is an attachment; an encapsulated message without a declared
@@ -774,8 +780,8 @@ def parse_message(
     except Exception as exc:
         log.warning("message %s: body parsing failed (%s)", message_number, type(exc).__name__)
         log.debug("message %s: body parsing traceback", message_number, exc_info=True)
-    result["textBody"] = "\n".join(collector.texts)
-    result["htmlBody"] = "\n".join(collector.htmls)
+    result["textBody"] = "\n".join(text for text in collector.texts if text)
+    result["htmlBody"] = "\n".join(html for html in collector.htmls if html)
     result["attachments"] = collector.attachments
     result["attachmentCount"] = len(collector.attachments)
     if include_raw:
