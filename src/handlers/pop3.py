@@ -1,0 +1,882 @@
+"""POP3 retrieval: :class:`POP3ProtocolHandler`.
+
+A handler works in one of two ways, and both can be mixed freely:
+
+* **Session**: ``connect()`` (or ``with handler:``, or ``with handler.session():``)
+  opens a connection that every later call uses until ``disconnect()``. Logging in
+  happens on the first call that needs it, or explicitly with ``authenticate()``.
+  Deletions are committed when the session ends with ``QUIT``.
+* **Stateless**: a call made while no session is open opens one, logs in with the
+  stored credentials, does its work and ends with ``QUIT``, so a stateless
+  ``delete_message()`` is committed before it returns.
+
+If the connection breaks in the middle of a session, deletions marked in it are
+lost (the server only commits at ``QUIT``), and every later call raises
+:class:`POP3ConnectionError` until ``disconnect()`` or ``connect()`` starts afresh.
+
+A handler is not thread-safe: use one per thread, or a :class:`POP3ConnectionPool`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import poplib
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable, Iterator
+from poplib import POP3, POP3_SSL
+from types import TracebackType
+from typing import Any, Final
+
+from .credentials import Secret
+from .errors import (
+    MailHandlerError,
+    MailValidationError,
+    POP3AuthenticationError,
+    POP3ConnectionError,
+    POP3MailboxBusyError,
+    POP3MessageTooLargeError,
+    POP3ProtocolError,
+    POP3ResponseError,
+    POP3SecurityError,
+    POP3TimeoutError,
+    POP3UnsupportedError,
+)
+from .message_parser import ParseLimits, parse_header_summary, parse_message
+from .pop3_client import FastPOP3, FastPOP3_SSL, is_fast_client
+from .pop3_pool import POP3ConnectionPool
+from .pop3_sync import MessageCallback, SyncResult, sync_mailbox
+from .pop3_wire import (
+    ResponseTooLargeError,
+    error_for_reply,
+    parse_scan_line,
+    parse_uid_line,
+    strip_ok,
+)
+from .retry import Clock, RetryPolicy, Sleep, call_with_retry
+from .tls import describe_tls_failure, resolve_context
+from .uid_store import UIDStore
+from .validation import ensure_safe_command_argument
+
+__all__ = [
+    "DEFAULT_CONNECT_RETRY",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "POP3",
+    "POP3_SSL",
+    "POP3AuthenticationError",
+    "POP3ConnectionError",
+    "POP3ConnectionPool",
+    "POP3MailboxBusyError",
+    "POP3MessageTooLargeError",
+    "POP3ProtocolHandler",
+    "POP3SecurityError",
+    "POP3UnsupportedError",
+    "SyncResult",
+]
+
+log = logging.getLogger(__name__)
+
+ENCRYPTION_MODES: Final = ("ssl", "tls", "none")
+#: Messages larger than this are refused unless ``max_message_size`` says otherwise.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 50 * 1024 * 1024
+#: Three connection attempts in all, waiting 1 s and then 2 s between them.
+DEFAULT_CONNECT_RETRY: Final = RetryPolicy.exponential(max_retries=2, base=1.0, factor=2.0)
+
+_Client = Any  # a poplib.POP3 or anything with its methods (a test double)
+
+
+class POP3ProtocolHandler:
+    """Fetch and delete mail over POP3, on an explicit session or call by call.
+
+    ``encryption`` is ``'ssl'`` (TLS from the first byte, usually port 995), ``'tls'``
+    (plain connection upgraded with STLS, refused if the server does not offer it) or
+    ``'none'`` (plain text; a warning is logged whenever the password is sent).
+    Certificates and host names are verified with a shared default context unless
+    ``ssl_context`` is given.
+
+    Keyword-only options: ``retry`` (policy for opening connections, by default three
+    attempts with 1 s and 2 s waits), ``sleep`` and ``clock`` (injectable for tests),
+    ``deadline`` (seconds that opening a connection may take in all, retries included),
+    ``max_message_size`` (bytes, ``None`` for no limit), ``include_raw`` and
+    ``include_attachment_content`` (extras in the message dicts) and ``parse_limits``.
+
+    Nothing touches the network until a method needs it.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        username: str,
+        password: str,
+        encryption: str = "ssl",
+        timeout: float = 30,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Sleep = time.sleep,
+        clock: Clock = time.monotonic,
+        deadline: float | None = None,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        include_raw: bool = False,
+        include_attachment_content: bool = False,
+        parse_limits: ParseLimits | None = None,
+    ) -> None:
+        _check_config(hostname, port, encryption, timeout, deadline, max_message_size)
+        _check_credentials(username, password)
+        self._hostname = hostname
+        self._port = port
+        self._username = username
+        self._password = Secret(password)
+        self._encryption = encryption
+        self._timeout = float(timeout)
+        self._ssl_context = ssl_context
+        self._retry = retry if retry is not None else DEFAULT_CONNECT_RETRY
+        self._sleep = sleep
+        self._clock = clock
+        self._deadline = deadline
+        self._max_message_size = max_message_size
+        self._include_raw = include_raw
+        self._include_attachment_content = include_attachment_content
+        self._parse_limits = parse_limits
+        self._client: _Client | None = None
+        self._session_open = False
+        self._authenticated = False
+        self._broken = False
+        self._pending_deletions = 0
+
+    # -- read-only view ----------------------------------------------------------
+
+    @property
+    def hostname(self) -> str:
+        """The server's host name."""
+        return self._hostname
+
+    @property
+    def port(self) -> int:
+        """The server's port."""
+        return self._port
+
+    @property
+    def username(self) -> str:
+        """The user name logins are made with."""
+        return self._username
+
+    @property
+    def encryption(self) -> str:
+        """``'ssl'``, ``'tls'`` or ``'none'``."""
+        return self._encryption
+
+    @property
+    def is_connected(self) -> bool:
+        """True while a session's connection is open."""
+        return self._client is not None
+
+    @property
+    def is_authenticated(self) -> bool:
+        """True once the open session has logged in."""
+        return self._authenticated
+
+    @property
+    def pending_deletions(self) -> int:
+        """Messages marked for deletion in the open session and not yet committed."""
+        return self._pending_deletions
+
+    @property
+    def state(self) -> str:
+        """``'disconnected'``, ``'connected'``, ``'authenticated'`` or ``'broken'``."""
+        if self._broken:
+            return "broken"
+        if self._client is None:
+            return "disconnected"
+        return "authenticated" if self._authenticated else "connected"
+
+    def __repr__(self) -> str:
+        return (
+            f"<POP3ProtocolHandler {self._hostname}:{self._port} user={self._username!r} "
+            f"encryption={self._encryption} state={self.state}>"
+        )
+
+    # -- session lifecycle -------------------------------------------------------
+
+    def connect(self) -> bool:
+        """Open a session, retrying connection failures with backoff.
+
+        Returns True (also when a session is already open). Raises
+        :class:`POP3ConnectionError` (or :class:`POP3TimeoutError`) once the retry
+        policy is exhausted, and :class:`POP3SecurityError` for TLS problems, which
+        are not retried.
+        """
+        if self._client is not None:
+            log.debug("POP3 session with %s:%d already open", self._hostname, self._port)
+            return True
+        self._install(self._open(login=False), authenticated=False)
+        return True
+
+    def authenticate(self, username: str | None = None, password: str | None = None) -> bool:
+        """Log in with the stored credentials, or with these (which replace them).
+
+        Inside a session this logs that session in, once: later calls return True
+        at once. With no session open it checks the credentials in a short session
+        of its own. Raises :class:`POP3AuthenticationError` for refused credentials
+        (never retried) and :class:`POP3MailboxBusyError` for ``[IN-USE]`` or
+        ``[LOGIN-DELAY]``.
+        """
+        self._replace_credentials(username, password)
+        if not self._session_open:
+            with self._session(login=True):
+                return True
+        self._ensure_login(self._live_client())
+        return True
+
+    def disconnect(self) -> bool:
+        """End the session with ``QUIT``, which commits pending deletions.
+
+        If ``QUIT`` fails the socket is closed anyway and False is returned: deletions
+        may not have been committed. Calling it with no session open returns True.
+        Never raises.
+        """
+        failure, _ = self._end_session()
+        return failure is None
+
+    def abort(self) -> None:
+        """Close the connection at once, without ``QUIT``: pending deletions are dropped.
+
+        The server commits nothing for a session that ends this way. Never raises.
+        """
+        client, pending = self._client, self._pending_deletions
+        self._client = None
+        self._session_open = self._authenticated = self._broken = False
+        self._pending_deletions = 0
+        if client is not None:
+            _close_quietly(client)
+            log.debug(
+                "POP3 session with %s:%d aborted; %d deletion(s) dropped",
+                self._hostname,
+                self._port,
+                pending,
+            )
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[POP3ProtocolHandler]:
+        """Group calls into one logged-in session, opened here unless one is open.
+
+        A session opened here ends with ``QUIT`` when the block is left; if deletions
+        were marked and the server does not confirm ``QUIT``, the exception saying so
+        is raised.
+        """
+        with self._session(login=True):
+            yield self
+
+    def __enter__(self) -> POP3ProtocolHandler:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.disconnect()
+
+    # -- mailbox operations ------------------------------------------------------
+
+    def list_messages(self) -> tuple[list[int], int]:
+        """Return the message numbers in the mailbox and their total size in bytes."""
+        with self._session() as client:
+            listing = self._scan(client)
+        return [number for number, _ in listing], sum(size for _, size in listing)
+
+    def get_mailbox_stat(self) -> tuple[int, int]:
+        """Return ``(message_count, total_size_bytes)`` from ``STAT``."""
+        with self._session() as client:
+            reply = self._call(client, "stat")
+        if (
+            not isinstance(reply, tuple)
+            or len(reply) != 2
+            or not all(isinstance(value, int) for value in reply)
+        ):
+            raise POP3ProtocolError("malformed STAT reply")
+        return reply[0], reply[1]
+
+    def get_message_size(self, message_id: int) -> int:
+        """Return the size of one message in bytes, or -1 if it cannot be had."""
+        _check_message_id(message_id)
+        try:
+            with self._session() as client:
+                size = self._size_of(client, message_id)
+        except MailHandlerError as error:
+            log.warning("size of POP3 message %d unavailable: %s", message_id, error)
+            return -1
+        return -1 if size is None else size
+
+    def fetch_message(self, message_id: int) -> dict[str, Any] | None:
+        """Download and parse one message.
+
+        Returns None (and logs a warning) when the server refuses it, for instance
+        because there is no such message. Raises :class:`POP3MessageTooLargeError` for
+        a message over ``max_message_size``, without downloading it when the server
+        reports its size.
+        """
+        _check_message_id(message_id)
+        with self._session() as client:
+            return self._fetch(client, message_id, None)
+
+    def fetch_messages(self, message_ids: list[int] | None = None) -> list[dict[str, Any]]:
+        """Download and parse several messages (all when ``message_ids`` is None).
+
+        A message that is refused, missing or too large is logged and skipped. A
+        broken connection still raises, since no later message could be fetched.
+        """
+        with self._session() as client:
+            sizes = dict(self._scan(client))
+            messages = []
+            for number in self._targets(message_ids, sizes):
+                try:
+                    message = self._fetch(self._live_client(), number, sizes[number])
+                except POP3MessageTooLargeError as error:
+                    log.warning("skipping POP3 message %d: %s", number, error)
+                    continue
+                if message is not None:
+                    messages.append(message)
+        return messages
+
+    def delete_message(self, message_id: int) -> bool:
+        """Mark one message for deletion; False if the server refuses.
+
+        In a session the deletion takes effect at ``disconnect()`` and ``reset()``
+        can undo it; without a session it is committed before this returns.
+        """
+        _check_message_id(message_id)
+        with self._session() as client:
+            return self._delete(client, message_id)
+
+    def delete_messages(self, message_ids: list[int]) -> tuple[int, int]:
+        """Mark several messages for deletion; return ``(deleted, failed)`` counts."""
+        for message_id in message_ids:
+            _check_message_id(message_id)
+        with self._session() as client:
+            outcomes = [self._delete(client, number) for number in message_ids]
+        deleted = sum(outcomes)
+        return deleted, len(outcomes) - deleted
+
+    def reset(self) -> bool:
+        """Cancel every deletion marked in the open session (``RSET``).
+
+        Messages are then kept when the session ends. With no logged-in session there
+        is nothing to cancel and True is returned without contacting the server.
+        False if the server refuses.
+        """
+        if self._client is None or not self._authenticated:
+            log.debug("POP3 reset: no logged-in session, nothing to undo")
+            return True
+        try:
+            self._call(self._client, "rset")
+        except POP3ResponseError as error:
+            log.warning("POP3 server refused RSET: %s", error)
+            return False
+        self._pending_deletions = 0
+        return True
+
+    def get_capabilities(self) -> list[str]:
+        """Return the server's ``CAPA`` list, e.g. ``['TOP', 'UIDL', 'SASL PLAIN']``.
+
+        Does not log in. A server without ``CAPA`` gives an empty list.
+        """
+        with self._session(login=False) as client:
+            capabilities = self._capabilities(client)
+        return [" ".join([name, *arguments]) for name, arguments in capabilities.items()]
+
+    def test_connection(self) -> bool:
+        """True if the server can be reached, accepts the login and answers ``NOOP``.
+
+        Never raises; the reason for a False is logged.
+        """
+        try:
+            with self._session() as client:
+                self._call(client, "noop")
+        except MailHandlerError as error:
+            log.warning("POP3 health check of %s:%d failed: %s", self._hostname, self._port, error)
+            return False
+        return True
+
+    # -- unique IDs and headers --------------------------------------------------
+
+    def list_uids(self) -> dict[int, str]:
+        """Map each message number to its unique ID (``UIDL``).
+
+        Raises :class:`POP3UnsupportedError` if the server refuses ``UIDL``.
+        """
+        with self._session() as client:
+            try:
+                reply = self._call(client, "uidl")
+            except POP3ResponseError as error:
+                raise POP3UnsupportedError(
+                    f"server refused UIDL ({error.text}); unique IDs are not available",
+                    error.enhanced_code,
+                ) from None
+        uids = dict(parse_uid_line(line) for line in _long_reply(reply, "UIDL")[1])
+        if len(set(uids.values())) != len(uids):
+            log.warning("POP3 server %s returned duplicate unique IDs", self._hostname)
+        return uids
+
+    def list_headers(self, message_ids: list[int] | None = None) -> list[dict[str, Any]]:
+        """Header summaries (``TOP n 0``) of several messages, all when None.
+
+        Refused messages are logged and skipped; a server that does not offer
+        ``TOP`` raises :class:`POP3UnsupportedError`.
+        """
+        with self._session() as client:
+            sizes = dict(self._scan(client))
+            summaries = []
+            for number in self._targets(message_ids, sizes):
+                headers = self._headers(self._live_client(), number)
+                if headers is not None:
+                    summaries.append(parse_header_summary(headers, number, size=sizes[number]))
+        return summaries
+
+    def sync(
+        self,
+        store: UIDStore,
+        handler_fn: MessageCallback,
+        *,
+        delete_after: bool = False,
+        prune: bool = True,
+    ) -> SyncResult:
+        """Hand every message whose unique ID is not in ``store`` to ``handler_fn``.
+
+        See :func:`src.handlers.pop3_sync.sync_mailbox` for the guarantees.
+        """
+        return sync_mailbox(self, store, handler_fn, delete_after=delete_after, prune=prune)
+
+    # -- opening and closing -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _session(self, *, login: bool = True) -> Iterator[_Client]:
+        """Yield the open session's client, or open a session for the block."""
+        if self._session_open:
+            client = self._live_client()
+            if login:
+                self._ensure_login(client)
+            yield client
+            return
+        self._install(self._open(login=login), authenticated=login)
+        try:
+            yield self._client
+        except BaseException:
+            self._end_session()
+            raise
+        failure, pending = self._end_session()
+        if failure is not None and pending:
+            raise failure
+
+    def _install(self, client: _Client, *, authenticated: bool) -> None:
+        self._client = client
+        self._session_open = True
+        self._authenticated = authenticated
+        self._broken = False
+        self._pending_deletions = 0
+        log.debug("POP3 session with %s:%d open", self._hostname, self._port)
+
+    def _end_session(self) -> tuple[MailHandlerError | None, int]:
+        """Send QUIT and close; return what went wrong and how many deletions were due."""
+        client, broken, pending = self._client, self._broken, self._pending_deletions
+        self._client = None
+        self._session_open = self._authenticated = self._broken = False
+        self._pending_deletions = 0
+        if client is None:
+            lost = POP3ConnectionError("the POP3 session had already been lost")
+            return (lost if broken else None), 0
+        failure: MailHandlerError | None = None
+        try:
+            client.quit()
+        except Exception as error:
+            failure = self._translate(error, "QUIT")
+            log.warning(
+                "POP3 QUIT to %s:%d failed (%s); closing the socket, %d deletion(s) "
+                "may not be committed",
+                self._hostname,
+                self._port,
+                failure,
+                pending,
+            )
+        finally:
+            _close_quietly(client)
+        log.debug("POP3 session with %s:%d closed", self._hostname, self._port)
+        return failure, pending
+
+    def _open(self, *, login: bool) -> _Client:
+        """A new connection (logged in if asked), with retries and the deadline."""
+        started = self._clock()
+
+        def attempt() -> _Client:
+            client = self._connect_once(self._attempt_timeout(started))
+            if login:
+                try:
+                    self._login(client)
+                except BaseException:
+                    _close_quietly(client)
+                    raise
+            return client
+
+        def before_retry(error: BaseException, number: int, delay: float) -> None:
+            if self._deadline is not None and self._clock() - started + delay >= self._deadline:
+                raise POP3TimeoutError(
+                    f"could not open a POP3 session with {self._hostname}:{self._port} "
+                    f"within the {self._deadline:g}s deadline: {error}"
+                ) from error
+            log.debug(
+                "POP3 connect retry %d to %s:%d in %.1fs after: %s",
+                number,
+                self._hostname,
+                self._port,
+                delay,
+                error,
+            )
+
+        return call_with_retry(attempt, self._retry, sleep=self._sleep, on_retry=before_retry)
+
+    def _attempt_timeout(self, started: float) -> float:
+        if self._deadline is None:
+            return self._timeout
+        remaining = self._deadline - (self._clock() - started)
+        if remaining <= 0:
+            raise POP3TimeoutError(
+                f"the {self._deadline:g}s deadline for reaching "
+                f"{self._hostname}:{self._port} has passed"
+            )
+        return min(self._timeout, remaining)
+
+    def _connect_once(self, timeout: float) -> _Client:
+        log.debug(
+            "connecting to POP3 server %s:%d (%s)", self._hostname, self._port, self._encryption
+        )
+        try:
+            if self._encryption == "ssl":
+                # The stock classes are swapped for safer subclasses; anything else
+                # (a test double patched in) is used as it is.
+                factory: Callable[..., _Client] = (
+                    FastPOP3_SSL if POP3_SSL is poplib.POP3_SSL else POP3_SSL
+                )
+                client = factory(
+                    self._hostname,
+                    self._port,
+                    timeout=timeout,
+                    context=resolve_context(self._ssl_context),
+                )
+            else:
+                factory = FastPOP3 if POP3 is poplib.POP3 else POP3
+                client = factory(self._hostname, self._port, timeout=timeout)
+        except Exception as error:
+            raise self._translate(error, "connect", handshake=True) from _cause(error)
+        if timeout < self._timeout:
+            _set_timeout(client, self._timeout)
+        if self._encryption == "tls":
+            try:
+                self._start_tls(client)
+            except BaseException:
+                _close_quietly(client)
+                raise
+        return client
+
+    def _start_tls(self, client: _Client) -> None:
+        if "STLS" not in self._capabilities(client):
+            raise POP3SecurityError(
+                f"{self._hostname}:{self._port} does not offer STLS; refusing to continue "
+                "without TLS (encryption='tls')"
+            )
+        try:
+            client.stls(context=resolve_context(self._ssl_context))
+        except poplib.error_proto as error:
+            refusal = error_for_reply(_reply_text(error))
+            raise POP3SecurityError(f"server refused STLS: {refusal}") from None
+        except ssl.SSLError as error:
+            raise POP3SecurityError(describe_tls_failure(error, self._hostname)) from error
+        except Exception as error:
+            raise self._translate(error, "STLS") from _cause(error)
+        log.debug("TLS established with %s:%d via STLS", self._hostname, self._port)
+
+    # -- login -------------------------------------------------------------------
+
+    def _replace_credentials(self, username: str | None, password: str | None) -> None:
+        if username is None and password is None:
+            return
+        new_username = self._username if username is None else username
+        _check_credentials(new_username, password if password is not None else "")
+        if self._authenticated and new_username != self._username:
+            raise MailValidationError(
+                "this session is already logged in as another user; disconnect() first",
+                "username",
+            )
+        self._username = new_username
+        if password is not None:
+            self._password = Secret(password)
+
+    def _ensure_login(self, client: _Client) -> None:
+        if self._authenticated:
+            return
+        try:
+            self._login(client)
+        except POP3ResponseError:
+            raise
+        except MailHandlerError as error:
+            self._lose_session("login", error)
+            raise
+        self._authenticated = True
+
+    def _login(self, client: _Client) -> None:
+        """USER and PASS on ``client``, whose state is not tracked here."""
+        if self._encryption == "none":
+            log.warning(
+                "sending the POP3 password for %r to %s:%d without encryption",
+                self._username,
+                self._hostname,
+                self._port,
+            )
+        for verb, method, argument in (
+            ("USER", client.user, self._username),
+            ("PASS", client.pass_, self._password.reveal()),
+        ):
+            try:
+                method(argument)
+            except Exception as error:
+                raise self._translate(error, verb, during_login=True) from None
+        log.debug("logged in to %s:%d as %r", self._hostname, self._port, self._username)
+
+    # -- commands ----------------------------------------------------------------
+
+    def _live_client(self) -> _Client:
+        if self._client is None:
+            raise POP3ConnectionError(
+                "the POP3 session was lost, and deletions marked in it were not committed; "
+                "call disconnect() or connect() to start again"
+            )
+        return self._client
+
+    def _call(self, client: _Client, method: str, *args: Any) -> Any:
+        """Run one client method; translate failures and drop a broken connection."""
+        verb = method.rstrip("_").split("_")[0].upper()
+        try:
+            return getattr(client, method)(*args)
+        except ResponseTooLargeError as error:
+            self._lose_session(verb, error)
+            if verb in ("RETR", "TOP") and args:
+                raise POP3MessageTooLargeError(args[0], None, error.limit) from None
+            raise POP3ProtocolError(f"{verb} reply larger than {error.limit} bytes") from None
+        except Exception as error:
+            translated = self._translate(error, verb)
+            if not isinstance(translated, POP3ResponseError):
+                self._lose_session(verb, translated)
+            raise translated from _cause(error)
+
+    def _lose_session(self, verb: str, error: BaseException) -> None:
+        client = self._client
+        if client is None:
+            return
+        log.warning(
+            "POP3 session with %s:%d lost during %s (%s); %d deletion(s) not committed",
+            self._hostname,
+            self._port,
+            verb,
+            error,
+            self._pending_deletions,
+        )
+        self._client = None
+        self._authenticated = False
+        self._broken = True
+        self._pending_deletions = 0
+        _close_quietly(client)
+
+    def _translate(
+        self,
+        error: BaseException,
+        verb: str,
+        *,
+        during_login: bool = False,
+        handshake: bool = False,
+    ) -> MailHandlerError:
+        if isinstance(error, MailHandlerError):
+            return error
+        where = f"{self._hostname}:{self._port}"
+        if isinstance(error, poplib.error_proto):
+            return error_for_reply(
+                _reply_text(error), during_login=during_login, secret=self._password.reveal()
+            )
+        if handshake and isinstance(error, ssl.SSLError):
+            return POP3SecurityError(describe_tls_failure(error, self._hostname))
+        if isinstance(error, TimeoutError):
+            return POP3TimeoutError(f"{verb}: no answer from {where} within {self._timeout:g}s")
+        if isinstance(error, OSError):
+            return POP3ConnectionError(f"{verb}: connection to {where} failed: {error}")
+        return POP3ProtocolError(f"{verb}: unusable reply from {where} ({type(error).__name__})")
+
+    def _capabilities(self, client: _Client) -> dict[str, list[str]]:
+        try:
+            reply = self._call(client, "capa")
+        except POP3ResponseError:
+            return {}
+        if not isinstance(reply, dict):
+            return {}
+        return {str(name).upper(): [str(arg) for arg in args] for name, args in reply.items()}
+
+    def _scan(self, client: _Client) -> list[tuple[int, int]]:
+        return [
+            parse_scan_line(line) for line in _long_reply(self._call(client, "list"), "LIST")[1]
+        ]
+
+    def _size_of(self, client: _Client, number: int) -> int | None:
+        reply = self._call(client, "list", number)
+        if not isinstance(reply, bytes | str):
+            return None
+        return parse_scan_line(strip_ok(reply))[1]
+
+    def _targets(self, requested: Iterable[int] | None, sizes: dict[int, int]) -> list[int]:
+        if requested is None:
+            return sorted(sizes)
+        targets = []
+        for number in requested:
+            _check_message_id(number)
+            if number in sizes:
+                targets.append(number)
+            else:
+                log.warning("POP3 message %d is not in the mailbox; skipped", number)
+        return targets
+
+    def _fetch(self, client: _Client, number: int, size: int | None) -> dict[str, Any] | None:
+        try:
+            if size is None:
+                size = self._size_of(client, number)
+            self._check_size(number, size)
+            raw = self._retrieve(client, number)
+        except POP3ResponseError as error:
+            log.warning("POP3 server refused message %d: %s", number, error)
+            return None
+        return parse_message(
+            raw,
+            number,
+            size=size if size is not None else len(raw),
+            include_raw=self._include_raw,
+            include_attachment_content=self._include_attachment_content,
+            limits=self._parse_limits,
+        )
+
+    def _retrieve(self, client: _Client, number: int) -> bytes:
+        if is_fast_client(client):
+            client.message_limit = self._max_message_size
+            return bytes(self._call(client, "retr_bytes", number)[1])
+        _, lines, octets = _long_reply(self._call(client, "retr", number), "RETR")
+        raw = b"\r\n".join(lines) + (b"\r\n" if lines else b"")
+        self._check_size(number, octets if isinstance(octets, int) else len(raw))
+        return raw
+
+    def _headers(self, client: _Client, number: int) -> bytes | None:
+        try:
+            if is_fast_client(client):
+                client.message_limit = self._max_message_size
+                return bytes(self._call(client, "top_bytes", number, 0)[1])
+            _, lines, _ = _long_reply(self._call(client, "top", number, 0), "TOP")
+            return b"\r\n".join(lines) + (b"\r\n" if lines else b"")
+        except POP3ResponseError as error:
+            capabilities = self._capabilities(client)
+            if capabilities and "TOP" not in capabilities:
+                raise POP3UnsupportedError(
+                    f"server refused TOP ({error.text}) and does not list it in CAPA",
+                    error.enhanced_code,
+                ) from None
+            log.warning("POP3 server refused the headers of message %d: %s", number, error)
+            return None
+
+    def _delete(self, client: _Client, number: int) -> bool:
+        try:
+            self._call(client, "dele", number)
+        except POP3ResponseError as error:
+            log.warning("POP3 server refused to delete message %d: %s", number, error)
+            return False
+        self._pending_deletions += 1
+        return True
+
+    def _check_size(self, number: int, size: int | None) -> None:
+        limit = self._max_message_size
+        if limit is not None and size is not None and size > limit:
+            raise POP3MessageTooLargeError(number, size, limit)
+
+
+# -- module helpers ----------------------------------------------------------------
+
+
+def _check_config(
+    hostname: str,
+    port: int,
+    encryption: str,
+    timeout: float,
+    deadline: float | None,
+    max_message_size: int | None,
+) -> None:
+    if not isinstance(hostname, str) or not hostname.strip():
+        raise MailValidationError("hostname must be a non-empty string", "hostname")
+    ensure_safe_command_argument(hostname, "hostname")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise MailValidationError("port must be an integer from 1 to 65535", "port")
+    if encryption not in ENCRYPTION_MODES:
+        raise MailValidationError(
+            f"encryption must be one of {', '.join(map(repr, ENCRYPTION_MODES))}, "
+            f"not {encryption!r}",
+            "encryption",
+        )
+    for name, value in (("timeout", timeout), ("deadline", deadline)):
+        if value is not None and (isinstance(value, bool) or not value > 0):
+            raise MailValidationError(f"{name} must be a positive number of seconds", name)
+    if max_message_size is not None and (
+        isinstance(max_message_size, bool) or max_message_size < 1
+    ):
+        raise MailValidationError(
+            "max_message_size must be a positive byte count", "max_message_size"
+        )
+
+
+def _check_credentials(username: str, password: str) -> None:
+    ensure_safe_command_argument(username, "username")
+    ensure_safe_command_argument(password, "password")
+    if not username:
+        raise MailValidationError("username must not be empty", "username")
+
+
+def _check_message_id(message_id: int) -> None:
+    if isinstance(message_id, bool) or not isinstance(message_id, int) or message_id < 1:
+        raise MailValidationError("message numbers are integers starting at 1", "message_id")
+
+
+def _long_reply(reply: object, verb: str) -> tuple[object, list[bytes], object]:
+    """Check the ``(status, lines, octets)`` shape poplib gives multi-line replies."""
+    if (
+        isinstance(reply, tuple | list)
+        and len(reply) == 3
+        and isinstance(reply[1], list)
+        and all(isinstance(line, bytes) for line in reply[1])
+    ):
+        return reply[0], reply[1], reply[2]
+    raise POP3ProtocolError(f"malformed {verb} reply")
+
+
+def _reply_text(error: poplib.error_proto) -> bytes | str:
+    reply = error.args[0] if error.args else b""
+    return reply if isinstance(reply, bytes | str) else str(reply)
+
+
+def _cause(error: BaseException) -> BaseException | None:
+    """Chain OS-level causes for debugging; never a server reply, which may echo input."""
+    return None if isinstance(error, poplib.error_proto | MailHandlerError) else error
+
+
+def _set_timeout(client: _Client, timeout: float) -> None:
+    sock = getattr(client, "sock", None)
+    if isinstance(sock, socket.socket):
+        sock.settimeout(timeout)
+
+
+def _close_quietly(client: _Client) -> None:
+    with contextlib.suppress(Exception):
+        client.close()
