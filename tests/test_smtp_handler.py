@@ -693,3 +693,43 @@ def test_garbage_reply_is_a_failure_not_a_crash(make_handler):
         result = send_simple(handler, retry=False)
     assert result.status in (SMTPDeliveryStatus.FAILED, SMTPDeliveryStatus.RETRY)
     assert result.smtp_error
+
+
+# ---------------------------------------------------------------------- fork safety
+
+
+# Python 3.12+ warns about fork() with threads running (the test servers' threads);
+# the child here only uses its own fresh socket, which is the point of the test.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_child_after_fork_never_uses_the_parents_connection(start_server, make_handler):
+    import os
+
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    assert send_simple(handler, subject="from parent").success
+    assert handler.pool.get_stats()["idle"] == 1
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its own send and exit without running pytest's teardown
+        code = 1
+        try:
+            os.close(read_end)
+            result = send_simple(handler, subject="from child")
+            stats = handler.pool.get_stats()
+            ok = result.success and stats["created"] == 1 and stats["reused"] == 0
+            os.write(write_end, b"ok" if ok else repr((result, stats)).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert report == b"ok"
+    # The parent's pooled connection survived the child and is still usable.
+    assert send_simple(handler, subject="parent again").success
+    assert handler.pool.get_stats()["reused"] >= 1
+    subjects = sorted(m["Subject"] for m in server.wait_for_messages(3))
+    assert subjects == ["from child", "from parent", "parent again"]
+    assert server.sessions == 2
