@@ -19,7 +19,8 @@ Decoding rules in one place:
   tolerated, unknown charsets use the header byte rules above;
 * RFC 2231 parameters, including numbered continuations, win over plain ones;
 * text bodies: the declared charset with ``errors="replace"``, UTF-8 when the charset is
-  missing or unknown; CRLF becomes ``\\n`` and NUL characters are dropped;
+  missing or unknown; CRLF becomes ``\\n``, NUL characters are dropped, and the line
+  break that ends a single-part message is not part of its text;
 * labels that browsers also reinterpret are widened (ISO-8859-1 to Windows-1252, GB2312
   to GB18030, KS C 5601 to CP949) because mailers use them for the wider sets.
 """
@@ -52,8 +53,8 @@ class ParseLimits:
     Attributes:
         max_depth: multipart nesting levels that are followed; a multipart nested
             deeper is skipped with a WARNING.
-        max_parts: MIME parts examined per message; the parts after that are skipped
-            with a WARNING.
+        max_parts: MIME parts examined per message, multipart containers included;
+            the parts after that are skipped with a WARNING.
         max_header_bytes: bytes of one header section (the message's own or a part's)
             that are read; the rest of that section is ignored.
     """
@@ -103,19 +104,15 @@ def _read_header_section(data: bytes, limit: int) -> tuple[_Headers, bytes, list
 
     Returns the defects found as short descriptions without any message content.
     """
-    headers = _Headers()
     defects: list[str] = []
     start = 0
     if _ENVELOPE.match(data):
         # An mbox envelope line that some servers leave in front of the headers.
         newline = data.find(b"\n")
         start = len(data) if newline < 0 else newline + 1
-    if start >= len(data):
-        return headers, b"", defects
-    if data.startswith(b"\n", start):
-        return headers, data[start + 1 :], defects
-    if data.startswith(b"\r\n", start):
-        return headers, data[start + 2 :], defects
+    for separator in (b"\n", b"\r\n"):
+        if data.startswith(separator, start):
+            return _Headers(), data[start + len(separator) :], defects
     blank = _BLANK_LINE.search(data, start)
     end = len(data) if blank is None else blank.start()
     body = b"" if blank is None else data[blank.end() :]
@@ -123,17 +120,29 @@ def _read_header_section(data: bytes, limit: int) -> tuple[_Headers, bytes, list
         defects.append(f"header section longer than {limit} bytes; the excess is ignored")
         cut = data.rfind(b"\n", start, start + limit)
         end = cut if cut > start else start + limit
+    headers, body_start = _parse_fields(data, start, end, defects)
+    return headers, body if body_start is None else data[body_start:], defects
+
+
+def _parse_fields(
+    data: bytes, start: int, end: int, defects: list[str]
+) -> tuple[_Headers, int | None]:
+    """Read the fields in ``data[start:end]``; also return where the body starts if a
+    line that is no header field shows the blank separator line was missing."""
+    headers = _Headers()
     name: str | None = None
     pieces: list[bytes] = []
     pos = start
-    for line in data[start:end].split(b"\n"):
+    section = data[start:end]
+    has_nul = b"\x00" in section
+    if has_nul:
+        defects.append("NUL bytes in header section dropped")
+    for line in section.split(b"\n") if section else ():
         line_start = pos
         pos += len(line) + 1
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if b"\x00" in line:
+        line = line.removesuffix(b"\r")
+        if has_nul:
             line = line.replace(b"\x00", b"")
-            defects.append("NUL byte in header section")
         if line[:1] in (b" ", b"\t"):
             if name is None:
                 defects.append("continuation line before the first header field")
@@ -141,21 +150,22 @@ def _read_header_section(data: bytes, limit: int) -> tuple[_Headers, bytes, list
                 pieces.append(line)
             continue
         match = _FIELD_NAME.match(line)
-        if match is None:
-            if name is not None and b":" in line:
-                defects.append("malformed header field skipped")
-                continue
-            if name is not None:
-                headers.add(name, b"".join(pieces).strip())
+        if match is None and (name is None or b":" not in line):
             defects.append("text without a header separator; treated as the body")
-            return headers, data[line_start:], defects
+            body_start: int | None = line_start
+            break
+        if match is None:
+            defects.append("malformed header field skipped")
+            continue
         if name is not None:
             headers.add(name, b"".join(pieces).strip())
         name = match.group(1).decode("ascii").lower()
         pieces = [line[match.end() :]]
+    else:
+        body_start = None
     if name is not None:
         headers.add(name, b"".join(pieces).strip())
-    return headers, body, defects
+    return headers, body_start
 
 
 # --------------------------------------------------------------------------- charsets
@@ -172,17 +182,14 @@ _WIDER_CHARSETS = {
     "ks_c_5601_1987": "cp949",
     "euc_kr": "cp949",
 }
-_codec_modules: frozenset[str] | None = None
 
 
+@lru_cache(maxsize=1)
 def _known_codec_names() -> frozenset[str]:
     # Only names Python can resolve are passed to codecs.lookup: its encodings cache
     # remembers every failed name forever, which hostile mail could exploit.
-    global _codec_modules
-    if _codec_modules is None:
-        modules = {info.name for info in pkgutil.iter_modules(encodings.__path__)}
-        _codec_modules = frozenset(modules) | frozenset(_CODEC_ALIASES)
-    return _codec_modules
+    modules = {info.name for info in pkgutil.iter_modules(encodings.__path__)}
+    return frozenset(modules) | frozenset(_CODEC_ALIASES)
 
 
 @lru_cache(maxsize=256)
@@ -605,6 +612,10 @@ class _Collector:
                 else:
                     stack.extend(reversed(children))
                     continue
+            if depth == 0:
+                # POP3 delivers lines, so the last line break ends the last line rather
+                # than adding content; dropping it matches how parts end at a delimiter.
+                data = _strip_final_newline(data)
             self._leaf(part, data, alternative)
 
     def _children(
@@ -763,12 +774,14 @@ def parse_message(
 
     ``receivedAt`` is in milliseconds since the epoch, taken from the first
     ``Received`` header (the hop nearest the mailbox) whose date parses, else from
-    ``Date``, else 0. A date without a zone is read as UTC. ``textBody`` joins every
-    non-empty inline text/plain part with a newline, ``htmlBody`` every inline text/html part;
-    inside multipart/alternative only the first of each is taken. Every other leaf
-    part, any part with a filename or ``Content-Disposition: attachment``, and each
-    encapsulated message is an attachment; an encapsulated message without a declared
-    filename is named after its subject (``<subject>.eml``, else ``message.eml``).
+    ``Date``, else 0. A date without a zone is read as UTC.
+
+    ``textBody`` joins the non-empty inline text/plain parts with a newline and
+    ``htmlBody`` the text/html ones; inside multipart/alternative only the first of
+    each counts. Every other leaf part, any part with a filename or
+    ``Content-Disposition: attachment``, and each encapsulated message is an
+    attachment; an encapsulated message without a declared filename is named after
+    its subject (``<subject>.eml``, else ``message.eml``).
     Filenames lose control characters and path separators (replaced by ``_``).
     """
     limits = limits or _DEFAULT_LIMITS
