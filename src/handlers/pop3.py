@@ -640,10 +640,15 @@ class POP3ProtocolHandler:
             ("USER", client.user, self._username),
             ("PASS", client.pass_, self._password.reveal()),
         ):
+            failure = None
             try:
                 method(argument)
             except Exception as error:
-                raise self._translate(error, verb, during_login=True) from None
+                failure = self._translate(error, verb, during_login=True)
+            if failure is not None:
+                # Raised outside the handler so the original, which may hold the
+                # password or the server's echo of it, is not kept as the context.
+                raise failure
         log.debug("logged in to %s:%d as %r", self._hostname, self._port, self._username)
 
     # -- commands ----------------------------------------------------------------

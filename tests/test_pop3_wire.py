@@ -1,0 +1,218 @@
+"""Tests for the bytes-level POP3 helpers and the poplib client subclasses."""
+
+from __future__ import annotations
+
+import gc
+import io
+import poplib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from src.handlers.errors import (
+    POP3AuthenticationError,
+    POP3ConnectionError,
+    POP3MailboxBusyError,
+    POP3ProtocolError,
+    POP3ResponseError,
+)
+from src.handlers.pop3_client import FastPOP3
+from src.handlers.pop3_wire import (
+    ResponseTooLargeError,
+    error_for_reply,
+    parse_error_reply,
+    parse_scan_line,
+    parse_uid_line,
+    read_dot_terminated,
+    split_lines,
+    strip_ok,
+)
+from src.handlers.retry import is_retryable
+from src.testing.scripted_server import Conversation, ScriptedServer
+
+
+class ChunkyStream:
+    """A peekable stream that hands out at most ``chunk`` bytes per peek."""
+
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self._data = data
+        self._pos = 0
+        self._chunk = chunk
+
+    def peek(self, size: int = 0, /) -> bytes:
+        return self._data[self._pos : self._pos + self._chunk]
+
+    def read(self, size: int | None = None, /) -> bytes:
+        end = len(self._data) if size is None else self._pos + size
+        out = self._data[self._pos : end]
+        self._pos += len(out)
+        return out
+
+    def rest(self) -> bytes:
+        return self._data[self._pos :]
+
+
+def stuffed(lines: list[bytes]) -> bytes:
+    body = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
+    return body + b".\r\n"
+
+
+# -- the multi-line reader ---------------------------------------------------------
+
+
+def test_reader_returns_data_with_crlf_and_stops_after_terminator() -> None:
+    stream = io.BufferedReader(io.BytesIO(b"one\r\ntwo\r\n.\r\n+OK next reply\r\n"))
+    assert read_dot_terminated(stream) == b"one\r\ntwo\r\n"
+    assert stream.read() == b"+OK next reply\r\n"
+
+
+def test_reader_handles_an_empty_reply() -> None:
+    stream = io.BufferedReader(io.BytesIO(b".\r\n"))
+    assert read_dot_terminated(stream) == b""
+
+
+def test_reader_unstuffs_leading_dots_including_the_first_line() -> None:
+    data = stuffed([b".first", b"middle", b"..two dots", b"."])
+    assert read_dot_terminated(io.BufferedReader(io.BytesIO(data))) == (
+        b".first\r\nmiddle\r\n..two dots\r\n.\r\n"
+    )
+
+
+def test_reader_finds_a_terminator_split_across_chunks() -> None:
+    data = b"abc\r\n.\r\nTAIL"
+    for chunk in range(1, 8):
+        stream = ChunkyStream(data, chunk)
+        assert read_dot_terminated(stream) == b"abc\r\n"
+        assert stream.rest() == b"TAIL"
+
+
+def test_reader_accepts_bare_lf_servers() -> None:
+    stream = io.BufferedReader(io.BytesIO(b"a\n..b\n.\n"))
+    data = read_dot_terminated(stream)
+    assert split_lines(data) == [b"a", b".b"]
+
+
+def test_reader_refuses_more_than_the_limit() -> None:
+    stream = io.BufferedReader(io.BytesIO(b"x" * 10_000 + b"\r\n.\r\n"))
+    with pytest.raises(ResponseTooLargeError) as caught:
+        read_dot_terminated(stream, max_bytes=1000)
+    assert caught.value.limit == 1000
+
+
+def test_reader_reports_end_of_stream_as_connection_error() -> None:
+    with pytest.raises(POP3ConnectionError):
+        read_dot_terminated(io.BufferedReader(io.BytesIO(b"partial line\r\nno end")))
+
+
+def test_reader_keeps_very_long_lines() -> None:
+    line = b"z" * 300_000
+    assert read_dot_terminated(io.BufferedReader(io.BytesIO(line + b"\r\n.\r\n"))) == (
+        line + b"\r\n"
+    )
+
+
+@given(
+    st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))),
+    st.integers(min_value=1, max_value=64),
+)
+def test_reader_round_trips_any_stuffed_lines(lines: list[bytes], chunk: int) -> None:
+    stream = ChunkyStream(stuffed(lines) + b"+OK", chunk)
+    data = read_dot_terminated(stream)
+    assert split_lines(data) == lines
+    assert stream.rest() == b"+OK"
+
+
+# -- replies -----------------------------------------------------------------------
+
+
+def test_split_lines_of_crlf_and_mixed_data() -> None:
+    assert split_lines(b"") == []
+    assert split_lines(b"a\r\nb\r\n") == [b"a", b"b"]
+    assert split_lines(b"a\r\nb\nc\r\n") == [b"a", b"b", b"c"]
+
+
+def test_parse_error_reply_extracts_the_response_code() -> None:
+    parsed = parse_error_reply(b"-ERR [IN-USE] locked")
+    assert parsed is not None and parsed.code == "IN-USE" and parsed.text == "[IN-USE] locked"
+    assert parse_error_reply(b"+OK fine") is None
+    assert parse_error_reply("-ERR plain").code is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("code", ["IN-USE", "LOGIN-DELAY"])
+def test_busy_codes_become_a_retryable_busy_error(code: str) -> None:
+    error = error_for_reply(f"-ERR [{code}] try later".encode(), during_login=True)
+    assert type(error) is POP3MailboxBusyError
+    assert error.enhanced_code == code
+    assert is_retryable(error)
+
+
+def test_login_refusal_is_an_authentication_error_but_sys_codes_are_not() -> None:
+    assert type(error_for_reply(b"-ERR [AUTH] bad", during_login=True)) is (
+        POP3AuthenticationError
+    )
+    assert type(error_for_reply(b"-ERR bad", during_login=True)) is POP3AuthenticationError
+    system = error_for_reply(b"-ERR [SYS/TEMP] backend down", during_login=True)
+    assert type(system) is POP3ResponseError
+    assert type(error_for_reply(b"-ERR no such message")) is POP3ResponseError
+
+
+def test_garbage_reply_is_a_protocol_error() -> None:
+    assert isinstance(error_for_reply(b"HELLO THERE"), POP3ProtocolError)
+
+
+def test_secret_echoed_by_server_is_masked() -> None:
+    error = error_for_reply(b"-ERR wrong password hunter2", during_login=True, secret="hunter2")
+    assert "hunter2" not in str(error) and "hunter2" not in error.text
+
+
+def test_listing_lines_parse_and_malformed_ones_raise() -> None:
+    assert parse_scan_line(b"3 1200") == (3, 1200)
+    assert parse_scan_line(strip_ok(b"+OK 2 99")) == (2, 99)
+    assert parse_uid_line(b"1 abc.def") == (1, "abc.def")
+    for bad in (b"", b"x 1", b"1", b"0 10", b"1 -5"):
+        with pytest.raises(POP3ProtocolError):
+            parse_scan_line(bad)
+    with pytest.raises(POP3ProtocolError):
+        parse_uid_line(b"7")
+
+
+# -- the poplib subclasses on real sockets ------------------------------------------
+
+
+def _greet_with_garbage(conv: Conversation) -> None:
+    conv.send("HELLO I AM NOT POP3")
+    conv.wait_closed(5)
+
+
+def test_failed_greeting_closes_the_socket() -> None:
+    with ScriptedServer(_greet_with_garbage) as server:
+        with pytest.raises(poplib.error_proto):
+            FastPOP3(server.host, server.port, 5)
+        # An unclosed socket would surface as a ResourceWarning (an error here).
+        gc.collect()
+        assert server.conversations[0].wait_closed(5)
+    assert server.errors == []
+
+
+def _long_line_session(conv: Conversation) -> None:
+    conv.send("+OK ready")
+    conv.recv_line()
+    conv.send(b"+OK here\r\n" + b"y" * 100_000 + b"\r\n.\r\n")
+    conv.recv_line()
+    conv.send("+OK bye")
+
+
+def test_long_lines_do_not_change_poplib_for_everyone_else() -> None:
+    limit_before = poplib._MAXLINE  # type: ignore[attr-defined]
+    with ScriptedServer(_long_line_session) as server:
+        client = FastPOP3(server.host, server.port, 5)
+        try:
+            _, lines, octets = client.list()
+            client.quit()
+        finally:
+            client.close()
+    assert lines == [b"y" * 100_000]
+    assert octets == 100_002
+    assert limit_before == poplib._MAXLINE  # type: ignore[attr-defined]
+    assert server.errors == []
