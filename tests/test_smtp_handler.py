@@ -733,3 +733,27 @@ def test_child_after_fork_never_uses_the_parents_connection(start_server, make_h
     subjects = sorted(m["Subject"] for m in server.wait_for_messages(3))
     assert subjects == ["from child", "from parent", "parent again"]
     assert server.sessions == 2
+
+
+# ---------------------------------------------------------------------- deadlines
+
+
+def test_dripping_server_is_bounded_by_the_operation_deadline(make_handler):
+    # One byte every 0.05 s never trips the 1 s socket timeout; the deadline stops it.
+    dialogue = SMTPDialogue(drip_interval=0.05)
+    with ScriptedServer(dialogue) as server:
+        handler = make_handler(*server.address, timeout=1.0, operation_timeout=0.5)
+        result = send_simple(handler, retry=False)
+    assert result.status is SMTPDeliveryStatus.RETRY
+    assert "operation_timeout" in (result.smtp_error or "")
+    assert server.conversations[0].blocks == []  # type: ignore[attr-defined]
+
+
+def test_deadline_after_the_body_is_outcome_unknown(make_handler):
+    from src.testing.smtp_scripts import silent_after_final_dot
+
+    with ScriptedServer(silent_after_final_dot) as server:
+        handler = make_handler(*server.address, timeout=5.0, operation_timeout=0.5)
+        result = send_simple(handler)
+    assert result.outcome_unknown is True
+    assert server.connections == 1

@@ -13,17 +13,19 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from .deadline import Deadline
 from .errors import (
     MailAuthenticationError,
     MailHandlerError,
     MailResponseError,
     MailSecurityError,
+    MailTimeoutError,
     MailValidationError,
     OutcomeUnknownError,
     SMTPRecipientsRefused,
@@ -167,7 +169,9 @@ class SMTPProtocolHandler:
     (defaults to a shared verifying context), ``local_hostname`` (EHLO name),
     ``retry_policy`` (a :class:`RetryPolicy`), ``sleep`` (for tests), ``pool`` (an
     :class:`SMTPConnectionPool`; defaults to the process-wide :func:`shared_pool`),
-    ``pool_wait_timeout`` (how long a send waits for a free connection).
+    ``pool_wait_timeout`` (how long a send waits for a free connection),
+    ``operation_timeout`` (a bound on one whole attempt, connecting included, however
+    slowly the server answers; default ten times ``timeout``).
     """
 
     def __init__(
@@ -187,6 +191,7 @@ class SMTPProtocolHandler:
         sleep: Sleep = time.sleep,
         pool: SMTPConnectionPool | None = None,
         pool_wait_timeout: float = 30.0,
+        operation_timeout: float | None = None,
     ) -> None:
         _check_hostname(hostname)
         _check_port(port)
@@ -215,6 +220,9 @@ class SMTPProtocolHandler:
         self._sleep = sleep
         self._pool = pool if pool is not None else shared_pool()
         self._pool_wait_timeout = pool_wait_timeout
+        if operation_timeout is not None and operation_timeout <= 0:
+            raise ValueError("operation_timeout must be positive")
+        self.operation_timeout = operation_timeout or timeout * 10
         self._slots = threading.BoundedSemaphore(pool_size)
         self.last_error: str | None = None
 
@@ -233,7 +241,7 @@ class SMTPProtocolHandler:
 
     # ------------------------------------------------------------------ connections
 
-    def _checkout(self) -> SMTPConnection:
+    def _checkout(self, deadline: Deadline | None = None) -> SMTPConnection:
         if not self._slots.acquire(timeout=self._pool_wait_timeout):
             raise PoolTimeoutError(f"all {self.pool_size} connections of this handler stayed busy")
         try:
@@ -247,6 +255,7 @@ class SMTPProtocolHandler:
                 timeout=self.timeout,
                 local_hostname=self.local_hostname,
                 wait_timeout=self._pool_wait_timeout,
+                deadline=deadline,
             )
         except BaseException:
             self._slots.release()
@@ -374,9 +383,9 @@ class SMTPProtocolHandler:
         from_address: str | None,
     ) -> OutgoingMessage:
         sender = self._sender(from_address)
-        to_list = [to_addresses] if isinstance(to_addresses, str) else to_addresses
-        cc_list = [cc_addresses] if isinstance(cc_addresses, str) else cc_addresses
-        bcc_list = [bcc_addresses] if isinstance(bcc_addresses, str) else bcc_addresses
+        to_list = _read_once(to_addresses)
+        cc_list = _read_once(cc_addresses)
+        bcc_list = _read_once(bcc_addresses)
         decoded = SMTPMessageValidator.check_message(
             to_list,
             subject,
@@ -441,7 +450,22 @@ class SMTPProtocolHandler:
             )
 
     def _attempt(self, message: OutgoingMessage) -> TransactionOutcome:
-        connection = self._checkout()
+        with Deadline(self.operation_timeout) as deadline:
+            try:
+                return self._transact(message, deadline)
+            except OutcomeUnknownError:
+                raise  # whatever cut the reply short, the message may have been delivered
+            except (MailHandlerError, OSError) as error:
+                if deadline.expired:
+                    raise MailTimeoutError(
+                        f"sending did not finish within {self.operation_timeout:g}s "
+                        "(operation_timeout)"
+                    ) from error
+                raise
+
+    def _transact(self, message: OutgoingMessage, deadline: Deadline) -> TransactionOutcome:
+        connection = self._checkout(deadline)
+        deadline.target = lambda: connection.client.sock
         try:
             return connection.send(message)
         except (MailResponseError, SMTPNotSupportedError):
@@ -451,6 +475,17 @@ class SMTPProtocolHandler:
             raise
         finally:
             self._checkin(connection)
+
+
+def _read_once(addresses: Any) -> Any:
+    """A single address or any iterable of them as a list, so an iterator given by the
+    caller is not used up by validation before the message is built. Anything else is
+    passed on unchanged for the validator to refuse."""
+    if isinstance(addresses, str):
+        return [addresses]
+    if isinstance(addresses, Iterable) and not isinstance(addresses, Mapping):
+        return list(addresses)
+    return addresses
 
 
 # ---------------------------------------------------------------------- results

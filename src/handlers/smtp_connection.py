@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .deadline import Deadline
 from .errors import (
     MailAuthenticationError,
     MailConnectionError,
@@ -111,11 +112,16 @@ class SMTPConnection:
         local_hostname: str | None,
         key: object = None,
         clock: float | None = None,
+        deadline: Deadline | None = None,
     ) -> SMTPConnection:
-        """Connect, greet, secure and authenticate; raise a library error on any failure."""
+        """Connect, greet, secure and authenticate; raise a library error on any failure.
+
+        With a ``deadline``, the whole opening (greeting, TLS, login) is cut short when
+        it passes, however slowly the server drips its replies.
+        """
         context = resolve_context(ssl_context) if encryption is not SMTPEncryption.NONE else None
         name = local_hostname or default_local_hostname()
-        client = _connect(host, port, encryption, timeout, context, name)
+        client = _connect(host, port, encryption, timeout, context, name, deadline)
         try:
             _ehlo(client)
             if encryption is SMTPEncryption.STARTTLS:
@@ -403,6 +409,7 @@ def _connect(
     timeout: float,
     context: ssl.SSLContext | None,
     local_hostname: str,
+    deadline: Deadline | None,
 ) -> smtplib.SMTP:
     client: smtplib.SMTP
     try:
@@ -412,6 +419,8 @@ def _connect(
             )
         else:
             client = smtplib.SMTP(local_hostname=local_hostname, timeout=timeout)
+        if deadline is not None:
+            deadline.target = lambda: client.sock
         client._host = host  # type: ignore[attr-defined]  # smtplib uses it for SNI
         code, greeting = client.connect(host, port)
     except ssl.SSLError as error:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .deadline import Deadline
 from .errors import MailConnectionError
 from .smtp_connection import SMTPConnection, SMTPEncryption
 
@@ -152,6 +153,7 @@ class SMTPConnectionPool:
         timeout: float = 30.0,
         local_hostname: str | None = None,
         wait_timeout: float | None = None,
+        deadline: Deadline | None = None,
     ) -> SMTPConnection:
         """Return a healthy connection for this server and login, opening one if needed.
 
@@ -188,6 +190,7 @@ class SMTPConnectionPool:
                     local_hostname=local_hostname,
                     key=key,
                     clock=self._clock(),
+                    deadline=deadline,
                 )
             except BaseException:
                 self._give_back_slot()
