@@ -466,12 +466,17 @@ class POP3ProtocolHandler:
         self._install(self._open(login=login), authenticated=login)
         try:
             yield self._client
-        except BaseException:
+        except Exception:
+            # QUIT still commits what was marked: each deletion was asked for.
             self._end_session()
+            raise
+        except BaseException:
+            # Interrupted (Ctrl-C, exit): leave at once, committing nothing.
+            self.abort()
             raise
         failure, pending = self._end_session()
         if failure is not None and pending:
-            raise failure
+            raise _commit_failure(failure, pending)
 
     def _install(self, client: _Client, *, authenticated: bool) -> None:
         self._client = client
@@ -864,6 +869,14 @@ def _long_reply(reply: object, verb: str) -> tuple[object, list[bytes], object]:
     ):
         return reply[0], reply[1], reply[2]
     raise POP3ProtocolError(f"malformed {verb} reply")
+
+
+def _commit_failure(failure: MailHandlerError, pending: int) -> MailHandlerError:
+    """The error for a session whose closing QUIT, due to commit deletions, failed."""
+    what = f"QUIT failed, so {pending} deletion(s) may not have been committed"
+    if isinstance(failure, POP3ResponseError):
+        return POP3ResponseError(f"{what}: {failure.text}", failure.enhanced_code)
+    return POP3ConnectionError(f"{what}: {failure}")
 
 
 def _reply_text(error: poplib.error_proto) -> bytes | str:
