@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import poplib
 import smtplib
 import socket
@@ -24,7 +25,7 @@ from src.testing.smtp_scripts import (
     smtp_refuse_connection,
     smtp_reply_then_accept,
 )
-from src.testing.smtp_server import ReceivedMessage, SMTPFaults, SMTPTestServer
+from src.testing.smtp_server import ReceivedMessage, SMTPFaults, SMTPTestServer, TLSMode
 from src.testing.tls import TestCertificates
 
 BODY = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: Hello\r\n\r\nHi there.\r\n"
@@ -282,6 +283,37 @@ def test_stop_closes_open_connections_and_is_idempotent() -> None:
         socket.create_connection(server.address, timeout=1).close()
 
 
+@pytest.mark.parametrize("tls", ["none", "implicit"])
+def test_stop_right_after_connects_leaks_nothing(
+    tls: TLSMode, server_ssl_context: ssl.SSLContext
+) -> None:
+    # Connections still being accepted when stop() runs must be closed, not leaked
+    # (a leak shows up as a ResourceWarning, an error under this suite's settings).
+    context = server_ssl_context if tls == "implicit" else None
+    for _ in range(10):
+        with SMTPTestServer(tls=tls, ssl_context=context) as server:
+            clients = [socket.create_connection(server.address) for _ in range(3)]
+        for client in clients:
+            client.close()
+    gc.collect()
+
+
+def test_busy_port_fails_fast_and_restart_reuses_the_port() -> None:
+    with SMTPTestServer() as first:
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            SMTPTestServer(port=first.port).start()
+        assert time.monotonic() - started < 1.0
+        port = first.port
+    first.start()
+    try:
+        assert first.port == port
+        with _connect(first) as client:
+            assert client.noop()[0] == 250
+    finally:
+        first.stop()
+
+
 def test_clear_and_wait_for_messages_timeout() -> None:
     with SMTPTestServer() as server:
         with _connect(server) as client:
@@ -302,6 +334,7 @@ def test_clear_and_wait_for_messages_timeout() -> None:
         {"tls": "implicit"},
         {"host": "0.0.0.0"},
         {"host": "example.com"},
+        {"host": "localhost"},
         {"require_starttls": True},
         {"auth_required": True},
         {"size_limit": 0},

@@ -24,6 +24,7 @@ in :attr:`Conversation.received`.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
 import ssl
@@ -54,7 +55,11 @@ class Conversation:
 
     def __init__(self, sock: socket.socket, index: int, stopping: threading.Event) -> None:
         self.index = index
-        self.peer: tuple[str, int] = sock.getpeername()
+        try:
+            peer = sock.getpeername()
+        except OSError:  # the client is already gone
+            peer = ("", 0)
+        self.peer: tuple[str, int] = (peer[0], peer[1])
         self.received: list[bytes] = []
         self.blocks: list[bytes] = []
         self.sent: list[bytes] = []
@@ -275,8 +280,12 @@ class ScriptedServer:
             self._scripts = list(scripts)
             if not self._scripts:
                 raise ValueError("at least one script is needed")
-        if host not in ("127.0.0.1", "::1", "localhost"):
-            raise ValueError(f"host must be a loopback address, got {host!r}")
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"host must be a loopback IP address such as 127.0.0.1, got {host!r}")
         self.host = host
         self.port = port
         self.connections = 0

@@ -122,8 +122,11 @@ class SMTPDialogue:
     command_timeout: float = 5.0
 
     def __call__(self, conv: Conversation) -> None:
-        """Run the dialogue on one connection until QUIT, EOF or an action ends it."""
-        with contextlib.suppress(_Stop):
+        """Run the dialogue on one connection until QUIT, EOF or an action ends it.
+
+        A client that vanishes (reset or broken pipe) simply ends the dialogue.
+        """
+        with contextlib.suppress(_Stop, ConnectionResetError, BrokenPipeError):
             self._run(conv)
 
     # -- the conversation -------------------------------------------------------

@@ -21,9 +21,11 @@ test that used it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -46,9 +48,10 @@ Reply = tuple[int, str]
 
 _TLS_MODES = ("none", "starttls", "implicit")
 _STOP_TIMEOUT = 5.0
+_AIOSMTPD_LOGGER = "mail.log"  # the logger aiosmtpd's protocol code writes to
 
 
-def format_reply(code: int, text: str) -> str:
+def _format_reply(code: int, text: str) -> str:
     """Render an SMTP reply; a ``text`` with newlines becomes a multi-line reply."""
     if not 200 <= code <= 599:
         raise ValueError(f"SMTP reply code out of range: {code}")
@@ -223,20 +226,20 @@ class _Handler:
             return "530 5.7.0 Authentication required"
         reply = self._owner.faults.mail_replies.get(number)
         if reply is not None and reply[0] >= 400:
-            return format_reply(*reply)
+            return _format_reply(*reply)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        return format_reply(*reply) if reply is not None else "250 2.1.0 OK"
+        return _format_reply(*reply) if reply is not None else "250 2.1.0 OK"
 
     async def handle_RCPT(
         self, server: _SMTP, session: Session, envelope: Any, address: str, options: list[str]
     ) -> str:
         reply = self._owner.faults.recipient_reply(address)
         if reply is not None and reply[0] >= 400:
-            return format_reply(*reply)
+            return _format_reply(*reply)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
-        return format_reply(*reply) if reply is not None else "250 2.1.5 OK"
+        return _format_reply(*reply) if reply is not None else "250 2.1.5 OK"
 
     async def handle_DATA(self, server: _SMTP, session: Session, envelope: Any) -> str:
         if self._owner._take_drop():
@@ -257,7 +260,7 @@ class _Handler:
         reply = self._owner.faults.data_reply
         if reply is None or reply[0] < 400:
             self._owner._store(received)
-        return format_reply(*reply) if reply is not None else "250 2.0.0 OK: queued"
+        return _format_reply(*reply) if reply is not None else "250 2.0.0 OK: queued"
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException | ssl.SSLError | ConnectionError):
@@ -268,29 +271,47 @@ class _Handler:
 
 
 class _Controller(Controller):
-    """aiosmtpd's threaded controller, reporting the real port and stopping cleanly."""
+    """aiosmtpd's threaded controller, serving a socket bound beforehand.
 
-    def __init__(self, owner: SMTPTestServer, handler: _Handler, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+    Binding in the caller's thread makes a busy port fail at once and tells us the
+    real port before aiosmtpd's start-up probe connects to it.
+    """
+
+    def __init__(
+        self, owner: SMTPTestServer, handler: _Handler, listener: socket.socket, **kwargs: Any
+    ) -> None:
+        host, port = listener.getsockname()[:2]
+        super().__init__(handler, hostname=host, port=port, **kwargs)
         self._owner = owner
+        self._listener = listener
         self.loop.set_exception_handler(_loop_exception_handler)
 
     def factory(self) -> _SMTP:
+        self._owner._count_session()
         return _SMTP(self.handler, owner=self._owner, loop=self.loop, **self.SMTP_kwargs)
 
     def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
-        return self._bind()
-
-    async def _bind(self) -> asyncio.AbstractServer:
-        server = await self.loop.create_server(
-            self._factory_invoker, host=self.hostname, port=self.port, ssl=self.ssl_context
+        return self.loop.create_server(
+            self._factory_invoker, sock=self._listener, ssl=self.ssl_context
         )
-        sockets: tuple[Any, ...] = tuple(getattr(server, "sockets", ()))
-        self.port = sockets[0].getsockname()[1]
-        return server
+
+    def release(self) -> None:
+        """Free the loop and the socket of a controller whose start failed."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self.stop(no_assert=True)
+        elif not self.loop.is_closed():
+            self.loop.close()
+        self._listener.close()
 
     async def shutdown(self) -> None:
         """Close the listener and every connection, then finish the remaining tasks."""
+        # Stop accepting first and let connections accepted a moment ago attach to
+        # the server: closing it under them makes asyncio leak their sockets.
+        with contextlib.suppress(NotImplementedError, ValueError, OSError):
+            self.loop.remove_reader(self._listener.fileno())
+        for _ in range(3):
+            await asyncio.sleep(0)
         if self.server is not None:
             self.server.close()
         self._owner._drop_all_connections()
@@ -307,23 +328,73 @@ class _Controller(Controller):
 
 
 def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """Log expected network failures quietly; leave anything else to asyncio."""
+    """Log expected network failures quietly; leave anything else to asyncio.
+
+    Clients under test fail TLS handshakes, reset connections and get cut off by
+    :meth:`SMTPTestServer.stop` (which cancels half-accepted connections) on purpose.
+    """
     error = context.get("exception")
-    if isinstance(error, ssl.SSLError | ConnectionError | TimeoutError):
+    expected = ssl.SSLError | ConnectionError | TimeoutError | asyncio.CancelledError
+    if isinstance(error, expected):
         log.debug("%s: %r", context.get("message", "connection error"), error)
         return
     loop.default_exception_handler(context)
 
 
+class _DemoteExpectedWarnings(logging.Filter):
+    """Turn aiosmtpd's warnings about client misbehaviour into DEBUG records.
+
+    Tests provoke unknown commands and aborted AUTH exchanges deliberately, and the
+    client under test already sees the error reply. A demoted record is only kept
+    when its logger is enabled for DEBUG (``caplog.set_level(logging.DEBUG)``).
+    """
+
+    TEMPLATES = frozenset(
+        {
+            "%r unrecognised: %s",
+            "%r too many bogus commands",
+            "%r aborted AUTH with '*'",
+            "%r over limit for %s",
+        }
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or record.msg not in self.TEMPLATES:
+            return True
+        record.levelno = logging.DEBUG
+        record.levelname = logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _install_log_filter() -> None:
+    """Attach the demoting filter to aiosmtpd's logger, once per process."""
+    aiosmtpd_log = logging.getLogger(_AIOSMTPD_LOGGER)
+    if not any(isinstance(f, _DemoteExpectedWarnings) for f in aiosmtpd_log.filters):
+        aiosmtpd_log.addFilter(_DemoteExpectedWarnings())
+
+
 def _check_loopback(host: str) -> None:
-    if host == "localhost":
-        return
     try:
-        address = ipaddress.ip_address(host)
+        loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
-        raise ValueError(f"host must be a loopback address, got {host!r}") from None
-    if not address.is_loopback:
-        raise ValueError(f"host must be a loopback address, got {host!r}")
+        loopback = False
+    if not loopback:
+        raise ValueError(f"host must be a loopback IP address such as 127.0.0.1, got {host!r}")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (0 picks a free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(64)
+        listener.setblocking(False)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 class SMTPTestServer:
@@ -337,6 +408,12 @@ class SMTPTestServer:
     the client has authenticated. ``size_limit`` is advertised as ``SIZE`` and
     enforced; ``smtputf8`` offers SMTPUTF8. ``server_name`` appears in the greeting
     and the EHLO reply; ``idle_timeout`` closes silent client connections.
+
+    What the server saw is kept in ``messages`` (accepted messages, in order),
+    ``auth_attempts`` (``(mechanism, username)`` pairs, never passwords) and
+    ``sessions`` (TCP connections accepted, counted before any TLS handshake).
+    ``port`` 0 picks a free port; after :meth:`start` it holds the real one, which
+    a restart reuses.
     """
 
     def __init__(
@@ -418,11 +495,30 @@ class SMTPTestServer:
         """Bind the port and start serving in a daemon thread."""
         if self._controller is not None:
             raise RuntimeError("server already running")
-        controller = _Controller(
+        _install_log_filter()
+        listener = _listen(self.host, self.port)
+        try:
+            controller = self._make_controller(listener)
+        except BaseException:
+            listener.close()
+            raise
+        try:
+            controller.start()
+        except BaseException:
+            controller.release()
+            raise
+        self.port = controller.port
+        self._controller = controller
+        # aiosmtpd's start-up probe has come and gone; sessions and the reply delay
+        # count from here on.
+        self._live = True
+        log.debug("SMTP test server listening on %s:%d (tls=%s)", self.host, self.port, self.tls)
+
+    def _make_controller(self, listener: socket.socket) -> _Controller:
+        return _Controller(
             self,
             _Handler(self),
-            hostname=self.host,
-            port=self.port,
+            listener,
             ssl_context=self.ssl_context if self.tls == "implicit" else None,
             server_hostname=self.server_name,
             ident="mailhandlers test server",
@@ -437,17 +533,6 @@ class SMTPTestServer:
             authenticator=self._authenticate,
             timeout=self.idle_timeout,
         )
-        try:
-            controller.start()
-        except BaseException:
-            self._abandon(controller)
-            raise
-        self.port = controller.port
-        self._controller = controller
-        # The controller opened one connection of its own while starting; sessions
-        # and the reply delay only apply from here on.
-        self._live = True
-        log.debug("SMTP test server listening on %s:%d (tls=%s)", self.host, self.port, self.tls)
 
     def stop(self) -> None:
         """Close every client connection and the listener; wait for the thread to end."""
@@ -461,15 +546,6 @@ class SMTPTestServer:
         finally:
             controller.stop(no_assert=True)
         log.debug("SMTP test server on %s:%d stopped", self.host, self.port)
-
-    @staticmethod
-    def _abandon(controller: _Controller) -> None:
-        """Release what a controller that failed to start may still hold."""
-        thread = controller._thread
-        if thread is not None and thread.is_alive():
-            controller.stop(no_assert=True)
-        elif not controller.loop.is_closed():
-            controller.loop.close()
 
     def __enter__(self) -> SMTPTestServer:
         self.start()
@@ -522,11 +598,13 @@ class SMTPTestServer:
                 return True
             return False
 
-    def _connection_opened(self, connection: _SMTP) -> None:
-        self._connections.add(connection)
+    def _count_session(self) -> None:
         if self._live:
             with self._condition:
                 self.sessions += 1
+
+    def _connection_opened(self, connection: _SMTP) -> None:
+        self._connections.add(connection)
 
     def _connection_closed(self, connection: _SMTP) -> None:
         self._connections.discard(connection)
