@@ -757,3 +757,36 @@ def test_deadline_after_the_body_is_outcome_unknown(make_handler):
         result = send_simple(handler)
     assert result.outcome_unknown is True
     assert server.connections == 1
+
+
+# ---------------------------------------------------------------------- DNS deliverability
+
+
+def test_deliverability_check_refuses_a_null_mx_domain(start_server, make_handler):
+    import dns.resolver
+
+    from src.handlers.deliverability import DeliverabilityChecker
+    from src.testing.dns_server import LoopbackDNSServer
+
+    zone = {
+        ("example.org.", "MX"): ["10 mx.example.org."],
+        ("mx.example.org.", "A"): ["127.0.0.1"],
+        ("nomail.example.", "MX"): ["0 ."],
+    }
+    server = start_server()
+    with LoopbackDNSServer(zone) as dns_server:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
+        resolver.port = dns_server.port
+        checker = DeliverabilityChecker(resolver, timeout=2.0)
+        handler = make_handler(server.host, server.port, check_deliverability=checker)
+        refused = send_simple(handler, to_addresses=["bob@example.org", "x@nomail.example"])
+        accepted = send_simple(handler, to_addresses=["bob@example.org", "carol@example.org"])
+        queries = dns_server.query_count
+    assert refused.status is SMTPDeliveryStatus.INVALID
+    assert "to_addresses[1]" in (refused.smtp_error or "")
+    assert "does not accept mail" in (refused.smtp_error or "")
+    assert "null MX" in (refused.smtp_error or "")
+    assert accepted.success
+    assert queries == 2  # one per domain: example.org cached across both sends
+    assert [m.rcpt_tos for m in server.messages] == [["bob@example.org", "carol@example.org"]]

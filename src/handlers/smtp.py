@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .deadline import Deadline
 from .errors import (
@@ -55,6 +55,9 @@ __all__ = [
     "SMTPProtocolHandler",
     "shared_pool",
 ]
+
+if TYPE_CHECKING:
+    from .deliverability import DeliverabilityChecker
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,16 @@ def _close_shared_pool() -> None:
         _shared_pool.close_all()
 
 
+def _deliverability_checker(
+    option: bool | DeliverabilityChecker,
+) -> DeliverabilityChecker | None:
+    if option is True:
+        from .deliverability import default_checker  # dnspython loads only when asked
+
+        return default_checker
+    return option or None
+
+
 def _parse_encryption(value: SMTPEncryption | str) -> SMTPEncryption:
     if isinstance(value, SMTPEncryption):
         return value
@@ -171,7 +184,9 @@ class SMTPProtocolHandler:
     :class:`SMTPConnectionPool`; defaults to the process-wide :func:`shared_pool`),
     ``pool_wait_timeout`` (how long a send waits for a free connection),
     ``operation_timeout`` (a bound on one whole attempt, connecting included, however
-    slowly the server answers; default ten times ``timeout``).
+    slowly the server answers; default ten times ``timeout``),
+    ``check_deliverability`` (True, or a ``DeliverabilityChecker``: refuse recipients
+    whose domain DNS says takes no mail; off by default).
     """
 
     def __init__(
@@ -192,6 +207,7 @@ class SMTPProtocolHandler:
         pool: SMTPConnectionPool | None = None,
         pool_wait_timeout: float = 30.0,
         operation_timeout: float | None = None,
+        check_deliverability: bool | DeliverabilityChecker = False,
     ) -> None:
         _check_hostname(hostname)
         _check_port(port)
@@ -223,6 +239,7 @@ class SMTPProtocolHandler:
         if operation_timeout is not None and operation_timeout <= 0:
             raise ValueError("operation_timeout must be positive")
         self.operation_timeout = operation_timeout or timeout * 10
+        self._deliverability = _deliverability_checker(check_deliverability)
         self._slots = threading.BoundedSemaphore(pool_size)
         self.last_error: str | None = None
 
@@ -397,6 +414,7 @@ class SMTPProtocolHandler:
             sender,
             reply_to,
             custom_headers,
+            deliverability=self._deliverability,
         )
         return build_message(
             from_address=sender,

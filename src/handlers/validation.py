@@ -13,9 +13,12 @@ import mimetypes
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import MailValidationError
+
+if TYPE_CHECKING:
+    from .deliverability import DeliverabilityChecker
 
 # C0 controls and DEL; TAB is allowed only where folding whitespace is legal.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -522,6 +525,31 @@ class SMTPMessageValidator:
             )
 
     @classmethod
+    def check_deliverability(
+        cls,
+        addresses: dict[str, list[str]],
+        checker: DeliverabilityChecker,
+    ) -> None:
+        """Raise if DNS says a recipient's domain takes no mail (NXDOMAIN, null MX, no
+        MX/A/AAAA). A DNS failure never blocks: unverifiable domains pass. Each domain is
+        looked up once (and cached by the checker)."""
+        verdicts: dict[str, str | None] = {}
+        for field, mailboxes in addresses.items():
+            for index, mailbox in enumerate(mailboxes):
+                domain = split_display_name(mailbox)[1].rpartition("@")[2]
+                if domain.startswith("["):
+                    continue
+                if domain not in verdicts:
+                    result = checker.check(domain)
+                    verdicts[domain] = None if result.deliverable else result.reason
+                reason = verdicts[domain]
+                if reason is not None:
+                    raise MailValidationError(
+                        f"{field}[{index}] {mailbox!r}: the domain does not accept mail ({reason})",
+                        field,
+                    )
+
+    @classmethod
     def check_message(
         cls,
         to_addresses: str | Sequence[str] | None,
@@ -534,10 +562,23 @@ class SMTPMessageValidator:
         from_address: str | None = None,
         reply_to: str | None = None,
         custom_headers: Mapping[str, str] | None = None,
+        deliverability: DeliverabilityChecker | None = None,
     ) -> list[Attachment]:
-        """Validate a whole message; return the decoded attachments or raise."""
+        """Validate a whole message; return the decoded attachments or raise.
+
+        With a ``deliverability`` checker, recipient domains are also checked in DNS.
+        """
         cls.check_single_address(from_address, "from_address")
         cls.check_recipients(to_addresses, cc_addresses, bcc_addresses)
+        if deliverability is not None:
+            cls.check_deliverability(
+                {
+                    "to_addresses": _as_address_list(to_addresses, "to_addresses"),
+                    "cc_addresses": _as_address_list(cc_addresses, "cc_addresses"),
+                    "bcc_addresses": _as_address_list(bcc_addresses, "bcc_addresses"),
+                },
+                deliverability,
+            )
         cls.check_single_address(reply_to, "reply_to")
         cls.check_subject(subject)
         cls.check_body(text_body, html_body)
