@@ -225,7 +225,7 @@ class Conversation:
         chunk = bytes(self._buffer[:size])
         del self._buffer[:size]
         self._tail = (self._tail + chunk)[-_TAIL:]
-        self.received.extend(chunk.splitlines(keepends=True))
+        self.received.extend(_split_lines(chunk))
         return chunk
 
     def _record_complete_lines(self, final: bool = False) -> None:
@@ -257,6 +257,15 @@ class Conversation:
             self._buffer += chunk
         else:
             self._eof = True
+
+
+def _split_lines(chunk: bytes) -> list[bytes]:
+    """Split after each LF only (a bare CR inside a line is data, not a line end)."""
+    parts = chunk.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
 
 
 Script = Callable[[Conversation], None]

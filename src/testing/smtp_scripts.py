@@ -42,6 +42,7 @@ __all__ = [
     "drop_mid_data",
     "greet_then_silent",
     "no_greeting",
+    "render_reply",
     "send_reply",
     "silent_after_final_dot",
     "smtp_accept_all",
@@ -69,11 +70,16 @@ Reply = tuple[int, str]
 Response = Reply | Action
 
 
-def send_reply(conv: Conversation, code: int, text: str = "OK") -> None:
-    """Send an SMTP reply; newlines in ``text`` make it a multi-line reply."""
+def render_reply(code: int, text: str = "OK") -> bytes:
+    """An SMTP reply as wire bytes; newlines in ``text`` make it a multi-line reply."""
     lines = text.splitlines() or [""]
     wire = "".join(f"{code}-{line}\r\n" for line in lines[:-1]) + f"{code} {lines[-1]}\r\n"
-    conv.send(wire.encode("utf-8"))
+    return wire.encode("utf-8")
+
+
+def send_reply(conv: Conversation, code: int, text: str = "OK") -> None:
+    """Send an SMTP reply; newlines in ``text`` make it a multi-line reply."""
+    conv.send(render_reply(code, text))
 
 
 class _Stop(Exception):
@@ -262,13 +268,11 @@ class SMTPDialogue:
         assert isinstance(response, tuple)
         if self.reply_delay > 0 and not conv.sleep(self.reply_delay):
             raise _Stop
-        code, text = response
+        wire = render_reply(*response)
         if self.drip_interval is None:
-            send_reply(conv, code, text)
-            return
-        lines = text.splitlines() or [""]
-        wire = "".join(f"{code}-{line}\r\n" for line in lines[:-1]) + f"{code} {lines[-1]}\r\n"
-        conv.drip(wire.encode("utf-8"), self.drip_interval)
+            conv.send(wire)
+        else:
+            conv.drip(wire, self.drip_interval)
 
 
 def _is_reply(value: object) -> bool:

@@ -37,7 +37,14 @@ from email.parser import BytesParser
 from typing import Any, Literal
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    LoginPassword,
+    Session,
+    TLSSetupException,
+)
 
 __all__ = ["ReceivedMessage", "SMTPFaults", "SMTPTestServer", "TLSMode"]
 
@@ -212,8 +219,6 @@ class _Handler:
     async def handle_AUTH(
         self, server: _SMTP, session: Session, envelope: Any, args: list[str]
     ) -> Any:
-        from aiosmtpd.smtp import MISSING
-
         if self._owner.users is None:
             return "502 5.5.1 AUTH not available"
         return MISSING
