@@ -868,3 +868,19 @@ def test_message_bigger_than_its_listed_size_is_cut_off_mid_read() -> None:
         assert handler.state == "broken"
         handler.disconnect()
     assert srv.errors == []
+
+
+def test_loopback_interrupted_block_commits_nothing(server: POP3TestServer) -> None:
+    with pytest.raises(KeyboardInterrupt), local(server) as handler:
+        handler.delete_message(1)
+        raise KeyboardInterrupt
+    assert handler.state == "disconnected"
+    assert server.wait_idle()
+    assert server.messages() == MESSAGES
+
+
+def test_loopback_error_in_block_still_commits_marked_deletions(server: POP3TestServer) -> None:
+    with pytest.raises(RuntimeError), local(server) as handler:
+        handler.delete_message(1)
+        raise RuntimeError("saving failed after the deletion was asked for")
+    assert server.messages() == MESSAGES[1:]

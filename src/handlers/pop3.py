@@ -20,16 +20,17 @@ A handler is not thread-safe: use one per thread, or a :class:`POP3ConnectionPoo
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import poplib
-import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from poplib import POP3, POP3_SSL
 from types import TracebackType
 from typing import Any, Final
 
+from . import pop3_commands as commands
 from .credentials import Secret
 from .errors import (
     MailHandlerError,
@@ -45,18 +46,19 @@ from .errors import (
     POP3UnsupportedError,
 )
 from .message_parser import ParseLimits, parse_header_summary, parse_message
-from .pop3_client import FastPOP3, FastPOP3_SSL, is_fast_client
+from .pop3_client import FastPOP3, FastPOP3_SSL
+from .pop3_connection import (
+    DEFAULT_CONNECT_RETRY,
+    ClientFactory,
+    POP3Connector,
+    chain_cause,
+    close_quietly,
+)
 from .pop3_pool import POP3ConnectionPool
 from .pop3_sync import MessageCallback, SyncResult, sync_mailbox
-from .pop3_wire import (
-    ResponseTooLargeError,
-    error_for_reply,
-    parse_scan_line,
-    parse_uid_line,
-    strip_ok,
-)
-from .retry import Clock, RetryPolicy, Sleep, call_with_retry
-from .tls import describe_tls_failure, resolve_context
+from .pop3_wire import ResponseTooLargeError
+from .retry import Clock, RetryPolicy, Sleep
+from .tls import resolve_context
 from .uid_store import UIDStore
 from .validation import ensure_safe_command_argument
 
@@ -72,17 +74,15 @@ __all__ = [
     "POP3MessageTooLargeError",
     "POP3ProtocolHandler",
     "POP3SecurityError",
+    "POP3TimeoutError",
     "POP3UnsupportedError",
     "SyncResult",
 ]
 
 log = logging.getLogger(__name__)
 
-ENCRYPTION_MODES: Final = ("ssl", "tls", "none")
 #: Messages larger than this are refused unless ``max_message_size`` says otherwise.
 DEFAULT_MAX_MESSAGE_SIZE: Final = 50 * 1024 * 1024
-#: Three connection attempts in all, waiting 1 s and then 2 s between them.
-DEFAULT_CONNECT_RETRY: Final = RetryPolicy.exponential(max_retries=2, base=1.0, factor=2.0)
 
 _Client = Any  # a poplib.POP3 or anything with its methods (a test double)
 
@@ -124,19 +124,21 @@ class POP3ProtocolHandler:
         include_attachment_content: bool = False,
         parse_limits: ParseLimits | None = None,
     ) -> None:
-        _check_config(hostname, port, encryption, timeout, deadline, max_message_size)
+        self._connector = POP3Connector(
+            hostname,
+            port,
+            encryption,
+            timeout,
+            ssl_context,
+            retry if retry is not None else DEFAULT_CONNECT_RETRY,
+            sleep,
+            clock,
+            deadline,
+        )
+        _check_size_limit(max_message_size)
         _check_credentials(username, password)
-        self._hostname = hostname
-        self._port = port
         self._username = username
         self._password = Secret(password)
-        self._encryption = encryption
-        self._timeout = float(timeout)
-        self._ssl_context = ssl_context
-        self._retry = retry if retry is not None else DEFAULT_CONNECT_RETRY
-        self._sleep = sleep
-        self._clock = clock
-        self._deadline = deadline
         self._max_message_size = max_message_size
         self._include_raw = include_raw
         self._include_attachment_content = include_attachment_content
@@ -152,12 +154,12 @@ class POP3ProtocolHandler:
     @property
     def hostname(self) -> str:
         """The server's host name."""
-        return self._hostname
+        return self._connector.hostname
 
     @property
     def port(self) -> int:
         """The server's port."""
-        return self._port
+        return self._connector.port
 
     @property
     def username(self) -> str:
@@ -167,7 +169,7 @@ class POP3ProtocolHandler:
     @property
     def encryption(self) -> str:
         """``'ssl'``, ``'tls'`` or ``'none'``."""
-        return self._encryption
+        return self._connector.encryption
 
     @property
     def is_connected(self) -> bool:
@@ -195,8 +197,8 @@ class POP3ProtocolHandler:
 
     def __repr__(self) -> str:
         return (
-            f"<POP3ProtocolHandler {self._hostname}:{self._port} user={self._username!r} "
-            f"encryption={self._encryption} state={self.state}>"
+            f"<POP3ProtocolHandler {self._connector.where} user={self._username!r} "
+            f"encryption={self.encryption} state={self.state}>"
         )
 
     # -- session lifecycle -------------------------------------------------------
@@ -210,7 +212,7 @@ class POP3ProtocolHandler:
         are not retried.
         """
         if self._client is not None:
-            log.debug("POP3 session with %s:%d already open", self._hostname, self._port)
+            log.debug("POP3 session with %s:%d already open", self.hostname, self.port)
             return True
         self._install(self._open(login=False), authenticated=False)
         return True
@@ -251,11 +253,11 @@ class POP3ProtocolHandler:
         self._session_open = self._authenticated = self._broken = False
         self._pending_deletions = 0
         if client is not None:
-            _close_quietly(client)
+            close_quietly(client)
             log.debug(
                 "POP3 session with %s:%d aborted; %d deletion(s) dropped",
-                self._hostname,
-                self._port,
+                self.hostname,
+                self.port,
                 pending,
             )
 
@@ -271,6 +273,7 @@ class POP3ProtocolHandler:
             yield self
 
     def __enter__(self) -> POP3ProtocolHandler:
+        """Connect; leaving the block disconnects (``QUIT``, committing deletions)."""
         self.connect()
         return self
 
@@ -280,34 +283,30 @@ class POP3ProtocolHandler:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.disconnect()
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            self.abort()  # interrupted (Ctrl-C, exit): leave at once, committing nothing
+        else:
+            self.disconnect()
 
     # -- mailbox operations ------------------------------------------------------
 
     def list_messages(self) -> tuple[list[int], int]:
         """Return the message numbers in the mailbox and their total size in bytes."""
         with self._session() as client:
-            listing = self._scan(client)
+            listing = commands.scan(self._caller(client))
         return [number for number, _ in listing], sum(size for _, size in listing)
 
     def get_mailbox_stat(self) -> tuple[int, int]:
         """Return ``(message_count, total_size_bytes)`` from ``STAT``."""
         with self._session() as client:
-            reply = self._call(client, "stat")
-        if (
-            not isinstance(reply, tuple)
-            or len(reply) != 2
-            or not all(isinstance(value, int) for value in reply)
-        ):
-            raise POP3ProtocolError("malformed STAT reply")
-        return reply[0], reply[1]
+            return commands.stat(self._caller(client))
 
     def get_message_size(self, message_id: int) -> int:
         """Return the size of one message in bytes, or -1 if it cannot be had."""
         _check_message_id(message_id)
         try:
             with self._session() as client:
-                size = self._size_of(client, message_id)
+                size = commands.size_of(self._caller(client), message_id)
         except MailHandlerError as error:
             log.warning("size of POP3 message %d unavailable: %s", message_id, error)
             return -1
@@ -332,7 +331,7 @@ class POP3ProtocolHandler:
         broken connection still raises, since no later message could be fetched.
         """
         with self._session() as client:
-            sizes = dict(self._scan(client))
+            sizes = dict(commands.scan(self._caller(client)))
             messages = []
             for number in self._targets(message_ids, sizes):
                 try:
@@ -387,7 +386,7 @@ class POP3ProtocolHandler:
         Does not log in. A server without ``CAPA`` gives an empty list.
         """
         with self._session(login=False) as client:
-            capabilities = self._capabilities(client)
+            capabilities = commands.capabilities(self._caller(client))
         return [" ".join([name, *arguments]) for name, arguments in capabilities.items()]
 
     def test_connection(self) -> bool:
@@ -399,7 +398,7 @@ class POP3ProtocolHandler:
             with self._session() as client:
                 self._call(client, "noop")
         except MailHandlerError as error:
-            log.warning("POP3 health check of %s:%d failed: %s", self._hostname, self._port, error)
+            log.warning("POP3 health check of %s:%d failed: %s", self.hostname, self.port, error)
             return False
         return True
 
@@ -411,17 +410,7 @@ class POP3ProtocolHandler:
         Raises :class:`POP3UnsupportedError` if the server refuses ``UIDL``.
         """
         with self._session() as client:
-            try:
-                reply = self._call(client, "uidl")
-            except POP3ResponseError as error:
-                raise POP3UnsupportedError(
-                    f"server refused UIDL ({error.text}); unique IDs are not available",
-                    error.enhanced_code,
-                ) from None
-        uids = dict(parse_uid_line(line) for line in _long_reply(reply, "UIDL")[1])
-        if len(set(uids.values())) != len(uids):
-            log.warning("POP3 server %s returned duplicate unique IDs", self._hostname)
-        return uids
+            return commands.unique_ids(self._caller(client))
 
     def list_headers(self, message_ids: list[int] | None = None) -> list[dict[str, Any]]:
         """Header summaries (``TOP n 0``) of several messages, all when None.
@@ -430,7 +419,7 @@ class POP3ProtocolHandler:
         ``TOP`` raises :class:`POP3UnsupportedError`.
         """
         with self._session() as client:
-            sizes = dict(self._scan(client))
+            sizes = dict(commands.scan(self._caller(client)))
             summaries = []
             for number in self._targets(message_ids, sizes):
                 headers = self._headers(self._live_client(), number)
@@ -484,7 +473,7 @@ class POP3ProtocolHandler:
         self._authenticated = authenticated
         self._broken = False
         self._pending_deletions = 0
-        log.debug("POP3 session with %s:%d open", self._hostname, self._port)
+        log.debug("POP3 session with %s:%d open", self.hostname, self.port)
 
     def _end_session(self) -> tuple[MailHandlerError | None, int]:
         """Send QUIT and close; return what went wrong and how many deletions were due."""
@@ -503,106 +492,32 @@ class POP3ProtocolHandler:
             log.warning(
                 "POP3 QUIT to %s:%d failed (%s); closing the socket, %d deletion(s) "
                 "may not be committed",
-                self._hostname,
-                self._port,
+                self.hostname,
+                self.port,
                 failure,
                 pending,
             )
         finally:
-            _close_quietly(client)
-        log.debug("POP3 session with %s:%d closed", self._hostname, self._port)
+            close_quietly(client)
+        log.debug("POP3 session with %s:%d closed", self.hostname, self.port)
         return failure, pending
 
     def _open(self, *, login: bool) -> _Client:
-        """A new connection (logged in if asked), with retries and the deadline."""
-        started = self._clock()
+        """A new connection, logged in if asked, with the connector's retries."""
+        return self._connector.open(self._client_factory(), self._login if login else None)
 
-        def attempt() -> _Client:
-            client = self._connect_once(self._attempt_timeout(started))
-            if login:
-                try:
-                    self._login(client)
-                except BaseException:
-                    _close_quietly(client)
-                    raise
-            return client
-
-        def before_retry(error: BaseException, number: int, delay: float) -> None:
-            if self._deadline is not None and self._clock() - started + delay >= self._deadline:
-                raise POP3TimeoutError(
-                    f"could not open a POP3 session with {self._hostname}:{self._port} "
-                    f"within the {self._deadline:g}s deadline: {error}"
-                ) from error
-            log.debug(
-                "POP3 connect retry %d to %s:%d in %.1fs after: %s",
-                number,
-                self._hostname,
-                self._port,
-                delay,
-                error,
+    def _client_factory(self) -> ClientFactory:
+        # Looked up on every call so that patching POP3 or POP3_SSL in this module (as
+        # the specification's tests do) takes effect. The stock poplib classes are
+        # swapped for subclasses that close their socket on failure and read fast.
+        if self.encryption == "ssl":
+            tls_class: Any = FastPOP3_SSL if POP3_SSL is poplib.POP3_SSL else POP3_SSL
+            context = resolve_context(self._connector.ssl_context)
+            return lambda host, port, timeout: tls_class(
+                host, port, timeout=timeout, context=context
             )
-
-        return call_with_retry(attempt, self._retry, sleep=self._sleep, on_retry=before_retry)
-
-    def _attempt_timeout(self, started: float) -> float:
-        if self._deadline is None:
-            return self._timeout
-        remaining = self._deadline - (self._clock() - started)
-        if remaining <= 0:
-            raise POP3TimeoutError(
-                f"the {self._deadline:g}s deadline for reaching "
-                f"{self._hostname}:{self._port} has passed"
-            )
-        return min(self._timeout, remaining)
-
-    def _connect_once(self, timeout: float) -> _Client:
-        log.debug(
-            "connecting to POP3 server %s:%d (%s)", self._hostname, self._port, self._encryption
-        )
-        try:
-            if self._encryption == "ssl":
-                # The stock classes are swapped for safer subclasses; anything else
-                # (a test double patched in) is used as it is.
-                factory: Callable[..., _Client] = (
-                    FastPOP3_SSL if POP3_SSL is poplib.POP3_SSL else POP3_SSL
-                )
-                client = factory(
-                    self._hostname,
-                    self._port,
-                    timeout=timeout,
-                    context=resolve_context(self._ssl_context),
-                )
-            else:
-                factory = FastPOP3 if POP3 is poplib.POP3 else POP3
-                client = factory(self._hostname, self._port, timeout=timeout)
-        except Exception as error:
-            raise self._translate(error, "connect", handshake=True) from _cause(error)
-        if timeout < self._timeout:
-            _set_timeout(client, self._timeout)
-        if self._encryption == "tls":
-            try:
-                self._start_tls(client)
-            except BaseException:
-                _close_quietly(client)
-                raise
-        return client
-
-    def _start_tls(self, client: _Client) -> None:
-        if "STLS" not in self._capabilities(client):
-            raise POP3SecurityError(
-                f"{self._hostname}:{self._port} does not offer STLS; refusing to continue "
-                "without TLS (encryption='tls')"
-            )
-        try:
-            client.stls(context=resolve_context(self._ssl_context))
-        except poplib.error_proto as error:
-            refusal = error_for_reply(_reply_text(error))
-            raise POP3SecurityError(f"server refused STLS: {refusal}") from None
-        except ssl.SSLError as error:
-            raise POP3SecurityError(describe_tls_failure(error, self._hostname)) from error
-        except Exception as error:
-            raise self._translate(error, "STLS") from _cause(error)
-        log.debug("TLS established with %s:%d via STLS", self._hostname, self._port)
+        plain_class: Any = FastPOP3 if POP3 is poplib.POP3 else POP3
+        return lambda host, port, timeout: plain_class(host, port, timeout=timeout)
 
     # -- login -------------------------------------------------------------------
 
@@ -634,12 +549,12 @@ class POP3ProtocolHandler:
 
     def _login(self, client: _Client) -> None:
         """USER and PASS on ``client``, whose state is not tracked here."""
-        if self._encryption == "none":
+        if self.encryption == "none":
             log.warning(
                 "sending the POP3 password for %r to %s:%d without encryption",
                 self._username,
-                self._hostname,
-                self._port,
+                self.hostname,
+                self.port,
             )
         for verb, method, argument in (
             ("USER", client.user, self._username),
@@ -654,7 +569,7 @@ class POP3ProtocolHandler:
                 # Raised outside the handler so the original, which may hold the
                 # password or the server's echo of it, is not kept as the context.
                 raise failure
-        log.debug("logged in to %s:%d as %r", self._hostname, self._port, self._username)
+        log.debug("logged in to %s:%d as %r", self.hostname, self.port, self._username)
 
     # -- commands ----------------------------------------------------------------
 
@@ -680,7 +595,7 @@ class POP3ProtocolHandler:
             translated = self._translate(error, verb)
             if not isinstance(translated, POP3ResponseError):
                 self._lose_session(verb, translated)
-            raise translated from _cause(error)
+            raise translated from chain_cause(error)
 
     def _lose_session(self, verb: str, error: BaseException) -> None:
         client = self._client
@@ -688,8 +603,8 @@ class POP3ProtocolHandler:
             return
         log.warning(
             "POP3 session with %s:%d lost during %s (%s); %d deletion(s) not committed",
-            self._hostname,
-            self._port,
+            self.hostname,
+            self.port,
             verb,
             error,
             self._pending_deletions,
@@ -698,50 +613,14 @@ class POP3ProtocolHandler:
         self._authenticated = False
         self._broken = True
         self._pending_deletions = 0
-        _close_quietly(client)
+        close_quietly(client)
 
     def _translate(
-        self,
-        error: BaseException,
-        verb: str,
-        *,
-        during_login: bool = False,
-        handshake: bool = False,
+        self, error: BaseException, verb: str, *, during_login: bool = False
     ) -> MailHandlerError:
-        if isinstance(error, MailHandlerError):
-            return error
-        where = f"{self._hostname}:{self._port}"
-        if isinstance(error, poplib.error_proto):
-            return error_for_reply(
-                _reply_text(error), during_login=during_login, secret=self._password.reveal()
-            )
-        if handshake and isinstance(error, ssl.SSLError):
-            return POP3SecurityError(describe_tls_failure(error, self._hostname))
-        if isinstance(error, TimeoutError):
-            return POP3TimeoutError(f"{verb}: no answer from {where} within {self._timeout:g}s")
-        if isinstance(error, OSError):
-            return POP3ConnectionError(f"{verb}: connection to {where} failed: {error}")
-        return POP3ProtocolError(f"{verb}: unusable reply from {where} ({type(error).__name__})")
-
-    def _capabilities(self, client: _Client) -> dict[str, list[str]]:
-        try:
-            reply = self._call(client, "capa")
-        except POP3ResponseError:
-            return {}
-        if not isinstance(reply, dict):
-            return {}
-        return {str(name).upper(): [str(arg) for arg in args] for name, args in reply.items()}
-
-    def _scan(self, client: _Client) -> list[tuple[int, int]]:
-        return [
-            parse_scan_line(line) for line in _long_reply(self._call(client, "list"), "LIST")[1]
-        ]
-
-    def _size_of(self, client: _Client, number: int) -> int | None:
-        reply = self._call(client, "list", number)
-        if not isinstance(reply, bytes | str):
-            return None
-        return parse_scan_line(strip_ok(reply))[1]
+        return self._connector.translate(
+            error, verb, during_login=during_login, secret=self._password.reveal()
+        )
 
     def _targets(self, requested: Iterable[int] | None, sizes: dict[int, int]) -> list[int]:
         if requested is None:
@@ -755,12 +634,16 @@ class POP3ProtocolHandler:
                 log.warning("POP3 message %d is not in the mailbox; skipped", number)
         return targets
 
+    def _caller(self, client: _Client) -> commands.Call:
+        return functools.partial(self._call, client)
+
     def _fetch(self, client: _Client, number: int, size: int | None) -> dict[str, Any] | None:
+        call = self._caller(client)
         try:
             if size is None:
-                size = self._size_of(client, number)
-            self._check_size(number, size)
-            raw = self._retrieve(client, number)
+                size = commands.size_of(call, number)
+            commands.check_size(number, size, self._max_message_size)
+            raw = commands.retrieve(call, client, number, self._max_message_size)
         except POP3ResponseError as error:
             log.warning("POP3 server refused message %d: %s", number, error)
             return None
@@ -773,29 +656,12 @@ class POP3ProtocolHandler:
             limits=self._parse_limits,
         )
 
-    def _retrieve(self, client: _Client, number: int) -> bytes:
-        if is_fast_client(client):
-            client.message_limit = self._max_message_size
-            return bytes(self._call(client, "retr_bytes", number)[1])
-        _, lines, octets = _long_reply(self._call(client, "retr", number), "RETR")
-        raw = b"\r\n".join(lines) + (b"\r\n" if lines else b"")
-        self._check_size(number, octets if isinstance(octets, int) else len(raw))
-        return raw
-
     def _headers(self, client: _Client, number: int) -> bytes | None:
         try:
-            if is_fast_client(client):
-                client.message_limit = self._max_message_size
-                return bytes(self._call(client, "top_bytes", number, 0)[1])
-            _, lines, _ = _long_reply(self._call(client, "top", number, 0), "TOP")
-            return b"\r\n".join(lines) + (b"\r\n" if lines else b"")
+            return commands.headers(self._caller(client), client, number, self._max_message_size)
+        except POP3UnsupportedError:
+            raise
         except POP3ResponseError as error:
-            capabilities = self._capabilities(client)
-            if capabilities and "TOP" not in capabilities:
-                raise POP3UnsupportedError(
-                    f"server refused TOP ({error.text}) and does not list it in CAPA",
-                    error.enhanced_code,
-                ) from None
             log.warning("POP3 server refused the headers of message %d: %s", number, error)
             return None
 
@@ -808,39 +674,15 @@ class POP3ProtocolHandler:
         self._pending_deletions += 1
         return True
 
-    def _check_size(self, number: int, size: int | None) -> None:
-        limit = self._max_message_size
-        if limit is not None and size is not None and size > limit:
-            raise POP3MessageTooLargeError(number, size, limit)
-
 
 # -- module helpers ----------------------------------------------------------------
 
 
-def _check_config(
-    hostname: str,
-    port: int,
-    encryption: str,
-    timeout: float,
-    deadline: float | None,
-    max_message_size: int | None,
-) -> None:
-    if not isinstance(hostname, str) or not hostname.strip():
-        raise MailValidationError("hostname must be a non-empty string", "hostname")
-    ensure_safe_command_argument(hostname, "hostname")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise MailValidationError("port must be an integer from 1 to 65535", "port")
-    if encryption not in ENCRYPTION_MODES:
-        raise MailValidationError(
-            f"encryption must be one of {', '.join(map(repr, ENCRYPTION_MODES))}, "
-            f"not {encryption!r}",
-            "encryption",
-        )
-    for name, value in (("timeout", timeout), ("deadline", deadline)):
-        if value is not None and (isinstance(value, bool) or not value > 0):
-            raise MailValidationError(f"{name} must be a positive number of seconds", name)
+def _check_size_limit(max_message_size: int | None) -> None:
     if max_message_size is not None and (
-        isinstance(max_message_size, bool) or max_message_size < 1
+        isinstance(max_message_size, bool)
+        or not isinstance(max_message_size, int)
+        or max_message_size < 1
     ):
         raise MailValidationError(
             "max_message_size must be a positive byte count", "max_message_size"
@@ -859,42 +701,9 @@ def _check_message_id(message_id: int) -> None:
         raise MailValidationError("message numbers are integers starting at 1", "message_id")
 
 
-def _long_reply(reply: object, verb: str) -> tuple[object, list[bytes], object]:
-    """Check the ``(status, lines, octets)`` shape poplib gives multi-line replies."""
-    if (
-        isinstance(reply, tuple | list)
-        and len(reply) == 3
-        and isinstance(reply[1], list)
-        and all(isinstance(line, bytes) for line in reply[1])
-    ):
-        return reply[0], reply[1], reply[2]
-    raise POP3ProtocolError(f"malformed {verb} reply")
-
-
 def _commit_failure(failure: MailHandlerError, pending: int) -> MailHandlerError:
     """The error for a session whose closing QUIT, due to commit deletions, failed."""
     what = f"QUIT failed, so {pending} deletion(s) may not have been committed"
     if isinstance(failure, POP3ResponseError):
         return POP3ResponseError(f"{what}: {failure.text}", failure.enhanced_code)
     return POP3ConnectionError(f"{what}: {failure}")
-
-
-def _reply_text(error: poplib.error_proto) -> bytes | str:
-    reply = error.args[0] if error.args else b""
-    return reply if isinstance(reply, bytes | str) else str(reply)
-
-
-def _cause(error: BaseException) -> BaseException | None:
-    """Chain OS-level causes for debugging; never a server reply, which may echo input."""
-    return None if isinstance(error, poplib.error_proto | MailHandlerError) else error
-
-
-def _set_timeout(client: _Client, timeout: float) -> None:
-    sock = getattr(client, "sock", None)
-    if isinstance(sock, socket.socket):
-        sock.settimeout(timeout)
-
-
-def _close_quietly(client: _Client) -> None:
-    with contextlib.suppress(Exception):
-        client.close()

@@ -1,0 +1,225 @@
+"""Opening POP3 connections: TLS modes, retries, the deadline, and error translation.
+
+:class:`POP3Connector` holds everything needed to reach one server and turns a client
+class into a ready connection: greeting read, STLS done when asked for (and refused
+when the server does not offer it), retried with backoff, bounded by an overall
+deadline. It does not know about sessions or logins beyond an optional login step
+that it runs inside each attempt, so a busy mailbox can be retried as a whole.
+
+Every failure leaves here as a library exception (see :meth:`POP3Connector.translate`);
+the original is chained only when it is an OS-level error, never when it holds a
+server reply, which might echo what was sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import poplib
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .errors import (
+    MailHandlerError,
+    MailValidationError,
+    POP3ConnectionError,
+    POP3ProtocolError,
+    POP3SecurityError,
+    POP3TimeoutError,
+)
+from .pop3_wire import error_for_reply
+from .retry import Clock, RetryPolicy, Sleep, call_with_retry
+from .tls import describe_tls_failure, resolve_context
+from .validation import ensure_safe_command_argument
+
+log = logging.getLogger(__name__)
+
+ENCRYPTION_MODES: Final = ("ssl", "tls", "none")
+#: Three connection attempts in all, waiting 1 s and then 2 s between them.
+DEFAULT_CONNECT_RETRY: Final = RetryPolicy.exponential(max_retries=2, base=1.0, factor=2.0)
+
+#: Builds a connected client from ``(host, port, timeout)``; the greeting is read.
+ClientFactory = Callable[[str, int, float], Any]
+#: Logs a fresh client in; raises the library's errors.
+Login = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class POP3Connector:
+    """How to reach one POP3 server; validated when built, no I/O until :meth:`open`."""
+
+    hostname: str
+    port: int
+    encryption: str = "ssl"
+    timeout: float = 30.0
+    ssl_context: ssl.SSLContext | None = None
+    retry: RetryPolicy = DEFAULT_CONNECT_RETRY
+    sleep: Sleep = time.sleep
+    clock: Clock = time.monotonic
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_endpoint(self.hostname, self.port, self.encryption)
+        for name, value in (("timeout", self.timeout), ("deadline", self.deadline)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            ):
+                raise MailValidationError(f"{name} must be a positive number of seconds", name)
+
+    @property
+    def where(self) -> str:
+        """``host:port``, for messages."""
+        return f"{self.hostname}:{self.port}"
+
+    def open(self, factory: ClientFactory, login: Login | None = None) -> Any:
+        """A new connection (logged in by ``login`` if given), retried within the policy."""
+        started = self.clock()
+
+        def attempt() -> Any:
+            client = self._connect_once(factory, self._attempt_timeout(started))
+            if login is not None:
+                try:
+                    login(client)
+                except BaseException:
+                    close_quietly(client)
+                    raise
+            return client
+
+        def before_retry(error: BaseException, number: int, delay: float) -> None:
+            if self.deadline is not None and self.clock() - started + delay >= self.deadline:
+                raise POP3TimeoutError(
+                    f"could not open a POP3 session with {self.where} within the "
+                    f"{self.deadline:g}s deadline: {error}"
+                ) from error
+            log.debug(
+                "POP3 connect retry %d to %s in %.1fs after: %s", number, self.where, delay, error
+            )
+
+        return call_with_retry(attempt, self.retry, sleep=self.sleep, on_retry=before_retry)
+
+    def translate(
+        self,
+        error: BaseException,
+        verb: str,
+        *,
+        during_login: bool = False,
+        handshake: bool = False,
+        secret: str | None = None,
+    ) -> MailHandlerError:
+        """The library exception for ``error``, raised while running ``verb``."""
+        if isinstance(error, MailHandlerError):
+            return error
+        if isinstance(error, poplib.error_proto):
+            return error_for_reply(reply_text(error), during_login=during_login, secret=secret)
+        if handshake and isinstance(error, ssl.SSLError):
+            return POP3SecurityError(describe_tls_failure(error, self.hostname))
+        if isinstance(error, TimeoutError):
+            return POP3TimeoutError(f"{verb}: no answer from {self.where} within {self.timeout:g}s")
+        if isinstance(error, OSError):
+            return POP3ConnectionError(f"{verb}: connection to {self.where} failed: {error}")
+        return POP3ProtocolError(
+            f"{verb}: unusable reply from {self.where} ({type(error).__name__})"
+        )
+
+    def _attempt_timeout(self, started: float) -> float:
+        if self.deadline is None:
+            return self.timeout
+        remaining = self.deadline - (self.clock() - started)
+        if remaining <= 0:
+            raise POP3TimeoutError(
+                f"the {self.deadline:g}s deadline for reaching {self.where} has passed"
+            )
+        return min(self.timeout, remaining)
+
+    def _connect_once(self, factory: ClientFactory, timeout: float) -> Any:
+        log.debug("connecting to POP3 server %s (%s)", self.where, self.encryption)
+        try:
+            client = factory(self.hostname, self.port, timeout)
+        except Exception as error:
+            raise self.translate(error, "connect", handshake=True) from chain_cause(error)
+        if timeout < self.timeout:
+            _set_timeout(client, self.timeout)  # the shortened timeout was for connecting only
+        if self.encryption == "tls":
+            try:
+                self._start_tls(client)
+            except BaseException:
+                close_quietly(client)
+                raise
+        return client
+
+    def _start_tls(self, client: Any) -> None:
+        if "STLS" not in read_capabilities(client):
+            raise POP3SecurityError(
+                f"{self.where} does not offer STLS; refusing to continue without TLS "
+                "(encryption='tls')"
+            )
+        try:
+            client.stls(context=resolve_context(self.ssl_context))
+        except poplib.error_proto as error:
+            refusal = error_for_reply(reply_text(error))
+            raise POP3SecurityError(f"server refused STLS: {refusal}") from None
+        except ssl.SSLError as error:
+            raise POP3SecurityError(describe_tls_failure(error, self.hostname)) from error
+        except Exception as error:
+            raise self.translate(error, "STLS") from chain_cause(error)
+        log.debug("TLS established with %s via STLS", self.where)
+
+
+def read_capabilities(client: Any) -> dict[str, list[str]]:
+    """The server's ``CAPA`` answer as ``{NAME: [arguments]}``; empty if refused.
+
+    Connection failures propagate untranslated.
+    """
+    try:
+        reply = client.capa()
+    except poplib.error_proto:
+        return {}
+    return capabilities_from(reply)
+
+
+def capabilities_from(reply: object) -> dict[str, list[str]]:
+    """Normalise what ``capa()`` returned; anything but a dict counts as nothing."""
+    if not isinstance(reply, dict):
+        return {}
+    return {str(name).upper(): [str(arg) for arg in args] for name, args in reply.items()}
+
+
+def reply_text(error: poplib.error_proto) -> bytes | str:
+    """The server reply a ``poplib.error_proto`` carries."""
+    reply = error.args[0] if error.args else b""
+    return reply if isinstance(reply, bytes | str) else str(reply)
+
+
+def chain_cause(error: BaseException) -> BaseException | None:
+    """Chain OS-level causes for debugging; never a server reply, which may echo input."""
+    return None if isinstance(error, poplib.error_proto | MailHandlerError) else error
+
+
+def close_quietly(client: Any) -> None:
+    """Close a client's socket, ignoring every error."""
+    with contextlib.suppress(Exception):
+        client.close()
+
+
+def _set_timeout(client: Any, timeout: float) -> None:
+    sock = getattr(client, "sock", None)
+    if isinstance(sock, socket.socket):
+        sock.settimeout(timeout)
+
+
+def _check_endpoint(hostname: str, port: int, encryption: str) -> None:
+    if not isinstance(hostname, str) or not hostname.strip():
+        raise MailValidationError("hostname must be a non-empty string", "hostname")
+    ensure_safe_command_argument(hostname, "hostname")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise MailValidationError("port must be an integer from 1 to 65535", "port")
+    if encryption not in ENCRYPTION_MODES:
+        raise MailValidationError(
+            f"encryption must be one of {', '.join(map(repr, ENCRYPTION_MODES))}, "
+            f"not {encryption!r}",
+            "encryption",
+        )
