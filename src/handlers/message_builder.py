@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 import time
 import urllib.parse
@@ -34,6 +35,14 @@ _SPECIALS = frozenset('()<>[]:;@\\,."')
 # "=?utf-8?b?" + 60 + "?=" stays within the 75-character limit.
 _WORD_BYTES = 45
 _HIGH_BYTES = bytes(range(0x80, 0x100))
+# A display name made of atoms separated by single spaces needs no quoting.
+_ATOM = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+"
+_ATOM_PHRASE = re.compile(rf"{_ATOM}(?: {_ATOM})*")
+# A single space between two non-spaces: where a structured header may be folded.
+_FOLDABLE_SPACE = re.compile(r"(?<! ) (?! )")
+# Longer runs without a foldable space are sent as encoded words (RFC 5322 caps lines
+# at 998 characters).
+_MAX_TOKEN = 200
 
 
 # --------------------------------------------------------------------------- headers
@@ -84,7 +93,13 @@ def unstructured_header(name: str, value: str) -> str:
     """An unstructured header (Subject, custom headers), encoded and folded as needed."""
     if not value:
         return f"{name}: "
-    if _needs_encoding(value) or any(len(word) > 900 for word in value.split(" ")):
+    # Readers drop whitespace right after the colon, so a value starting with
+    # whitespace keeps it only inside an encoded word.
+    if (
+        _needs_encoding(value)
+        or value[0] in " \t"
+        or any(len(word) > 900 for word in value.split(" "))
+    ):
         return _fold_words(name, _encoded_words(value))
     if len(name) + 2 + len(value) <= _FOLD_AT:
         return f"{name}: {value}"
@@ -103,12 +118,15 @@ def unstructured_header(name: str, value: str) -> str:
 
 
 def _quote_name(name: str) -> str:
-    if _needs_encoding(name):
-        return " ".join(_encoded_words(name))
-    if any(char in _SPECIALS for char in name) or name != name.strip():
-        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    return name
+    if not _needs_encoding(name):
+        if _ATOM_PHRASE.fullmatch(name):
+            quoted = name
+        else:
+            escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+            quoted = f'"{escaped}"'
+        if all(len(token) <= _MAX_TOKEN for token in _FOLDABLE_SPACE.split(quoted)):
+            return quoted
+    return " ".join(_encoded_words(name))
 
 
 def format_mailbox(value: str) -> str:
@@ -123,7 +141,10 @@ def format_mailbox(value: str) -> str:
 def address_header(name: str, mailboxes: Sequence[str]) -> str:
     """An address-list header (To, Cc, Reply-To), folded between addresses."""
     formatted = [format_mailbox(m) for m in mailboxes]
-    return _fold_words(name, [f + "," for f in formatted[:-1]] + formatted[-1:])
+    listed = [f + "," for f in formatted[:-1]] + formatted[-1:]
+    # Fold inside a mailbox too (between words of its display name), so a long name
+    # cannot push a line past the limit.
+    return _fold_words(name, [token for f in listed for token in _FOLDABLE_SPACE.split(f)])
 
 
 def make_message_id(domain: str) -> str:
@@ -202,7 +223,9 @@ def _quoted_param(name: str, value: str) -> str:
 def _attachment_part(attachment: Attachment) -> _Part:
     filename = attachment.filename
     disposition = "inline" if attachment.inline else "attachment"
-    if filename.isascii():
+    # ASCII that looks like an encoded word is decoded by many readers even inside
+    # quotes, so it travels RFC 2231-encoded like non-ASCII names.
+    if not _needs_encoding(filename):
         type_params = [_quoted_param("name", filename)]
         disposition_params = [_quoted_param("filename", filename)]
     else:

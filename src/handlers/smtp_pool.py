@@ -252,17 +252,20 @@ class SMTPConnectionPool:
         the connection knows its own key."""
         self._check_pid()
         with self._lock:
+            # A connection inherited across fork() was never counted in this process.
+            inherited = conn.pid != self._pid
             keep = (
                 not conn.broken
-                and conn.pid == self._pid
+                and not inherited
                 and conn.generation == self._generation
                 and isinstance(conn.key, ConnectionKey)
             )
-            self._in_use = max(0, self._in_use - 1)
+            if not inherited:
+                self._in_use = max(0, self._in_use - 1)
             if keep:
                 conn.last_used = self._clock()
                 self._idle.setdefault(conn.key, []).append(conn)  # type: ignore[arg-type]
-            else:
+            elif not inherited:
                 self._open = max(0, self._open - 1)
             self._freed.notify()
         if not keep:
