@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 class POP3ConnectionPool:
     """Hands out connected, logged-in :class:`POP3ProtocolHandler` objects.
 
-    At most ``pool_size`` handlers exist at once. ``encryption``, ``timeout`` and any
-    other keyword option of :class:`POP3ProtocolHandler` (``ssl_context``, ``retry``,
-    ``max_message_size``, ...) are passed to every handler the pool creates.
+    At most ``pool_size`` handlers exist at once. ``encryption``, ``timeout``, ``clock``
+    and any other keyword option of :class:`POP3ProtocolHandler` (``ssl_context``,
+    ``retry``, ``max_message_size``, ...) are passed to every handler the pool creates;
+    ``clock`` also times blocking :meth:`acquire` calls.
     """
 
     def __init__(
@@ -213,6 +214,7 @@ class POP3ConnectionPool:
             self._password.reveal(),
             self._encryption,
             self._timeout,
+            clock=self._clock,
             **self._options,
         )
 
