@@ -790,3 +790,31 @@ def test_deliverability_check_refuses_a_null_mx_domain(start_server, make_handle
     assert accepted.success
     assert queries == 2  # one per domain: example.org cached across both sends
     assert [m.rcpt_tos for m in server.messages] == [["bob@example.org", "carol@example.org"]]
+
+
+def test_temporary_authentication_failure_is_retried(make_handler, sleeps):
+    busy = SMTPDialogue(
+        auth_mechanisms=("PLAIN",),
+        replies={"AUTH": (454, "4.7.0 Temporary authentication failure")},
+    )
+    with ScriptedServer([busy, SMTPDialogue(auth_mechanisms=("PLAIN",))]) as server:
+        handler = make_handler(*server.address, username="alice", password=PASSWORD)
+        result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.SUCCESS
+    assert result.retry_count == 1 and sleeps == [1]
+
+
+def test_releasing_a_connection_twice_keeps_one_idle_entry(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    pool = handler.pool
+    connection = pool.get_connection(server.host, server.port, encryption="none")
+    pool.release_connection(server.host, server.port, connection)
+    pool.release_connection(server.host, server.port, connection)
+    stats = pool.get_stats()
+    assert (stats["idle"], stats["open"], stats["in_use"]) == (1, 1, 0)
+    first = pool.get_connection(server.host, server.port, encryption="none")
+    second = pool.get_connection(server.host, server.port, encryption="none")
+    assert first is not second
+    pool.release_connection(server.host, server.port, first)
+    pool.release_connection(server.host, server.port, second)

@@ -443,7 +443,7 @@ def test_last_delay_repeats_and_never_allows_nothing() -> None:
     [
         (OutcomeUnknownError("body sent, no reply"), False),
         (MailAuthenticationError(535, "5.7.8 bad credentials"), False),
-        (MailAuthenticationError(454, "4.7.0 temporary auth failure"), False),
+        (MailAuthenticationError(454, "4.7.0 temporary auth failure"), True),
         (MailSecurityError("STARTTLS not offered"), False),
         (ssl.SSLCertVerificationError("bad cert"), False),
         (SMTPResponseError(421, "4.3.2 closing"), True),

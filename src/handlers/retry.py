@@ -47,13 +47,17 @@ def is_retryable(error: BaseException, retryable_codes: frozenset[int] = RETRYAB
       timeout: yes;
     * the body was sent but the final reply never came: **no**, the message may have
       been delivered;
-    * authentication failures, TLS failures, permanent (5xx) replies: no.
+    * credentials refused (5xx), TLS failures, permanent (5xx) replies: no; a
+      temporary authentication failure (4xx, e.g. 454) is retried.
     """
     if isinstance(error, OutcomeUnknownError):
         return False
     if isinstance(error, POP3MailboxBusyError):
         return True
-    if isinstance(error, MailAuthenticationError | MailSecurityError):
+    if isinstance(error, MailAuthenticationError):
+        # 454 and friends: the server could not check the credentials right now.
+        return error.code is not None and 400 <= error.code < 500
+    if isinstance(error, MailSecurityError):
         return False
     if isinstance(error, ssl.SSLCertVerificationError):
         return False

@@ -21,10 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from .deadline import Deadline
 from .errors import (
-    MailAuthenticationError,
     MailHandlerError,
     MailResponseError,
-    MailSecurityError,
     MailTimeoutError,
     MailValidationError,
     OutcomeUnknownError,
@@ -546,6 +544,4 @@ def _failure(
     )
     if isinstance(error, SMTPRecipientsRefused):
         result.recipient_failures = _failures_text(error.failures)
-    if isinstance(error, SMTPNotSupportedError | MailSecurityError | MailAuthenticationError):
-        result.is_retryable = False
     return result

@@ -95,6 +95,7 @@ class SMTPConnection:
         self.broken = False
         self.messages_sent = 0
         self.generation = 0  # set by the pool that owns the connection
+        self.checked_out = False  # True while a caller holds it from the pool
 
     # ------------------------------------------------------------------ opening
 

@@ -196,6 +196,7 @@ class SMTPConnectionPool:
                 self._give_back_slot()
                 raise
             connection.generation = self._generation
+            connection.checked_out = True
             self._count("created")
             return connection
 
@@ -208,7 +209,9 @@ class SMTPConnectionPool:
                 idle = self._idle.get(key)
                 if idle:
                     self._in_use += 1
-                    return _Checkout(reuse=idle.pop())
+                    reused = idle.pop()
+                    reused.checked_out = True
+                    return _Checkout(reuse=reused)
                 if self._open < self.max_connections:
                     self._open += 1
                     self._in_use += 1
@@ -254,6 +257,10 @@ class SMTPConnectionPool:
         with self._lock:
             # A connection inherited across fork() was never counted in this process.
             inherited = conn.pid != self._pid
+            if not inherited and not conn.checked_out:
+                log.warning("SMTP connection released twice; ignoring the second release")
+                return
+            conn.checked_out = False
             keep = (
                 not conn.broken
                 and not inherited
