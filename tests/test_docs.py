@@ -17,8 +17,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted(
-    [ROOT / "README.md", ROOT / "SMTP_HANDLER.md", ROOT / "POP3_HANDLER.md"]
-    + list((ROOT / "docs").glob("**/*.md"))
+    [
+        ROOT / "README.md",
+        ROOT / "SMTP_HANDLER.md",
+        ROOT / "POP3_HANDLER.md",
+        *(ROOT / "docs").glob("**/*.md"),
+    ]
 )
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 

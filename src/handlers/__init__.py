@@ -16,11 +16,25 @@ from .errors import (
     MailTimeoutError,
     MailValidationError,
     OutcomeUnknownError,
+    POP3AuthenticationError,
+    POP3ConnectionError,
+    POP3MailboxBusyError,
+    POP3MessageTooLargeError,
+    POP3PoolClosedError,
+    POP3ProtocolError,
+    POP3ResponseError,
+    POP3SecurityError,
+    POP3TimeoutError,
+    POP3UnsupportedError,
     SMTPDataRefused,
     SMTPRecipientsRefused,
     SMTPResponseError,
     SMTPSenderRefused,
 )
+from .message_parser import ParseLimits, parse_message
+from .pop3 import DEFAULT_MAX_MESSAGE_SIZE, POP3ProtocolHandler
+from .pop3_pool import POP3ConnectionPool
+from .pop3_sync import SyncResult, sync_mailbox
 from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy
 from .smtp import (
     DeliveryResult,
@@ -33,14 +47,17 @@ from .smtp import (
 )
 from .smtp_connection import SMTPNotSupportedError
 from .smtp_pool import PoolTimeoutError
+from .uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "MAX_RETRIES",
     "RETRYABLE_CODES",
     "RETRY_DELAYS",
     "DeliveryResult",
+    "FileUIDStore",
     "MailAuthenticationError",
     "MailConnectionError",
     "MailHandlerError",
@@ -49,7 +66,21 @@ __all__ = [
     "MailSecurityError",
     "MailTimeoutError",
     "MailValidationError",
+    "MemoryUIDStore",
     "OutcomeUnknownError",
+    "POP3AuthenticationError",
+    "POP3ConnectionError",
+    "POP3ConnectionPool",
+    "POP3MailboxBusyError",
+    "POP3MessageTooLargeError",
+    "POP3PoolClosedError",
+    "POP3ProtocolError",
+    "POP3ProtocolHandler",
+    "POP3ResponseError",
+    "POP3SecurityError",
+    "POP3TimeoutError",
+    "POP3UnsupportedError",
+    "ParseLimits",
     "PoolTimeoutError",
     "RetryPolicy",
     "SMTPConnectionPool",
@@ -62,5 +93,10 @@ __all__ = [
     "SMTPRecipientsRefused",
     "SMTPResponseError",
     "SMTPSenderRefused",
+    "SQLiteUIDStore",
+    "SyncResult",
+    "UIDStore",
+    "parse_message",
     "shared_pool",
+    "sync_mailbox",
 ]

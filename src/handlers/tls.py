@@ -39,10 +39,14 @@ def resolve_context(context: ssl.SSLContext | None) -> ssl.SSLContext:
 def describe_tls_failure(error: BaseException, hostname: str) -> str:
     """A one-line explanation of why a TLS handshake with ``hostname`` failed."""
     if isinstance(error, ssl.SSLCertVerificationError):
-        reason = error.verify_message or error.reason or "verification failed"
+        reason = (
+            getattr(error, "verify_message", None)
+            or getattr(error, "reason", None)
+            or "verification failed"
+        )
         return f"certificate of {hostname} could not be verified: {reason}"
     if isinstance(error, ssl.SSLError):
-        return f"TLS handshake with {hostname} failed: {error.reason or error}"
+        return f"TLS handshake with {hostname} failed: {getattr(error, 'reason', None) or error}"
     return f"TLS with {hostname} failed: {error}"
 
 
