@@ -29,7 +29,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -419,6 +419,11 @@ class SMTPTestServer:
     ``sessions`` (TCP connections accepted, counted before any TLS handshake).
     ``port`` 0 picks a free port; after :meth:`start` it holds the real one, which
     a restart reuses.
+
+    ``on_message`` is called with each accepted message, on the server's thread and
+    before the client gets its reply; that is where a test delivers it onwards, e.g.
+    ``on_message=lambda m: pop3_server.add_message(m.data)``. If it raises, the client
+    gets a 451 reply and the message is not recorded.
     """
 
     def __init__(
@@ -437,6 +442,7 @@ class SMTPTestServer:
         server_name: str = "localhost",
         idle_timeout: float = 60.0,
         faults: SMTPFaults | None = None,
+        on_message: Callable[[ReceivedMessage], object] | None = None,
     ) -> None:
         _check_loopback(host)
         if tls not in _TLS_MODES:
@@ -468,6 +474,7 @@ class SMTPTestServer:
         self.server_name = server_name
         self.idle_timeout = idle_timeout
         self.faults = faults if faults is not None else SMTPFaults()
+        self.on_message = on_message
         self.messages: list[ReceivedMessage] = []
         self.auth_attempts: list[tuple[str, str]] = []
         self.sessions = 0
@@ -587,6 +594,8 @@ class SMTPTestServer:
     # -- called from the server thread -------------------------------------------
 
     def _store(self, message: ReceivedMessage) -> None:
+        if self.on_message is not None:
+            self.on_message(message)
         with self._condition:
             self.messages.append(message)
             self._condition.notify_all()
