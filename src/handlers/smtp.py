@@ -2,8 +2,8 @@
 
 A send goes validation → MIME building → a pooled connection → MAIL/RCPT/DATA
 (pipelined when offered) → a :class:`DeliveryResult`. Transient failures are retried
-on a fresh connection with the same Message-ID; a message whose body was sent but
-never confirmed is not resent, and the result says so.
+with the same Message-ID, on a new connection when the old one broke; a message whose
+body was sent but never confirmed is not resent, and the result says so.
 """
 
 from __future__ import annotations
