@@ -1,0 +1,5 @@
+"""``python -m src``: the ``mailhandlers`` command line."""
+
+from src.cli.main import main
+
+raise SystemExit(main())
