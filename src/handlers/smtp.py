@@ -31,6 +31,7 @@ from .errors import (
     parse_enhanced_code,
 )
 from .message_builder import OutgoingMessage, build_message
+from .oauth2 import TokenProvider, TokenSource, check_username
 from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy, Sleep
 from .smtp_connection import (
     SMTPConnection,
@@ -165,6 +166,19 @@ def _check_hostname(hostname: str) -> None:
         raise ValueError("hostname must not contain spaces or control characters")
 
 
+def _oauth2_source(
+    token: str | TokenProvider | TokenSource | None,
+    username: str | None,
+    password: str | None,
+) -> TokenSource | None:
+    if token is None:
+        return None
+    if password is not None:
+        raise ValueError("give either password or oauth2_token, not both")
+    check_username(username)
+    return TokenSource.of(token)
+
+
 def _check_port(port: int) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"port must be an integer from 1 to 65535 (got {port!r})")
@@ -184,7 +198,11 @@ class SMTPProtocolHandler:
     ``operation_timeout`` (a bound on one whole attempt, connecting included, however
     slowly the server answers; default ten times ``timeout``),
     ``check_deliverability`` (True, or a ``DeliverabilityChecker``: refuse recipients
-    whose domain DNS says takes no mail; off by default).
+    whose domain DNS says takes no mail; off by default), ``oauth2_token`` (an OAuth2
+    access token, or a callable returning one, to log in with XOAUTH2 instead of a
+    password; needs ``username``, see docs/oauth2.md), ``oauth2_initial_response``
+    (send the token with the AUTH command when the line fits; False always waits
+    for the server's challenge).
     """
 
     def __init__(
@@ -206,6 +224,8 @@ class SMTPProtocolHandler:
         pool_wait_timeout: float = 30.0,
         operation_timeout: float | None = None,
         check_deliverability: bool | DeliverabilityChecker = False,
+        oauth2_token: str | TokenProvider | TokenSource | None = None,
+        oauth2_initial_response: bool = True,
     ) -> None:
         _check_hostname(hostname)
         _check_port(port)
@@ -216,6 +236,8 @@ class SMTPProtocolHandler:
         for value, name in ((username, "username"), (password, "password")):
             if value is not None and find_control_character(value) is not None:
                 raise ValueError(f"{name} must not contain control characters")
+        self._oauth2 = _oauth2_source(oauth2_token, username, password)
+        self.oauth2_initial_response = oauth2_initial_response
         if from_address is not None:
             valid, error = SMTPMessageValidator.validate_email_address(from_address)
             if not valid:
@@ -271,10 +293,19 @@ class SMTPProtocolHandler:
                 local_hostname=self.local_hostname,
                 wait_timeout=self._pool_wait_timeout,
                 deadline=deadline,
+                **self._oauth2_options(),
             )
         except BaseException:
             self._slots.release()
             raise
+
+    def _oauth2_options(self) -> dict[str, Any]:
+        if self._oauth2 is None:
+            return {}
+        return {
+            "oauth2_token": self._oauth2,
+            "oauth2_initial_response": self.oauth2_initial_response,
+        }
 
     def _checkin(self, connection: SMTPConnection) -> None:
         try:

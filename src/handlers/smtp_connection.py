@@ -36,6 +36,15 @@ from .errors import (
     SMTPSenderRefused,
 )
 from .message_builder import OutgoingMessage
+from .oauth2 import MECHANISM as XOAUTH2
+from .oauth2 import (
+    SMTP_COMMAND_LIMIT,
+    TokenSource,
+    XOAUTH2Exchange,
+    explain,
+    initial_response_fits,
+    login_with_refresh,
+)
 from .tls import resolve_context, tls_error
 
 log = logging.getLogger(__name__)
@@ -114,11 +123,14 @@ class SMTPConnection:
         key: object = None,
         clock: float | None = None,
         deadline: Deadline | None = None,
+        oauth2: TokenSource | None = None,
+        oauth2_initial_response: bool = True,
     ) -> SMTPConnection:
         """Connect, greet, secure and authenticate; raise a library error on any failure.
 
         With a ``deadline``, the whole opening (greeting, TLS, login) is cut short when
-        it passes, however slowly the server drips its replies.
+        it passes, however slowly the server drips its replies. With ``oauth2`` the
+        login uses XOAUTH2 instead of the password (see :mod:`src.handlers.oauth2`).
         """
         context = resolve_context(ssl_context) if encryption is not SMTPEncryption.NONE else None
         name = local_hostname or default_local_hostname()
@@ -131,7 +143,13 @@ class SMTPConnection:
             if username:
                 if encryption is SMTPEncryption.NONE:
                     log.warning("sending SMTP credentials to %s:%s without encryption", host, port)
-                _login(client, username, password or "")
+                _login(
+                    client,
+                    username,
+                    password or "",
+                    oauth2=oauth2,
+                    oauth2_initial_response=oauth2_initial_response,
+                )
         except BaseException:
             _close_quietly(client)
             raise
@@ -475,11 +493,21 @@ def _starttls(client: smtplib.SMTP, host: str, context: ssl.SSLContext) -> None:
     _ehlo(client)
 
 
-def _login(client: smtplib.SMTP, username: str, password: str) -> None:
+def _login(
+    client: smtplib.SMTP,
+    username: str,
+    password: str,
+    *,
+    oauth2: TokenSource | None = None,
+    oauth2_initial_response: bool = True,
+) -> None:
     if not client.has_extn("auth"):
         raise MailAuthenticationError(
             None, "the server does not offer AUTH; cannot log in with the given credentials"
         )
+    if oauth2 is not None:
+        _login_xoauth2(client, username, oauth2, oauth2_initial_response)
+        return
     try:
         client.login(username, password)
     except smtplib.SMTPAuthenticationError as error:
@@ -492,5 +520,41 @@ def _login(client: smtplib.SMTP, username: str, password: str) -> None:
         raise _disconnected(error) from None
     except smtplib.SMTPResponseException as error:
         raise MailAuthenticationError(error.smtp_code, _decode(error.smtp_error)) from None
+    except OSError as error:
+        raise _disconnected(error) from None
+
+
+def _login_xoauth2(
+    client: smtplib.SMTP, username: str, source: TokenSource, initial_response: bool
+) -> None:
+    if XOAUTH2 not in client.esmtp_features.get("auth", "").upper().split():
+        raise MailAuthenticationError(
+            None, "the server does not offer AUTH XOAUTH2; cannot log in with an OAuth2 token"
+        )
+
+    def attempt(token: str) -> None:
+        _xoauth2_once(client, username, token, initial_response)
+
+    login_with_refresh(
+        source,
+        attempt,
+        lambda reason: MailAuthenticationError(None, reason),
+        where="the SMTP server",
+    )
+
+
+def _xoauth2_once(client: smtplib.SMTP, username: str, token: str, initial_response: bool) -> None:
+    """One XOAUTH2 exchange; one step when allowed and the AUTH line fits (RFC 4954)."""
+    exchange = XOAUTH2Exchange(username, token)
+    one_step = initial_response and initial_response_fits(username, token, SMTP_COMMAND_LIMIT)
+    try:
+        client.auth(XOAUTH2, exchange, initial_response_ok=one_step)
+    except smtplib.SMTPServerDisconnected as error:
+        raise _disconnected(error) from None
+    except smtplib.SMTPResponseException as error:  # SMTPAuthenticationError included
+        text = explain(_decode(error.smtp_error), exchange.failure, token)
+        raise MailAuthenticationError(error.smtp_code, text) from None
+    except smtplib.SMTPException:
+        raise MailProtocolError("the server kept sending XOAUTH2 challenges") from None
     except OSError as error:
         raise _disconnected(error) from None

@@ -1,7 +1,9 @@
 """A bounded, thread-safe and fork-safe pool of SMTP connections.
 
 Connections are keyed by server, credentials and TLS settings, so a connection
-authenticated as one user is never handed to another. Pool state changes under one
+authenticated as one user is never handed to another. An OAuth2 login is keyed by a
+digest of its fixed token, or by its token provider (not the token the provider last
+returned), so a refreshed token keeps the warm connections usable. Pool state changes under one
 lock; sockets are opened, checked and closed outside it. ``max_connections`` is a
 hard bound on open connections: a caller that finds the pool full waits (up to
 ``wait_timeout``) for a release, or for an idle connection of another server that
@@ -17,12 +19,13 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .deadline import Deadline
 from .errors import MailConnectionError
+from .oauth2 import TokenProvider, TokenSource
 from .smtp_connection import SMTPConnection, SMTPEncryption
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,8 @@ class PoolTimeoutError(MailConnectionError, TimeoutError):
 
 @dataclass(frozen=True)
 class ConnectionKey:
-    """Identifies connections that may be shared. Holds a digest, never the password."""
+    """Identifies connections that may be shared. Holds digests, never a password or
+    token; ``credential`` tells OAuth2 logins apart (see :meth:`TokenSource.pool_identity`)."""
 
     host: str
     port: int
@@ -45,6 +49,7 @@ class ConnectionKey:
     encryption: SMTPEncryption
     context_id: int
     local_hostname: str | None
+    credential: Hashable | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -56,6 +61,7 @@ class ConnectionKey:
         encryption: SMTPEncryption,
         ssl_context: ssl.SSLContext | None,
         local_hostname: str | None,
+        oauth2: TokenSource | None = None,
     ) -> ConnectionKey:
         digest = hashlib.sha256((password or "").encode("utf-8", "surrogatepass")).hexdigest()
         return cls(
@@ -66,6 +72,7 @@ class ConnectionKey:
             encryption,
             id(ssl_context) if ssl_context is not None else 0,
             local_hostname,
+            oauth2.pool_identity() if oauth2 is not None else None,
         )
 
 
@@ -154,16 +161,28 @@ class SMTPConnectionPool:
         local_hostname: str | None = None,
         wait_timeout: float | None = None,
         deadline: Deadline | None = None,
+        oauth2_token: str | TokenProvider | TokenSource | None = None,
+        oauth2_initial_response: bool = True,
     ) -> SMTPConnection:
         """Return a healthy connection for this server and login, opening one if needed.
+
+        With ``oauth2_token`` (a token, a provider or a :class:`TokenSource`) new
+        connections log in with XOAUTH2 instead of the password.
 
         Raises :class:`PoolTimeoutError` if the pool stays full for ``wait_timeout``
         seconds, or the library error that opening a connection raised.
         """
         self._check_pid()
         encryption = SMTPEncryption(encryption)
+        oauth2 = TokenSource.of(oauth2_token) if oauth2_token is not None else None
         key = ConnectionKey.build(
-            host, port, username, password, encryption, ssl_context, local_hostname
+            host, port, username, password, encryption, ssl_context, local_hostname, oauth2
+        )
+        # Passed only when used, so an opener written before OAuth2 keeps working.
+        oauth2_options = (
+            {"oauth2": oauth2, "oauth2_initial_response": oauth2_initial_response}
+            if oauth2 is not None
+            else {}
         )
         limit = self.wait_timeout if wait_timeout is None else wait_timeout
         while True:
@@ -191,6 +210,7 @@ class SMTPConnectionPool:
                     key=key,
                     clock=self._clock(),
                     deadline=deadline,
+                    **oauth2_options,
                 )
             except BaseException:
                 self._give_back_slot()
