@@ -2,7 +2,8 @@
 
 :class:`POP3TestServer` listens on a loopback address (port chosen by the kernel) and
 serves each connection from its own daemon thread. It speaks enough of POP3 for a
-client library to be tested against it: USER/PASS and SASL ``AUTH PLAIN``, ``CAPA``,
+client library to be tested against it: USER/PASS, SASL ``AUTH PLAIN`` and (with
+``oauth2_tokens``) ``AUTH XOAUTH2``, ``CAPA``,
 the TRANSACTION commands, ``STLS`` and implicit TLS, response codes in brackets, and
 one-session-per-maildrop locking. Deletions are committed only by ``QUIT``; a session
 that ends in any other way leaves the maildrop untouched.
@@ -40,6 +41,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import TracebackType
 from typing import Literal
+
+from .xoauth2 import XOAUTH2Verifier
 
 __all__ = ["POP3Faults", "POP3TestServer", "SASLHandler", "TLSMode"]
 
@@ -224,6 +227,10 @@ class POP3TestServer:
     answer ``-ERR``). ``sasl_mechanisms`` are offered through ``AUTH``; ``PLAIN`` is
     built in and others need a checker in ``sasl_handlers`` (mechanism name -> function
     receiving the decoded client response and returning the user name or ``None``).
+    ``oauth2_tokens`` (user name -> the one valid access token) adds ``XOAUTH2``, in
+    one step or two, with the error continuation for a refused token; :attr:`oauth2`
+    (an :class:`~src.testing.xoauth2.XOAUTH2Verifier`) then holds the tokens, lets a
+    test expire one, and records every attempt.
     ``max_line_length`` bounds command lines (longer ones get ``-ERR``).
     ``max_sessions`` bounds concurrent connections; extra ones get ``-ERR [SYS/TEMP]``
     (in plain text modes) and are closed.
@@ -248,6 +255,7 @@ class POP3TestServer:
         max_line_length: int | None = None,
         sasl_handlers: Mapping[str, SASLHandler] | None = None,
         max_sessions: int = 64,
+        oauth2_tokens: Mapping[str, str] | None = None,
     ) -> None:
         if not _is_loopback(host):
             raise ValueError(f"the test server binds to loopback only, not {host!r}")
@@ -264,7 +272,9 @@ class POP3TestServer:
         handlers: dict[str, SASLHandler] = {"PLAIN": self._check_plain}
         handlers.update({name.upper(): check for name, check in (sasl_handlers or {}).items()})
         mechanisms = tuple(name.upper() for name in sasl_mechanisms)
-        unknown = [name for name in mechanisms if name not in handlers]
+        built_in = {"XOAUTH2"} if oauth2_tokens is not None else set()
+        mechanisms += tuple(sorted(built_in - set(mechanisms)))
+        unknown = [name for name in mechanisms if name not in handlers and name not in built_in]
         if unknown:
             raise ValueError(f"no sasl_handlers entry for {', '.join(unknown)}")
 
@@ -286,6 +296,7 @@ class POP3TestServer:
         self.max_concurrent_sessions = 0
 
         self._sasl_handlers = handlers
+        self.oauth2 = XOAUTH2Verifier(oauth2_tokens) if oauth2_tokens is not None else None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._maildrops: dict[str, list[_StoredMessage]] = {}
@@ -760,7 +771,28 @@ class _POP3Session:
         except (binascii.Error, ValueError):
             self._reply("-ERR [AUTH] invalid base64", "AUTH")
             return
+        if mechanism == "XOAUTH2" and server.oauth2 is not None:
+            self._finish_xoauth2(server.oauth2, response, one_step=len(parts) == 2)
+            return
         self._finish_login(server._sasl_check(mechanism, response), "AUTH")
+
+    def _finish_xoauth2(
+        self, verifier: XOAUTH2Verifier, response: bytes, *, one_step: bool
+    ) -> None:
+        """Judge an XOAUTH2 response. A refused token gets the error continuation
+        (``+ <base64 JSON>``) and, once the client has answered it, ``-ERR``."""
+        verdict = verifier.check(response, one_step=one_step)
+        if verdict.accepted:
+            self._finish_login(verdict.username, "AUTH")
+            return
+        assert verdict.error is not None
+        if self._muted:  # the continuation could never be answered
+            raise _Hangup("dropped during AUTH")
+        self._send(b"+ " + base64.b64encode(verdict.error) + b"\r\n", "AUTH")
+        with contextlib.suppress(_LineTooLong):  # any answer ends the exchange
+            if self._reader.readline(self._sock, self._server._line_limit()) is None:
+                raise _Hangup("closed during AUTH")
+        self._finish_login(None, "AUTH")
 
     def _finish_login(self, user: str | None, verb: str) -> None:
         """Reply to a login attempt whose credentials check gave ``user``."""

@@ -3,7 +3,8 @@
 :class:`SMTPTestServer` runs a real ESMTP implementation on a loopback port in a
 background thread. It records every accepted message as a :class:`ReceivedMessage`,
 optionally offers STARTTLS or implicit TLS, AUTH PLAIN/LOGIN against a dict of users,
-SMTPUTF8 and a size limit, and lets a test inject failures through its mutable
+AUTH XOAUTH2 against a dict of OAuth2 tokens, SMTPUTF8 and a size limit,
+and lets a test inject failures through its mutable
 :class:`SMTPFaults`::
 
     with SMTPTestServer(tls="starttls", ssl_context=certs.server_context(),
@@ -21,6 +22,8 @@ test that used it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hmac
 import ipaddress
@@ -46,6 +49,8 @@ from aiosmtpd.smtp import (
     TLSSetupException,
 )
 
+from .xoauth2 import XOAUTH2Verifier
+
 __all__ = ["ReceivedMessage", "SMTPFaults", "SMTPTestServer", "TLSMode"]
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,9 @@ Reply = tuple[int, str]
 _TLS_MODES = ("none", "starttls", "implicit")
 _STOP_TIMEOUT = 5.0
 _AIOSMTPD_LOGGER = "mail.log"  # the logger aiosmtpd's protocol code writes to
+# Longest client line inside an AUTH exchange (RFC 4954); aiosmtpd's own line reader
+# stops at 1001 octets, shorter than a Microsoft 365 access token.
+_SASL_LINE_LIMIT = 12288
 
 
 def _format_reply(code: int, text: str) -> str:
@@ -197,6 +205,50 @@ class _SMTP(SMTP):
             self.transport.get_extra_info("ssl_object") is not None
         )
 
+    async def auth_XOAUTH2(self, _: Any, args: list[str]) -> AuthResult:
+        """XOAUTH2, one step (response on the AUTH line) or two (after ``334 ``).
+
+        A refused token gets the error challenge (``334`` and base64 JSON); whatever
+        the client answers, the login then fails with 535, as Gmail does.
+        """
+        verifier = self._owner.oauth2
+        if verifier is None:  # not offered; refuse if asked anyway
+            return AuthResult(success=False, handled=False)
+        one_step = len(args) == 2
+        response = _decode_sasl(args[1]) if one_step else await self._sasl_challenge(b"")
+        if response is None:
+            await self.push("501 5.5.2 Can't decode base64 (or AUTH cancelled)")
+            return AuthResult(success=False, handled=True)
+        verdict = verifier.check(response, one_step=one_step)
+        with self._owner._condition:
+            self._owner.auth_attempts.append(("XOAUTH2", verdict.username or ""))
+        if verdict.accepted:
+            return AuthResult(success=True, auth_data=verdict.username)
+        assert verdict.error is not None
+        await self._sasl_challenge(verdict.error)
+        return AuthResult(
+            success=False, handled=False, message="535 5.7.8 Username and Password not accepted"
+        )
+
+    async def _sasl_challenge(self, payload: bytes) -> bytes | None:
+        """Send ``334 <base64 payload>`` and return the client's decoded answer; ``None``
+        when it cancelled with ``*``, is not base64, is too long or never came."""
+        await self.push(b"334 " + base64.b64encode(payload))
+        pieces: list[bytes] = []
+        size = 0
+        while size <= _SASL_LINE_LIMIT:
+            try:
+                line = await self._reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as error:
+                chunk = await self._reader.read(error.consumed)
+                pieces.append(chunk)
+                size += len(chunk)
+                continue
+            except asyncio.IncompleteReadError:
+                return None
+            return _decode_sasl(b"".join([*pieces, line]).decode("ascii", "replace"))
+        return None
+
 
 class _Handler:
     """aiosmtpd hooks that implement recording and fault injection.
@@ -212,14 +264,14 @@ class _Handler:
         self, server: _SMTP, session: Session, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        if self._owner.users is None:
+        if not self._owner.offers_auth:
             responses = [line for line in responses if not line[4:].upper().startswith("AUTH")]
         return responses
 
     async def handle_AUTH(
         self, server: _SMTP, session: Session, envelope: Any, args: list[str]
     ) -> Any:
-        if self._owner.users is None:
+        if not self._owner.offers_auth:
             return "502 5.5.1 AUTH not available"
         return MISSING
 
@@ -420,6 +472,12 @@ class SMTPTestServer:
     ``port`` 0 picks a free port; after :meth:`start` it holds the real one, which
     a restart reuses.
 
+    With ``oauth2_tokens`` (user name -> the one valid access token) AUTH XOAUTH2 is
+    offered too, in one step or two; :attr:`oauth2` (an
+    :class:`~src.testing.xoauth2.XOAUTH2Verifier`) then holds the tokens, lets a test
+    expire one, and records every attempt. PLAIN and LOGIN are offered only with
+    ``users``.
+
     ``on_message`` is called with each accepted message, on the server's thread and
     before the client gets its reply; that is where a test delivers it onwards, e.g.
     ``on_message=lambda m: pop3_server.add_message(m.data)``. If it raises, the client
@@ -442,6 +500,7 @@ class SMTPTestServer:
         server_name: str = "localhost",
         idle_timeout: float = 60.0,
         faults: SMTPFaults | None = None,
+        oauth2_tokens: Mapping[str, str] | None = None,
         on_message: Callable[[ReceivedMessage], object] | None = None,
     ) -> None:
         _check_loopback(host)
@@ -453,8 +512,8 @@ class SMTPTestServer:
             raise ValueError("ssl_context given but tls='none'")
         if require_starttls and tls != "starttls":
             raise ValueError("require_starttls needs tls='starttls'")
-        if auth_required and users is None:
-            raise ValueError("auth_required needs users")
+        if auth_required and users is None and oauth2_tokens is None:
+            raise ValueError("auth_required needs users or oauth2_tokens")
         if size_limit is not None and size_limit <= 0:
             raise ValueError("size_limit must be positive or None")
         if not server_name or any(ch in server_name for ch in "\r\n \t"):
@@ -466,6 +525,7 @@ class SMTPTestServer:
         self.tls: TLSMode = tls
         self.ssl_context = ssl_context
         self.users: dict[str, str] | None = None if users is None else dict(users)
+        self.oauth2 = XOAUTH2Verifier(oauth2_tokens) if oauth2_tokens is not None else None
         self.auth_require_tls = auth_require_tls
         self.auth_required = auth_required
         self.require_starttls = require_starttls
@@ -543,6 +603,7 @@ class SMTPTestServer:
             # only counts STARTTLS as encryption; its check would hide AUTH for good.
             auth_require_tls=self.auth_require_tls and self.tls != "implicit",
             authenticator=self._authenticate,
+            auth_exclude_mechanism=self._excluded_mechanisms(),
             timeout=self.idle_timeout,
         )
 
@@ -630,6 +691,15 @@ class SMTPTestServer:
         for connection in list(self._connections):
             connection.drop()
 
+    @property
+    def offers_auth(self) -> bool:
+        """Whether AUTH is offered at all (``users`` or ``oauth2_tokens`` given)."""
+        return self.users is not None or self.oauth2 is not None
+
+    def _excluded_mechanisms(self) -> list[str]:
+        excluded = [] if self.users is not None else ["PLAIN", "LOGIN"]
+        return excluded if self.oauth2 is not None else [*excluded, "XOAUTH2"]
+
     def _authenticate(
         self, server: _SMTP, session: Session, envelope: Any, mechanism: str, data: Any
     ) -> AuthResult:
@@ -642,3 +712,14 @@ class SMTPTestServer:
         if expected is not None and hmac.compare_digest(expected.encode("utf-8"), data.password):
             return AuthResult(success=True, auth_data=username)
         return AuthResult(success=False, handled=False)
+
+
+def _decode_sasl(text: str) -> bytes | None:
+    """A client's base64 SASL answer decoded; ``None`` for ``*`` or invalid base64."""
+    text = text.strip()
+    if text == "*":
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
