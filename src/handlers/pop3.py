@@ -46,6 +46,7 @@ from .errors import (
     POP3UnsupportedError,
 )
 from .message_parser import ParseLimits, parse_header_summary, parse_message
+from .oauth2 import TokenProvider, TokenSource, check_username
 from .pop3_client import FastPOP3, FastPOP3_SSL
 from .pop3_connection import (
     DEFAULT_CONNECT_RETRY,
@@ -55,6 +56,7 @@ from .pop3_connection import (
     close_quietly,
 )
 from .pop3_pool import POP3ConnectionPool
+from .pop3_sasl import xoauth2_login
 from .pop3_sync import MessageCallback, SyncResult, sync_mailbox
 from .pop3_wire import ResponseTooLargeError
 from .retry import Clock, RetryPolicy, Sleep
@@ -102,6 +104,12 @@ class POP3ProtocolHandler:
     ``max_message_size`` (bytes, ``None`` for no limit), ``include_raw`` and
     ``include_attachment_content`` (extras in the message dicts) and ``parse_limits``.
 
+    ``oauth2_token`` (an OAuth2 access token, or a callable returning one) logs in with
+    SASL ``AUTH XOAUTH2`` instead of USER/PASS, and ``password`` is then left out;
+    ``oauth2_initial_response`` (default True) sends the token with the ``AUTH``
+    command when the line fits in 255 octets, False always waits for the server's
+    challenge. See docs/oauth2.md.
+
     Nothing touches the network until a method needs it.
     """
 
@@ -110,7 +118,7 @@ class POP3ProtocolHandler:
         hostname: str,
         port: int,
         username: str,
-        password: str,
+        password: str | None = None,
         encryption: str = "ssl",
         timeout: float = 30,
         *,
@@ -123,6 +131,8 @@ class POP3ProtocolHandler:
         include_raw: bool = False,
         include_attachment_content: bool = False,
         parse_limits: ParseLimits | None = None,
+        oauth2_token: str | TokenProvider | TokenSource | None = None,
+        oauth2_initial_response: bool = True,
     ) -> None:
         self._connector = POP3Connector(
             hostname,
@@ -136,9 +146,11 @@ class POP3ProtocolHandler:
             deadline,
         )
         _check_size_limit(max_message_size)
-        _check_credentials(username, password)
+        self._oauth2 = _oauth2_source(oauth2_token, username, password)
+        self._oauth2_initial_response = oauth2_initial_response
+        _check_credentials(username, password or "")
         self._username = username
-        self._password = Secret(password)
+        self._password = Secret(password or "")
         self._max_message_size = max_message_size
         self._include_raw = include_raw
         self._include_attachment_content = include_attachment_content
@@ -524,6 +536,12 @@ class POP3ProtocolHandler:
     def _replace_credentials(self, username: str | None, password: str | None) -> None:
         if username is None and password is None:
             return
+        if self._oauth2 is not None:
+            if password is not None:
+                raise MailValidationError(
+                    "this handler logs in with oauth2_token; it takes no password", "password"
+                )
+            _oauth2_source(self._oauth2, username, None)
         new_username = self._username if username is None else username
         _check_credentials(new_username, password if password is not None else "")
         if self._authenticated and new_username != self._username:
@@ -547,8 +565,32 @@ class POP3ProtocolHandler:
             raise
         self._authenticated = True
 
+    def _login_xoauth2(self, client: _Client, source: TokenSource) -> None:
+        """AUTH XOAUTH2 on ``client``; a refused token from a provider is renewed once."""
+        if self.encryption == "none":
+            log.warning(
+                "sending a POP3 OAuth2 token for %r to %s:%d without encryption",
+                self._username,
+                self.hostname,
+                self.port,
+            )
+        xoauth2_login(
+            client,
+            self._username,
+            source,
+            initial_response=self._oauth2_initial_response,
+            translate=lambda error, token: self._connector.translate(
+                error, "AUTH", during_login=True, secret=token
+            ),
+            where=self._connector.where,
+        )
+        log.debug("logged in to %s:%d as %r with XOAUTH2", self.hostname, self.port, self._username)
+
     def _login(self, client: _Client) -> None:
-        """USER and PASS on ``client``, whose state is not tracked here."""
+        """USER and PASS (or XOAUTH2) on ``client``, whose state is not tracked here."""
+        if self._oauth2 is not None:
+            self._login_xoauth2(client, self._oauth2)
+            return
         if self.encryption == "none":
             log.warning(
                 "sending the POP3 password for %r to %s:%d without encryption",
@@ -694,6 +736,29 @@ def _check_credentials(username: str, password: str) -> None:
     ensure_safe_command_argument(password, "password")
     if not username:
         raise MailValidationError("username must not be empty", "username")
+
+
+def _oauth2_source(
+    token: str | TokenProvider | TokenSource | None, username: str | None, password: str | None
+) -> TokenSource | None:
+    """The handler's token source, or None for a password login; checks the pairing."""
+    if token is None:
+        if password is None:
+            raise MailValidationError(
+                "password is required unless oauth2_token is given", "password"
+            )
+        return None
+    if password is not None:
+        raise MailValidationError("give either password or oauth2_token, not both", "password")
+    if username is not None:
+        try:
+            check_username(username)
+        except ValueError as error:
+            raise MailValidationError(str(error), "username") from None
+    try:
+        return TokenSource.of(token)
+    except ValueError as error:
+        raise MailValidationError(str(error), "oauth2_token") from None
 
 
 def _check_message_id(message_id: int) -> None:

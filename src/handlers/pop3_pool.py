@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .credentials import Secret
 from .errors import MailHandlerError, POP3MailboxBusyError, POP3PoolClosedError
+from .oauth2 import TokenSource
 from .retry import Clock
 
 if TYPE_CHECKING:
@@ -43,7 +44,9 @@ class POP3ConnectionPool:
     At most ``pool_size`` handlers exist at once. ``encryption``, ``timeout``, ``clock``
     and any other keyword option of :class:`POP3ProtocolHandler` (``ssl_context``,
     ``retry``, ``max_message_size``, ...) are passed to every handler the pool creates;
-    ``clock`` also times blocking :meth:`acquire` calls.
+    ``clock`` also times blocking :meth:`acquire` calls. With ``oauth2_token`` the
+    handlers log in with XOAUTH2 and ``password`` is left out; all of them share the
+    one token or provider.
     """
 
     def __init__(
@@ -51,7 +54,7 @@ class POP3ConnectionPool:
         hostname: str,
         port: int,
         username: str,
-        password: str,
+        password: str | None = None,
         pool_size: int = 3,
         *,
         encryption: str = "ssl",
@@ -64,7 +67,10 @@ class POP3ConnectionPool:
         self._hostname = hostname
         self._port = port
         self._username = username
-        self._password = Secret(password)
+        self._password = Secret(password) if password is not None else None
+        if handler_options.get("oauth2_token") is not None:
+            # Held masked, like the password, rather than as given.
+            handler_options["oauth2_token"] = TokenSource.of(handler_options["oauth2_token"])
         self._encryption = encryption
         self._timeout = timeout
         self._options = handler_options
@@ -211,7 +217,7 @@ class POP3ConnectionPool:
             self._hostname,
             self._port,
             self._username,
-            self._password.reveal(),
+            self._password.reveal() if self._password is not None else None,
             self._encryption,
             self._timeout,
             clock=self._clock,
