@@ -69,6 +69,24 @@ class Provider:
         return token
 
 
+class CachingProvider:
+    """Like google-auth or MSAL: the cached token until told that it was refused."""
+
+    def __init__(self, *tokens: str) -> None:
+        self.tokens = list(tokens)
+        self.calls = 0
+        self.invalidated: list[str] = []
+
+    def __call__(self) -> str:
+        self.calls += 1
+        return self.tokens[0]
+
+    def invalidate(self, token: str) -> None:
+        self.invalidated.append(token)
+        if self.tokens[0] == token and len(self.tokens) > 1:
+            self.tokens.pop(0)
+
+
 def secret_forms(*tokens: str) -> list[str]:
     """Every form in which a token could leak: as is, and in the base64 response."""
     return [form for token in tokens for form in (token, encode_xoauth2(USER, token))]
@@ -279,6 +297,29 @@ def test_smtp_provider_is_asked_again_once_after_an_expired_token(
     assert_hidden(caplog.text, TOKEN, FRESH)
 
 
+def test_smtp_caching_provider_hears_of_the_refusal_before_it_is_asked_again(
+    smtp_server: SMTPTestServer, smtp_handler: Any
+) -> None:
+    smtp_server.oauth2.expire(TOKEN)  # type: ignore[union-attr]
+    smtp_server.oauth2.tokens[USER] = FRESH  # type: ignore[union-attr]
+    provider = CachingProvider(TOKEN, FRESH)
+    assert send(smtp_handler(provider)).status is SMTPDeliveryStatus.SUCCESS
+    assert provider.invalidated == [TOKEN] and provider.calls == 2
+
+
+def test_smtp_failing_invalidate_is_an_authentication_failure(
+    smtp_server: SMTPTestServer, smtp_handler: Any
+) -> None:
+    class Broken(CachingProvider):
+        def invalidate(self, token: str) -> None:
+            raise KeyError(token)
+
+    result = send(smtp_handler(Broken(WRONG, FRESH)))
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert result.smtp_error is not None and "invalidate() raised KeyError" in result.smtp_error
+    assert WRONG not in result.smtp_error
+
+
 def test_smtp_provider_gets_one_retry_only(
     smtp_server: SMTPTestServer, smtp_handler: Any
 ) -> None:
@@ -453,6 +494,14 @@ def test_pop3_provider_is_asked_again_once_after_an_expired_token(
     assert statuses == ["401", None]
     assert pop3_server.sessions_started == 1
     assert_hidden(caplog.text, TOKEN, FRESH)
+
+
+def test_pop3_caching_provider_hears_of_the_refusal(pop3_server: POP3TestServer) -> None:
+    pop3_server.oauth2.expire(TOKEN)  # type: ignore[union-attr]
+    pop3_server.oauth2.tokens[USER] = FRESH  # type: ignore[union-attr]
+    provider = CachingProvider(TOKEN, FRESH)
+    assert pop3_handler(pop3_server, provider).get_mailbox_stat()[0] == 1
+    assert provider.invalidated == [TOKEN] and provider.calls == 2
 
 
 def test_pop3_provider_gets_one_retry_only(pop3_server: POP3TestServer) -> None:

@@ -22,7 +22,9 @@ enough to always take two steps.
 
 When the server refuses a token that came from a provider, the provider is called
 once more and, if it returns a different token, the login is tried once more on the
-same connection. A fixed token string is never retried.
+same connection. A provider that caches tokens may define ``invalidate(token)``: it is
+called with the refused token first, so the cache can drop it and the next call
+refresh. A fixed token string is never retried.
 """
 
 from __future__ import annotations
@@ -218,7 +220,9 @@ class TokenSource:
     ``token`` is a fixed access token (never refreshed) or a :data:`TokenProvider`.
     A provider is called every time a connection logs in, possibly from several
     threads at once, so it should hand back a cached token and refresh it only when
-    needed, under a lock of its own.
+    needed, under a lock of its own. If it also has an ``invalidate(token)`` method,
+    that is called with a token the server refused, before the provider is asked for
+    another.
     """
 
     __slots__ = ("_provider", "_static")
@@ -261,6 +265,19 @@ class TokenSource:
             return ("oauth2-token", digest)
         assert self._provider is not None
         return _ProviderKey(self._provider)
+
+    def invalidate(self, token: str) -> None:
+        """Tell a provider that has an ``invalidate(token)`` method that ``token`` was
+        refused. Raises :class:`_TokenUnavailable` if that method fails."""
+        hook = getattr(self._provider, "invalidate", None)
+        if not callable(hook):
+            return
+        try:
+            hook(token)
+        except Exception as error:
+            raise _TokenUnavailable(
+                f"the OAuth2 token provider's invalidate() raised {type(error).__name__}"
+            ) from error
 
     def current(self) -> str:
         """The token to log in with: the fixed one, or a fresh call to the provider.
@@ -310,7 +327,8 @@ def login_with_refresh(
     ``attempt`` raises :class:`MailAuthenticationError` when the server refuses the
     token. The retry happens only for a provider, only for a refusal of the
     credentials (no reply code, or a 5xx one; a 4xx is a temporary failure for the
-    retry policy), and only if the provider returns a different token. ``refused``
+    retry policy), and only if the provider returns a different token; the provider's
+    ``invalidate(token)``, if it has one, hears of the refusal first. ``refused``
     builds the error raised when the provider fails; ``where`` names the server in
     the log.
     """
@@ -320,6 +338,10 @@ def login_with_refresh(
         return
     if not (source.refreshable and _is_refusal(failure)):
         raise failure
+    try:
+        source.invalidate(token)
+    except _TokenUnavailable as error:
+        raise refused(str(error)) from error.__cause__
     fresh = _token(source, refused)
     if fresh == token:
         log.debug("OAuth2 token refused by %s and the provider has no other; giving up", where)
