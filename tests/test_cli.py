@@ -335,6 +335,26 @@ def test_fetch_with_a_refused_login_is_one_line(
     assert "not-the-password-77" not in run.err
 
 
+def test_a_bug_is_one_line_unless_verbose(cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("src.cli.demo.run", broken)
+    quiet = cli("demo")
+    assert quiet.code == 70
+    assert_one_line_error(quiet)
+    assert "internal error: RuntimeError (run with --verbose for details)" in quiet.err
+    loud = cli("demo", "--verbose")
+    assert loud.code == 70
+    assert "Traceback" in loud.err and "RuntimeError: a bug" in loud.err
+    assert loud.err.endswith("mailhandlers: error: internal error: RuntimeError\n")
+
+
+def test_version(cli: CLI) -> None:
+    run = cli("--version")
+    assert (run.code, run.out) == (0, "mailhandlers 0.1.0\n")
+
+
 @pytest.mark.parametrize("command", ["send", "fetch", "check", "demo"])
 def test_every_command_has_help(cli: CLI, command: str) -> None:
     run = cli(command, "--help")
@@ -351,7 +371,7 @@ def test_fetch_lists_the_mailbox(cli: CLI, pop3_server: POP3TestServer, cafile: 
     assert run.code == 0, run.err
     first_uid, second_uid = pop3_server.uids(USER)
     rows = run.out.splitlines()
-    assert rows[0].split() == ["#", "uid", "size", "date", "from", "subject"]
+    assert rows[0].split() == ["#", "uid", "size", "date", "(UTC)", "from", "subject"]
     assert rows[2].split()[:2] == ["1", first_uid]
     assert "2026-11-02 10:00" in rows[2] and "First" in rows[2]
     assert rows[3].split()[:2] == ["2", second_uid] and "Second" in rows[3]

@@ -15,6 +15,7 @@ import sys
 from enum import IntEnum
 from typing import NoReturn
 
+from .output import clean
 from .verbose import Redactor
 
 DEFAULT_PASSWORD_ENV = "MAILHANDLERS_PASSWORD"
@@ -235,4 +236,4 @@ def optional_ssl_context(cafile: str | None) -> ssl.SSLContext | None:
 
 def warn(message: str) -> None:
     """Print a one-line warning on stderr."""
-    print(f"mailhandlers: warning: {message}", file=sys.stderr)
+    print(f"mailhandlers: warning: {clean(message)}", file=sys.stderr)

@@ -319,7 +319,7 @@ def _print_listing(entries: list[Message], as_json: bool) -> None:
         for e in entries
     ]
     if rows:
-        print(format_table(("#", "uid", "size", "date", "from", "subject"), rows))
+        print(format_table(("#", "uid", "size", "date (UTC)", "from", "subject"), rows))
     print(f"{len(entries)} message(s)")
 
 
@@ -349,7 +349,7 @@ def _print_report(report: FetchReport, as_json: bool) -> None:
         )
         for m in report.messages
     ]
-    headers = ("#", "uid", "size", "date", "from", "subject", "attachments", "saved as")
+    headers = ("#", "uid", "size", "date (UTC)", "from", "subject", "attachments", "saved as")
     if rows:
         print(format_table(headers, rows))
     print(

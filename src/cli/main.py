@@ -17,6 +17,7 @@ from ..handlers.errors import MailAuthenticationError, MailHandlerError, MailVal
 from ..handlers.retry import is_retryable
 from . import check, demo, fetch, send
 from .common import CLIError, ExitCode, OneLineParser
+from .output import clean
 from .verbose import Redactor, verbose_logging
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    redactor = Redactor()
     verbose = False
     try:
         _refuse_password_argument(arguments)
@@ -59,21 +61,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(args, int):
             return int(args)
         verbose = bool(args.verbose)
-        redactor = Redactor()
         with verbose_logging(verbose, redactor):
             command: Command = args.run
             return int(command(args, redactor))
     except CLIError as error:
-        return _fail(str(error), error.code)
+        message, code = str(error), error.code
     except KeyboardInterrupt:
-        return _fail("interrupted", ExitCode.INTERRUPTED)
+        message, code = "interrupted", ExitCode.INTERRUPTED
     except MailHandlerError as error:
-        return _fail(_describe(error), _exit_code(error))
+        message, code = _describe(error), _exit_code(error)
     except Exception as error:
         if verbose:
-            log.exception("internal error")
+            with verbose_logging(True, redactor):
+                log.exception("internal error")
         detail = "" if verbose else " (run with --verbose for details)"
-        return _fail(f"internal error: {type(error).__name__}{detail}", ExitCode.SOFTWARE)
+        message = f"internal error: {type(error).__name__}{detail}"
+        code = ExitCode.SOFTWARE
+    return _fail(redactor.redact(message), code)
 
 
 def _parse(arguments: list[str]) -> argparse.Namespace | int:
@@ -109,6 +113,5 @@ def _describe(error: MailHandlerError) -> str:
 
 
 def _fail(message: str, code: ExitCode) -> int:
-    line = " ".join(message.split())
-    print(f"mailhandlers: error: {line}", file=sys.stderr)
+    print(f"mailhandlers: error: {clean(' '.join(message.split()))}", file=sys.stderr)
     return int(code)
