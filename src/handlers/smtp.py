@@ -517,8 +517,16 @@ class SMTPProtocolHandler:
             return connection.send(message)
         except (MailResponseError, SMTPNotSupportedError):
             raise  # the server answered (or nothing was sent): the session is in step
-        except BaseException:
+        except BaseException as error:
             connection.broken = True
+            if isinstance(error, Exception) and deadline.expired and connection.final_dot_sent:
+                # The watchdog cut the wait for the final reply; whatever error that
+                # caused (even a reset), the server may have accepted the message.
+                raise OutcomeUnknownError(
+                    f"the operation_timeout of {self.operation_timeout:g}s ran out after the "
+                    "whole message was sent and before the server confirmed it; it may or "
+                    "may not have been delivered"
+                ) from error
             raise
         finally:
             self._checkin(connection)

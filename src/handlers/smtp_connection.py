@@ -105,6 +105,9 @@ class SMTPConnection:
         self.messages_sent = 0
         self.generation = 0  # set by the pool that owns the connection
         self.checked_out = False  # True while a caller holds it from the pool
+        # True once a message's final dot went out: from then on, a reply that does not
+        # arrive (or cannot be read) leaves the outcome unknown.
+        self.final_dot_sent = False
 
     # ------------------------------------------------------------------ opening
 
@@ -208,12 +211,13 @@ class SMTPConnection:
         except smtplib.SMTPServerDisconnected as error:
             self.broken = True
             raise _disconnected(error) from None
+        except smtplib.SMTPResponseException as error:  # a reply over its bounds
+            # Caught before OSError, which smtplib's exceptions also are.
+            self.broken = True
+            raise MailProtocolError(f"bad reply to {verb}: {_decode(error.smtp_error)}") from None
         except OSError as error:
             self.broken = True
             raise _disconnected(error) from None
-        except smtplib.SMTPResponseException as error:  # e.g. a reply line over 8 KB
-            self.broken = True
-            raise MailProtocolError(f"bad reply to {verb}: {_decode(error.smtp_error)}") from None
         return self._check_reply(verb, code, _decode(reply))
 
     def _read_reply(self, after: str) -> tuple[int, str]:
@@ -300,7 +304,9 @@ class SMTPConnection:
         else:
             replies = self._lockstep_envelope(mail_args, rcpt_lines)
         outcome = self._judge_envelope(message, replies)
+        self.final_dot_sent = False
         self._send_body(message.data)
+        self.final_dot_sent = True
         code, text = self._final_reply()
         if code != 250:
             raise SMTPDataRefused(code, text)
@@ -349,6 +355,10 @@ class SMTPConnection:
 
     def _abort_after(self, replies: list[tuple[int, str]], expected: int) -> None:
         """Leave the connection clean after a refused envelope."""
+        if self.broken:
+            # A 421: the server is closing, and a lenient one might even take the
+            # empty message below. Say nothing more.
+            return
         if len(replies) == expected and replies[-1][0] == 354:
             # The server accepted DATA despite refusing the envelope: send an empty
             # body's terminator so nothing is delivered, then reset.
@@ -367,6 +377,11 @@ class SMTPConnection:
     def _final_reply(self) -> tuple[int, str]:
         try:
             return self._read_reply("end of DATA")
+        except MailProtocolError as error:
+            raise OutcomeUnknownError(
+                "the whole message was sent but the server's reply to it could not be "
+                f"understood ({error}); it may or may not have been delivered"
+            ) from None
         except MailConnectionError as error:
             if error.reset_by_peer:
                 # A reset means our bytes were still unread when the server closed:
@@ -416,6 +431,55 @@ def _disconnected(error: BaseException) -> MailConnectionError:
     return wrapped
 
 
+def _is_reply_code(code: int) -> bool:
+    return 200 <= code <= 599
+
+
+#: Largest reply accepted, all its lines together. smtplib bounds each line but not
+#: how many there are, so a server repeating "250-" lines would grow one reply until
+#: memory or the operation deadline ran out.
+MAX_REPLY_BYTES = 64 * 1024
+_MAX_LINE = 8192  # smtplib's own bound on one reply line
+
+
+def _bound_replies(client: smtplib.SMTP) -> None:
+    """Make ``client`` read every reply through :func:`_read_bounded_reply`."""
+    client.getreply = functools.partial(_read_bounded_reply, client)  # type: ignore[method-assign]
+
+
+def _read_bounded_reply(client: smtplib.SMTP) -> tuple[int, bytes]:
+    """smtplib's ``getreply``, refusing a reply longer than :data:`MAX_REPLY_BYTES`."""
+    if client.file is None:
+        if client.sock is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        client.file = client.sock.makefile("rb")
+    lines: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            line = client.file.readline(_MAX_LINE + 1)
+        except OSError as error:
+            client.close()
+            raise smtplib.SMTPServerDisconnected(
+                f"Connection unexpectedly closed: {error}"
+            ) from error
+        if not line:
+            client.close()
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        size += len(line)
+        if len(line) > _MAX_LINE or size > MAX_REPLY_BYTES:
+            client.close()
+            what = "Line" if len(line) > _MAX_LINE else "Reply"
+            raise smtplib.SMTPResponseException(500, f"{what} too long.")
+        lines.append(line[4:].strip(b" \t\r\n"))
+        try:
+            code = int(line[:3])
+        except ValueError:
+            return -1, b"\n".join(lines)
+        if line[3:4] != b"-":
+            return code, b"\n".join(lines)
+
+
 def _close_quietly(client: smtplib.SMTP) -> None:
     with contextlib.suppress(OSError):
         client.close()
@@ -441,17 +505,27 @@ def _connect(
         if deadline is not None:
             deadline.target = lambda: client.sock
         client._host = host  # type: ignore[attr-defined]  # smtplib uses it for SNI
+        _bound_replies(client)
         code, greeting = client.connect(host, port)
     except ssl.SSLError as error:
         raise tls_error(error, host) from None
     except smtplib.SMTPConnectError as error:
         raise SMTPResponseError(error.smtp_code, _decode(error.smtp_error)) from None
+    except smtplib.SMTPResponseException as error:  # a greeting over its bounds
+        raise MailProtocolError(
+            f"bad greeting from {host}:{port}: {_decode(error.smtp_error)}"
+        ) from None
     except smtplib.SMTPServerDisconnected as error:
         raise _disconnected(error) from None
     except TimeoutError as error:
         raise MailTimeoutError(f"no answer from {host}:{port} within {timeout}s") from error
     except OSError as error:
         raise MailConnectionError(f"cannot connect to {host}:{port}: {error}") from None
+    if not _is_reply_code(code):
+        _close_quietly(client)
+        raise MailProtocolError(
+            f"unintelligible greeting from {host}:{port}: {_decode(greeting)[:200]!r}"
+        )
     if code != 220:
         _close_quietly(client)
         raise SMTPResponseError(code, _decode(greeting))
@@ -461,12 +535,16 @@ def _connect(
 def _ehlo(client: smtplib.SMTP) -> None:
     try:
         code, reply = client.ehlo()
-        if code != 250:
+        if code != 250 and _is_reply_code(code):
             code, reply = client.helo()
     except smtplib.SMTPServerDisconnected as error:
         raise _disconnected(error) from None
+    except smtplib.SMTPResponseException as error:  # a reply over its bounds
+        raise MailProtocolError(f"bad reply to EHLO: {_decode(error.smtp_error)}") from None
     except OSError as error:
         raise _disconnected(error) from None
+    if not _is_reply_code(code):
+        raise MailProtocolError(f"unintelligible reply to EHLO: {_decode(reply)[:200]!r}")
     if code != 250:
         raise SMTPResponseError(code, _decode(reply))
 
