@@ -38,6 +38,7 @@ def _sh_blocks(page: Path) -> list[str]:
     return [m.strip() for m in re.findall(r"^```(?:sh|bash|console)\n(.*?)^```", text, re.S | re.M)]
 
 
+@pytest.mark.slow
 def test_site_builds_strictly(tmp_path: Path) -> None:
     missing = _missing_docs_packages()
     if missing:
