@@ -535,6 +535,27 @@ def test_since_last_delete_keeps_messages_that_were_never_saved(
     assert pop3_server.messages(USER) == [FIRST, SECOND]
 
 
+def test_fetch_from_a_server_without_uidl_or_top(cli: CLI, tmp_path: Path) -> None:
+    with POP3TestServer(uidl=False, top=False, users={USER: PASSWORD}) as server:
+        server.add_message(FIRST, user=USER)
+        options = ["fetch", "--host", server.host, "--port", str(server.port)]
+        options += ["--encryption", "none", "--user", USER]
+        listing = cli(*options, "--json")
+        saved = cli(*options, "--all", "--output-dir", str(tmp_path), "--json")
+        sync = cli(*options, "--since-last", "--state", str(tmp_path / "seen.uids"))
+    assert listing.code == 0
+    assert listing.json["messages"] == [
+        {"number": 1, "uid": None, "size": len(FIRST), "receivedAt": 0, "from": "", "subject": ""}
+    ]
+    assert saved.code == 0
+    [message] = saved.json["messages"]
+    assert Path(message["savedTo"]).name.startswith("message-1-")
+    assert Path(message["savedTo"]).read_bytes() == FIRST
+    assert sync.code == 1
+    assert "UIDL" in sync.err.splitlines()[-1]
+    assert "Traceback" not in sync.err
+
+
 def test_progress_bar_only_on_a_terminal(
     cli: CLI, pop3_server: POP3TestServer, cafile: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

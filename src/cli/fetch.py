@@ -102,14 +102,17 @@ def run(args: argparse.Namespace, redactor: Redactor) -> int:
     directory = prepare_directory(args.output_dir) if args.output_dir else None
     store = _open_store(args.state) if args.since_last else None
     handler = _make_handler(args, password)
+    listing: list[Message] | None = None
     with handler.session():
         if store is not None:
             report = _sync(handler, store, directory, args.delete)
         elif args.message is not None or args.all:
             report = _fetch(handler, args.message, directory, args.delete)
         else:
-            _print_listing(_listing(handler), args.json)
-            return ExitCode.OK
+            listing = _listing(handler)
+    if listing is not None:
+        _print_listing(listing, args.json)
+        return ExitCode.OK
     _print_report(report, args.json)
     return ExitCode.FAILED if report.failed else ExitCode.OK
 
