@@ -59,7 +59,7 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     output = done.stdout + done.stderr
     warnings = [line for line in output.splitlines() if line.startswith(("WARNING", "ERROR"))]
     assert done.returncode == 0 and not warnings, output
-    for page in ("index.html", "reference/smtp/index.html", "handlers/pop3/index.html"):
+    for page in ("index.html", "reference/smtp/index.html", "reference/pop3-handler/index.html"):
         assert (tmp_path / "site" / page).is_file(), page
 
 
