@@ -1,0 +1,1 @@
+"""Interoperability tests against private Postfix and Dovecot instances."""

@@ -1,0 +1,57 @@
+"""Fixtures for the interoperability suite: a private Postfix + Dovecot per session.
+
+Every test collected under ``tests/interop`` is marked ``interop``, so
+``pytest -m "not interop"`` leaves them out and ``pytest -m interop`` runs only them.
+
+Without the server binaries the tests are skipped with a hint on how to install them,
+except under ``CI=true``: there a missing server is a failure, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from src.testing.tls import TestCertificates
+
+from .mailstack import MailStack, servers_available
+
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that lives in this directory as ``interop``."""
+    for item in items:
+        if _HERE in Path(item.path).parents:
+            item.add_marker(pytest.mark.interop)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def mail_stack(certs: TestCertificates) -> Iterator[MailStack]:
+    """A running :class:`MailStack` shared by the whole session, stopped at its end.
+
+    Its directory comes from :func:`tempfile.mkdtemp` rather than ``tmp_path_factory``
+    because the servers' unprivileged users must be able to reach it (pytest's base
+    temporary directory is private to its owner). It is removed after the servers
+    have stopped.
+    """
+    available, reason = servers_available()
+    if not available:
+        if _in_ci():
+            pytest.fail(f"interop tests must run in CI, but: {reason}", pytrace=False)
+        pytest.skip(reason)
+    directory = Path(tempfile.mkdtemp(prefix="mailstack-"))
+    try:
+        with MailStack(directory, certs) as stack:
+            yield stack
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
