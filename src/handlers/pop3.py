@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from . import pop3_commands as commands
+from . import wire_log
 from .credentials import Secret
 from .errors import (
     MailHandlerError,
@@ -47,7 +48,7 @@ from .errors import (
 )
 from .message_parser import ParseLimits, parse_header_summary, parse_message
 from .oauth2 import TokenProvider, TokenSource, check_username
-from .pop3_client import FastPOP3, FastPOP3_SSL
+from .pop3_client import FastPOP3, FastPOP3_SSL, is_fast_client
 from .pop3_connection import (
     DEFAULT_CONNECT_RETRY,
     ClientFactory,
@@ -102,7 +103,9 @@ class POP3ProtocolHandler:
     attempts with 1 s and 2 s waits), ``sleep`` and ``clock`` (injectable for tests),
     ``deadline`` (seconds that opening a connection may take in all, retries included),
     ``max_message_size`` (bytes, ``None`` for no limit), ``include_raw`` and
-    ``include_attachment_content`` (extras in the message dicts) and ``parse_limits``.
+    ``include_attachment_content`` (extras in the message dicts), ``parse_limits`` and
+    ``trace`` (log every command and status line to the ``src.handlers.wire_log``
+    logger at DEBUG, the password masked; see :mod:`src.handlers.wire_log`).
 
     ``oauth2_token`` (an OAuth2 access token, or a callable returning one) logs in with
     SASL ``AUTH XOAUTH2`` instead of USER/PASS, and ``password`` is then left out;
@@ -133,6 +136,7 @@ class POP3ProtocolHandler:
         parse_limits: ParseLimits | None = None,
         oauth2_token: str | TokenProvider | TokenSource | None = None,
         oauth2_initial_response: bool = True,
+        trace: bool = False,
     ) -> None:
         self._connector = POP3Connector(
             hostname,
@@ -155,6 +159,7 @@ class POP3ProtocolHandler:
         self._include_raw = include_raw
         self._include_attachment_content = include_attachment_content
         self._parse_limits = parse_limits
+        self._trace = trace
         self._client: _Client | None = None
         self._session_open = False
         self._authenticated = False
@@ -519,6 +524,19 @@ class POP3ProtocolHandler:
         return self._connector.open(self._client_factory(), self._login if login else None)
 
     def _client_factory(self) -> ClientFactory:
+        factory = self._plain_client_factory()
+        if not self._trace:
+            return factory
+
+        def traced(host: str, port: int, timeout: float) -> _Client:
+            client = factory(host, port, timeout)
+            if is_fast_client(client):
+                wire_log.watch_pop3(client, f"{host}:{port}")
+            return client
+
+        return traced
+
+    def _plain_client_factory(self) -> ClientFactory:
         # Looked up on every call so that patching POP3 or POP3_SSL in this module (as
         # the specification's tests do) takes effect. The stock poplib classes are
         # swapped for subclasses that close their socket on failure and read fast.

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from . import wire_log
 from .deadline import Deadline
 from .errors import (
     MailHandlerError,
@@ -202,7 +203,9 @@ class SMTPProtocolHandler:
     access token, or a callable returning one, to log in with XOAUTH2 instead of a
     password; needs ``username``, see docs/oauth2.md), ``oauth2_initial_response``
     (send the token with the AUTH command when the line fits; False always waits
-    for the server's challenge).
+    for the server's challenge), ``trace`` (log every command and reply of this
+    handler's sends to the ``src.handlers.wire_log`` logger at DEBUG, credentials
+    masked; see :mod:`src.handlers.wire_log`).
     """
 
     def __init__(
@@ -226,6 +229,7 @@ class SMTPProtocolHandler:
         check_deliverability: bool | DeliverabilityChecker = False,
         oauth2_token: str | TokenProvider | TokenSource | None = None,
         oauth2_initial_response: bool = True,
+        trace: bool = False,
     ) -> None:
         _check_hostname(hostname)
         _check_port(port)
@@ -262,6 +266,7 @@ class SMTPProtocolHandler:
         self._deliverability = _deliverability_checker(check_deliverability)
         self._slots = threading.BoundedSemaphore(pool_size)
         self.last_error: str | None = None
+        self.trace = trace
 
     # ------------------------------------------------------------------ repr
 
@@ -314,6 +319,10 @@ class SMTPProtocolHandler:
             self._slots.release()
 
     def _probe(self, check_noop: bool) -> bool:
+        with wire_log.tracing(self.trace):
+            return self._probe_untraced(check_noop)
+
+    def _probe_untraced(self, check_noop: bool) -> bool:
         try:
             connection = self._checkout()
         except MailHandlerError as error:
@@ -497,7 +506,7 @@ class SMTPProtocolHandler:
             )
 
     def _attempt(self, message: OutgoingMessage) -> TransactionOutcome:
-        with Deadline(self.operation_timeout) as deadline:
+        with Deadline(self.operation_timeout) as deadline, wire_log.tracing(self.trace):
             try:
                 return self._transact(message, deadline)
             except OutcomeUnknownError:

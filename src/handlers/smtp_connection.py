@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+from . import wire_log
 from .deadline import Deadline
 from .errors import (
     MailAuthenticationError,
@@ -327,6 +328,7 @@ class SMTPConnection:
     def _pipelined_envelope(self, mail_args: str, rcpt_lines: list[str]) -> list[tuple[int, str]]:
         # RFC 2920: MAIL, every RCPT and DATA go out in one write; replies come back in order.
         commands = [f"MAIL {mail_args}", *rcpt_lines, "DATA"]
+        wire_log.sent(self.client, commands)
         self._send_bytes(("\r\n".join(commands) + "\r\n").encode("utf-8"))
         return [self._read_reply(command.split(" ", 1)[0]) for command in commands]
 
@@ -370,6 +372,7 @@ class SMTPConnection:
         payload = _DOT_AT_LINE_START.sub(b"..", data)
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
+        wire_log.sent_data(self.client, len(payload))
         # A failure while sending is safe to retry: without the final dot the server
         # discards the partial message.
         self._send_bytes(payload + b".\r\n")
@@ -505,6 +508,7 @@ def _connect(
         if deadline is not None:
             deadline.target = lambda: client.sock
         client._host = host  # type: ignore[attr-defined]  # smtplib uses it for SNI
+        wire_log.watch_smtp(client, f"{host}:{port}")
         _bound_replies(client)
         code, greeting = client.connect(host, port)
     except ssl.SSLError as error:
