@@ -18,6 +18,12 @@ Choices worth knowing when reading test results:
   equal, so from 127.0.0.1 to 127.0.0.1 it allows USER/PASS before STLS despite
   ``disable_plaintext_auth = yes``. A stack on another loopback address (say
   127.0.0.2, with clients connecting from 127.0.0.1) enforces TLS before login.
+* The ``plain`` listener is shaped like a domain's inbound MX on port 25: no TLS
+  required (STARTTLS offered), no AUTH, and mail only for the stack's own domain.
+* Users in ``Layout.locked_sessions`` get ``pop3_lock_session = yes`` (through
+  passwd-file userdb fields): a second POP3 login waits up to Dovecot's fixed 10 s
+  for the first session to end, then gets ``-ERR [IN-USE]``. Everyone else may
+  have any number of concurrent sessions, which is Dovecot's default.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class Layout:
     limited_message_size: int
     instance_name: str  # also in the greetings, to recognise our own servers
     ports: Mapping[str, int] = field(default_factory=dict)
+    locked_sessions: frozenset[str] = frozenset()
 
     @property
     def logs(self) -> Path:
@@ -97,8 +104,15 @@ class Layout:
 
 
 def dovecot_passwd(layout: Layout) -> str:
-    """Dovecot passwd-file: ``user:{PLAIN}password`` and empty remaining fields."""
-    return "".join(f"{name}:{{PLAIN}}{pw}::::::\n" for name, pw in sorted(layout.users.items()))
+    """Dovecot passwd-file: ``user:{PLAIN}password``, empty fields, then extra fields.
+
+    The extra fields of a ``locked_sessions`` user switch on the POP3 session lock.
+    """
+    lines = []
+    for name, pw in sorted(layout.users.items()):
+        extra = "userdb_pop3_lock_session=yes" if name in layout.locked_sessions else ""
+        lines.append(f"{name}:{{PLAIN}}{pw}::::::{extra}\n")
+    return "".join(lines)
 
 
 def dovecot_conf(layout: Layout) -> str:
@@ -272,25 +286,32 @@ postlog    unix-dgram n - n - 1 postlogd
 
 
 def postfix_master_cf(layout: Layout) -> str:
-    """``master.cf``: three submission listeners plus the internal services."""
-    common = [
+    """``master.cf``: three submission listeners, one MX-like plain listener, and the
+    internal services."""
+    submission = [
         "smtpd_tls_security_level=encrypt",
         "smtpd_sasl_auth_enable=yes",
         "smtpd_tls_auth_only=yes",
         "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
     ]
     listeners = {
-        "submission": [],
-        "smtps": ["smtpd_tls_wrappermode=yes"],
-        "limited": [f"message_size_limit={layout.limited_message_size}"],
+        "submission": submission,
+        "smtps": [*submission, "smtpd_tls_wrappermode=yes"],
+        "limited": [*submission, f"message_size_limit={layout.limited_message_size}"],
+        # Like a domain's MX: plain text allowed, no AUTH, local recipients only.
+        "plain": [
+            "smtpd_tls_security_level=may",
+            "smtpd_sasl_auth_enable=no",
+            "smtpd_relay_restrictions=reject_unauth_destination",
+        ],
     }
     parts = [
         "# Written by MailStack.\n",
         "# service type private unpriv chroot wakeup maxproc command\n",
     ]
-    for name, extra in listeners.items():
+    for name, options in listeners.items():
         parts.append(f"{layout.host}:{layout.ports[name]} inet n - n - - smtpd\n")
-        for option in [f"syslog_name=postfix/{name}", *common, *extra]:
+        for option in [f"syslog_name=postfix/{name}", *options]:
             parts.append(f"  -o {option}\n")
     parts.append(_INTERNAL_SERVICES)
     return "".join(parts)

@@ -63,7 +63,7 @@ _ACCOUNTS = ("postfix", "dovecot", "dovenull")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _DOMAIN = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)+")
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
-_PORT_NAMES = ("submission", "smtps", "limited", "pop3", "pop3s")
+_PORT_NAMES = ("submission", "smtps", "limited", "plain", "pop3", "pop3s")
 _PORT_ATTEMPTS = 3
 _IN_USE = "Address already in use"
 _POLL = 0.05
@@ -150,12 +150,18 @@ class MailStack:
     * ``smtps_port``: the same behind implicit TLS.
     * ``limited_submission_port``: like submission, with a message size limit of
       ``limited_message_size`` bytes (advertised as SIZE; bigger mail gets 552 5.3.4).
+    * ``smtp_plain_port``: like a domain's MX on port 25: plain text is fine
+      (STARTTLS is offered, not required), there is no AUTH, and only mail for the
+      stack's own domain is taken.
     * ``pop3_port``: POP3 with STLS. ``pop3s_port``: POP3 behind implicit TLS.
 
     ``users`` maps account names to passwords (log in with the name or the full
     address; by default alice, bob and carol with random passwords). Mail to them
     lands in :meth:`maildir`, except that RCPT to a ``full_mailboxes`` account (by
-    default carol) gets 552 5.2.2, as for a mailbox over its size limit.
+    default carol) gets 552 5.2.2, as for a mailbox over its size limit. Accounts in
+    ``locked_sessions`` (by default carol) allow one POP3 session at a time: a second
+    login waits up to 10 s for the first to end, then gets ``-ERR [IN-USE]``.
+    Everyone else may hold concurrent sessions, as Dovecot allows by default.
     """
 
     def __init__(
@@ -167,6 +173,7 @@ class MailStack:
         domain: str = "example.test",
         users: Mapping[str, str] | None = None,
         full_mailboxes: Iterable[str] | None = None,
+        locked_sessions: Iterable[str] | None = None,
         message_size_limit: int = 10 * 1024 * 1024,
         limited_message_size: int = 64 * 1024,
         mail_user: str = "mail",
@@ -195,6 +202,9 @@ class MailStack:
         if full_mailboxes is None:
             full_mailboxes = {"carol"} & self.users.keys()
         self.full_mailboxes: frozenset[str] = frozenset(full_mailboxes)
+        if locked_sessions is None:
+            locked_sessions = {"carol"} & self.users.keys()
+        self.locked_sessions: frozenset[str] = frozenset(locked_sessions)
         self.message_size_limit = message_size_limit
         self.limited_message_size = limited_message_size
         self.startup_timeout = startup_timeout
@@ -217,6 +227,8 @@ class MailStack:
                 raise ValueError(f"the password of {name!r} must be non-empty, no ':' or space")
         if not self.full_mailboxes <= self.users.keys():
             raise ValueError("full_mailboxes must name existing users")
+        if not self.locked_sessions <= self.users.keys():
+            raise ValueError("locked_sessions must name existing users")
         if not 0 < self.limited_message_size < self.message_size_limit:
             raise ValueError("need 0 < limited_message_size < message_size_limit")
 
@@ -263,6 +275,11 @@ class MailStack:
     def limited_submission_port(self) -> int:
         """Submission with ``message_size_limit = limited_message_size``."""
         return self._port("limited")
+
+    @property
+    def smtp_plain_port(self) -> int:
+        """Plain SMTP like a domain's MX: no AUTH, STARTTLS optional, local mail only."""
+        return self._port("plain")
 
     @property
     def pop3_port(self) -> int:
@@ -330,6 +347,30 @@ class MailStack:
         for path in self.messages(user):
             path.unlink(missing_ok=True)
 
+    def log_mark(self) -> dict[Path, int]:
+        """The current size of each server log, for :meth:`log_since`."""
+        return self._log_sizes()
+
+    def log_since(self, mark: Mapping[Path, int]) -> str:
+        """What the servers have logged since :meth:`log_mark` returned ``mark``."""
+        return self._log_text_since(dict(mark))
+
+    def deposit(self, user: str, message: bytes) -> Path:
+        """Put ``message`` straight into the Maildir of ``user``, as a delivery would.
+
+        For mailboxes that Postfix will not deliver to (the full ones). The file is
+        written under ``tmp`` and then moved into ``new``, owned by the mail user.
+        """
+        folder = self.maildir(user)
+        name = f"{time.time_ns()}.{secrets.token_hex(6)}.mailstack"
+        temporary = folder / "tmp" / name
+        temporary.write_bytes(message)
+        os.chown(temporary, self.mail_uid, self.mail_gid)
+        temporary.chmod(0o600)
+        final = folder / "new" / name
+        temporary.rename(final)
+        return final
+
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of each server log, for error messages."""
         parts = []
@@ -395,6 +436,7 @@ class MailStack:
             limited_message_size=self.limited_message_size,
             instance_name=self._instance,
             ports=dict(self._ports),
+            locked_sessions=self.locked_sessions,
         )
 
     def _check_reachable(self) -> None:
@@ -502,6 +544,7 @@ class MailStack:
                 Probe("submission", self.host, self._ports["submission"], b"220"),
                 Probe("smtps", self.host, self._ports["smtps"], b"220", tls),
                 Probe("limited", self.host, self._ports["limited"], b"220"),
+                Probe("plain", self.host, self._ports["plain"], b"220"),
             ],
         )
 
