@@ -609,17 +609,19 @@ class POP3ProtocolHandler:
         if self._oauth2 is not None:
             self._login_xoauth2(client, self._oauth2)
             return
-        if self.encryption == "none":
-            log.warning(
-                "sending the POP3 password for %r to %s:%d without encryption",
-                self._username,
-                self.hostname,
-                self.port,
-            )
         for verb, method, argument in (
             ("USER", client.user, self._username),
             ("PASS", client.pass_, self._password.reveal()),
         ):
+            if verb == "PASS" and self.encryption == "none":
+                # Only now: a server that insists on TLS refuses USER already
+                # (Dovecot's disable_plaintext_auth), and the password stays here.
+                log.warning(
+                    "sending the POP3 password for %r to %s:%d without encryption",
+                    self._username,
+                    self.hostname,
+                    self.port,
+                )
             failure = None
             try:
                 method(argument)
