@@ -42,6 +42,12 @@ ENCRYPTION_MODES: Final = ("ssl", "tls", "none")
 #: Three connection attempts in all, waiting 1 s and then 2 s between them.
 DEFAULT_CONNECT_RETRY: Final = RetryPolicy.exponential(max_retries=2, base=1.0, factor=2.0)
 
+#: Added to a missing greeting in 'tls' and 'none' mode: the usual cause.
+SILENT_PORT_HINT: Final = (
+    " (a port that expects TLS from the first byte, such as 995, stays silent until "
+    "the handshake: use encryption='ssl' there)"
+)
+
 #: Builds a connected client from ``(host, port, timeout)``; the greeting is read.
 ClientFactory = Callable[[str, int, float], Any]
 #: Logs a fresh client in; raises the library's errors.
@@ -140,7 +146,10 @@ class POP3Connector:
         try:
             client = factory(self.hostname, self.port, timeout)
         except Exception as error:
-            raise self.translate(error, "connect", handshake=True) from chain_cause(error)
+            translated = self.translate(error, "connect", handshake=True)
+            if isinstance(translated, POP3TimeoutError) and self.encryption != "ssl":
+                translated = POP3TimeoutError(f"{translated}{SILENT_PORT_HINT}")
+            raise translated from chain_cause(error)
         if timeout < self.timeout:
             _set_timeout(client, self.timeout)  # the shortened timeout was for connecting only
         if self.encryption == "tls":
