@@ -14,6 +14,7 @@ import ssl
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..handlers import wire_log
 from ..handlers.errors import (
     MailAuthenticationError,
     POP3AuthenticationError,
@@ -145,7 +146,8 @@ def run(args: argparse.Namespace, redactor: Redactor) -> int:
     assert isinstance(context, ObservingContext)
     report = CheckReport(args.protocol, args.host, port, encryption)
     if args.protocol == "smtp":
-        _check_smtp(args, report, password, context)
+        with wire_log.tracing(args.verbose):
+            _check_smtp(args, report, password, context)
     else:
         _check_pop3(args, report, password, context)
     if args.json:
@@ -202,6 +204,7 @@ def _check_pop3(
         args.timeout,
         ssl_context=context,
         retry=RetryPolicy.never(),
+        trace=args.verbose,
     )
     handler.connect()
     try:

@@ -68,15 +68,17 @@ def run(args: argparse.Namespace, redactor: Redactor) -> int:
             auth_required=True,
             on_message=lambda received: pop3.add_message(received.data, user=USER),
         ) as smtp:
-            result = _send(smtp.host, smtp.port, password, certs.client_context())
-        fetched = _fetch(pop3.host, pop3.port, password, certs.client_context())
+            result = _send(smtp.host, smtp.port, password, certs.client_context(), args.verbose)
+        fetched = _fetch(pop3.host, pop3.port, password, certs.client_context(), args.verbose)
         where = {"smtp": f"{smtp.host}:{smtp.port}", "pop3": f"{pop3.host}:{pop3.port}"}
     _print(result, fetched, where, args.json)
     round_trip = fetched is not None and fetched.get("messageIdHeader") == result.message_id
     return ExitCode.OK if result.success and round_trip else ExitCode.FAILED
 
 
-def _send(host: str, port: int, password: str, context: ssl.SSLContext) -> DeliveryResult:
+def _send(
+    host: str, port: int, password: str, context: ssl.SSLContext, trace: bool
+) -> DeliveryResult:
     handler = SMTPProtocolHandler(
         host,
         port,
@@ -87,6 +89,7 @@ def _send(host: str, port: int, password: str, context: ssl.SSLContext) -> Deliv
         ssl_context=context,
         local_hostname="localhost",
         pool=SMTPConnectionPool(max_connections=1),
+        trace=trace,
     )
     with handler:
         return handler.send_message(
@@ -98,7 +101,9 @@ def _send(host: str, port: int, password: str, context: ssl.SSLContext) -> Deliv
         )
 
 
-def _fetch(host: str, port: int, password: str, context: ssl.SSLContext) -> dict[str, Any] | None:
+def _fetch(
+    host: str, port: int, password: str, context: ssl.SSLContext, trace: bool
+) -> dict[str, Any] | None:
     handler = POP3ProtocolHandler(
         host,
         port,
@@ -107,6 +112,7 @@ def _fetch(host: str, port: int, password: str, context: ssl.SSLContext) -> dict
         "ssl",
         ssl_context=context,
         retry=RetryPolicy.never(),
+        trace=trace,
     )
     messages = handler.fetch_messages()
     return messages[0] if messages else None

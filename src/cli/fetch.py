@@ -163,6 +163,7 @@ def _make_handler(args: argparse.Namespace, password: str) -> POP3ProtocolHandle
         retry=retry,
         max_message_size=args.max_size or None,
         include_raw=True,
+        trace=args.verbose,
     )
 
 

@@ -129,6 +129,7 @@ def _send(
             local_hostname=args.ehlo_name,
             retry_policy=RetryPolicy(max_retries=args.retries),
             pool=SMTPConnectionPool(max_connections=1),
+            trace=args.verbose,
         )
     except ValueError as error:
         raise CLIError(str(error), ExitCode.USAGE) from None

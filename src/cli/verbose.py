@@ -1,9 +1,9 @@
 """``--verbose``: the library's debug log on stderr, with every secret masked.
 
-The library never logs a password. As a second line of defence, the text of each
-record passes through a :class:`Redactor` before it is written: the password the
-command line read, and its base64 forms as AUTH PLAIN and AUTH LOGIN send it,
-become ``***``.
+The log includes the protocol dialogue (:mod:`src.handlers.wire_log`), which masks
+credentials itself. As a second line of defence, the text of each record passes
+through a :class:`Redactor` before it is written: the password the command line
+read, and its base64 forms as AUTH PLAIN and AUTH LOGIN send it, become ``***``.
 """
 
 from __future__ import annotations
