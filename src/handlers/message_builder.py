@@ -375,5 +375,8 @@ def build_message(
         recipients=recipients,
         data=b"".join(out),
         message_id=message_id,
-        smtputf8=any(needs_smtputf8(a) for a in (sender, *recipients)),
+        # Reply-To is the one address only in a header; raw UTF-8 there needs SMTPUTF8 too.
+        smtputf8=any(
+            needs_smtputf8(a) for a in (sender, *recipients, _bare(reply_to) if reply_to else "")
+        ),
     )

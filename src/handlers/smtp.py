@@ -180,6 +180,19 @@ def _oauth2_source(
     return TokenSource.of(token)
 
 
+def _check_local_hostname(name: str) -> None:
+    # The EHLO argument goes to the server as is: smtplib refuses CR/LF there only
+    # after connecting, and lets NUL and non-ASCII through.
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or not name.isascii()
+        or find_control_character(name) is not None
+        or " " in name
+    ):
+        raise ValueError("local_hostname must be ASCII without spaces or control characters")
+
+
 def _check_port(port: int) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"port must be an integer from 1 to 65535 (got {port!r})")
@@ -242,6 +255,8 @@ class SMTPProtocolHandler:
                 raise ValueError(f"{name} must not contain control characters")
         self._oauth2 = _oauth2_source(oauth2_token, username, password)
         self.oauth2_initial_response = oauth2_initial_response
+        if local_hostname is not None:
+            _check_local_hostname(local_hostname)
         if from_address is not None:
             valid, error = SMTPMessageValidator.validate_email_address(from_address)
             if not valid:

@@ -508,8 +508,9 @@ def _connect(
         if deadline is not None:
             deadline.target = lambda: client.sock
         client._host = host  # type: ignore[attr-defined]  # smtplib uses it for SNI
-        wire_log.watch_smtp(client, f"{host}:{port}")
         _bound_replies(client)
+        # After the bound, so the trace wraps (and sees) the reader actually used.
+        wire_log.watch_smtp(client, f"{host}:{port}")
         code, greeting = client.connect(host, port)
     except ssl.SSLError as error:
         raise tls_error(error, host) from None
@@ -593,7 +594,9 @@ def _login(
     try:
         client.login(username, password)
     except smtplib.SMTPAuthenticationError as error:
-        raise MailAuthenticationError(error.smtp_code, _decode(error.smtp_error)) from None
+        # A server may echo the AUTH payload (or the password) in its refusal.
+        text = wire_log.mask_secret(_decode(error.smtp_error), password)
+        raise MailAuthenticationError(error.smtp_code, text) from None
     except smtplib.SMTPNotSupportedError:
         raise MailAuthenticationError(
             None, "the server offers no authentication mechanism this client supports"
@@ -601,7 +604,9 @@ def _login(
     except smtplib.SMTPServerDisconnected as error:
         raise _disconnected(error) from None
     except smtplib.SMTPResponseException as error:
-        raise MailAuthenticationError(error.smtp_code, _decode(error.smtp_error)) from None
+        # A server may echo the AUTH payload (or the password) in its refusal.
+        text = wire_log.mask_secret(_decode(error.smtp_error), password)
+        raise MailAuthenticationError(error.smtp_code, text) from None
     except OSError as error:
         raise _disconnected(error) from None
 

@@ -20,9 +20,14 @@ from .errors import MailValidationError
 if TYPE_CHECKING:
     from .deliverability import DeliverabilityChecker
 
-# C0 controls and DEL; TAB is allowed only where folding whitespace is legal.
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_CONTROL_CHARS_NO_TAB = re.compile(r"[\x00-\x1f\x7f]")
+# C0 controls and DEL; TAB is allowed only where folding whitespace is legal. Lone
+# surrogates count as well: they cannot be encoded, so they would only fail later,
+# while the message is being built or the command sent.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+_CONTROL_CHARS_NO_TAB = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# An address's local part reaches the wire as raw UTF-8 (SMTPUTF8), so characters
+# that text-based software treats as line breaks or controls are kept out of it.
+_C1_OR_LINE_SEPARATOR = re.compile(r"[\x80-\x9f\u2028\u2029]")
 
 
 def find_control_character(value: str, allow_tab: bool = False) -> str | None:
@@ -32,6 +37,8 @@ def find_control_character(value: str, allow_tab: bool = False) -> str | None:
     if match is None:
         return None
     char = match.group()
+    if "\ud800" <= char <= "\udfff":
+        return f"an unpaired surrogate (U+{ord(char):04X})"
     names = {"\r": "CR", "\n": "LF", "\x00": "NUL", "\t": "TAB"}
     return names.get(char, f"control character 0x{ord(char):02x}")
 
@@ -169,6 +176,9 @@ def check_address(address: str) -> str | None:
     control = find_control_character(address)
     if control is not None:
         return f"the address contains {control}"
+    unsafe = _C1_OR_LINE_SEPARATOR.search(address)
+    if unsafe is not None:
+        return f"the address contains U+{ord(unsafe.group()):04X}, a control or line separator"
     if len(address) > MAX_ADDRESS_LENGTH:
         return f"the address is longer than {MAX_ADDRESS_LENGTH} characters"
     if "@" not in address:
@@ -285,7 +295,8 @@ def _attachment_content_id(item: Mapping[str, Any], where: str) -> str | None:
     if not isinstance(content_id, str):
         raise MailValidationError(f"{where}.contentId must be a string", where)
     bare = content_id.strip().removeprefix("<").removesuffix(">")
-    if _CONTENT_ID.fullmatch(bare) is None:
+    # strip() would quietly drop a CR or LF at either end; refuse them like elsewhere.
+    if find_control_character(content_id) is not None or _CONTENT_ID.fullmatch(bare) is None:
         raise MailValidationError(f"{where}.contentId has characters not allowed there", where)
     return bare
 

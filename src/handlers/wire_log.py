@@ -92,20 +92,19 @@ def mask_secret(text: str, secret: str | None) -> str:
 class Redactor:
     """Follows one connection's dialogue and masks what must not be logged.
 
-    Feed it every line in order, whether or not it is logged, so it always knows
-    whether the next client line is an answer to an authentication challenge.
+    Feed it every line in order, whether or not it is logged. Once an authentication
+    command is seen, every client line is masked until a server reply other than a
+    challenge ends the exchange, so a reply it never sees can only hide more.
     """
 
     def __init__(self, protocol: Protocol) -> None:
         self.protocol = protocol
         self._in_exchange = False  # an AUTH/PASS/APOP exchange is under way
-        self._answer_due = False  # the server asked for a SASL continuation
         self._secrets: list[str] = []
 
     def client_line(self, line: str) -> str:
         """The loggable form of one command line the client sends."""
-        if self._answer_due:
-            self._answer_due = False
+        if self._in_exchange:
             self._remember(line.strip())
             return MASK
         verb, _, rest = line.partition(" ")
@@ -133,12 +132,9 @@ class Redactor:
         (SMTP ``334``, POP3 ``+``)."""
         for secret in self._secrets:
             line = line.replace(secret, MASK)
-        if self._in_exchange:
-            if continuation:
-                self._answer_due = True
-            else:
-                self._in_exchange = self._answer_due = False
-                self._secrets.clear()
+        if self._in_exchange and not continuation:
+            self._in_exchange = False
+            self._secrets.clear()
         return line
 
     def _remember(self, payload: str) -> None:
