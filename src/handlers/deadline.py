@@ -8,6 +8,13 @@ or write is blocked returns at once with an error, and the caller, seeing
 
 The watchdog is a single daemon thread with a heap of armed deadlines, so arming one
 costs a heap push under a lock, not a thread.
+
+A socket a client library creates deep inside a constructor (poplib reads the greeting
+before returning) can be handed over with :func:`announce_socket`: code running
+inside :func:`watching_sockets` hears of it before anything is read from it.
+
+A TLS handshake is not covered: ``wrap_socket`` shakes hands on a socket object that
+no deadline can reach yet, so only the per-socket timeout bounds each of its reads.
 """
 
 from __future__ import annotations
@@ -20,11 +27,17 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 log = logging.getLogger(__name__)
 
 SocketGetter = Callable[[], "socket.socket | None"]
+SocketListener = Callable[[socket.socket], None]
+
+_socket_listener: ContextVar[SocketListener | None] = ContextVar(
+    "mailhandlers_socket_listener", default=None
+)
 
 
 class Deadline:
@@ -58,6 +71,23 @@ class Deadline:
 
     def __exit__(self, *exc_info: object) -> None:
         _watchdog().disarm(self)
+
+
+@contextlib.contextmanager
+def watching_sockets(listener: SocketListener) -> Iterator[None]:
+    """Within the block, pass every socket given to :func:`announce_socket` to ``listener``."""
+    token = _socket_listener.set(listener)
+    try:
+        yield
+    finally:
+        _socket_listener.reset(token)
+
+
+def announce_socket(sock: socket.socket) -> None:
+    """Tell the listener of the current :func:`watching_sockets` block about ``sock``."""
+    listener = _socket_listener.get()
+    if listener is not None:
+        listener(sock)
 
 
 def _cut(sock: socket.socket) -> None:

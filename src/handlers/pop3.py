@@ -55,6 +55,7 @@ from .pop3_connection import (
     POP3Connector,
     chain_cause,
     close_quietly,
+    socket_of,
 )
 from .pop3_pool import POP3ConnectionPool
 from .pop3_sasl import xoauth2_login
@@ -113,6 +114,11 @@ class POP3ProtocolHandler:
     command when the line fits in 255 octets, False always waits for the server's
     challenge. See docs/oauth2.md.
 
+    ``operation_timeout`` bounds each exchange with the server as a whole: opening a
+    session (connecting, greeting, STLS, login), or one command and its complete reply,
+    however slowly the server drips it. The default is ten times ``timeout``; past it
+    the connection is cut and :class:`POP3TimeoutError` raised.
+
     Nothing touches the network until a method needs it.
     """
 
@@ -130,6 +136,7 @@ class POP3ProtocolHandler:
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
         deadline: float | None = None,
+        operation_timeout: float | None = None,
         max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
         include_raw: bool = False,
         include_attachment_content: bool = False,
@@ -148,6 +155,7 @@ class POP3ProtocolHandler:
             sleep,
             clock,
             deadline,
+            operation_timeout=operation_timeout,
         )
         _check_size_limit(max_message_size)
         self._oauth2 = _oauth2_source(oauth2_token, username, password)
@@ -503,7 +511,8 @@ class POP3ProtocolHandler:
             return (lost if broken else None), 0
         failure: MailHandlerError | None = None
         try:
-            client.quit()
+            with self._connector.time_limit("QUIT", lambda: socket_of(client)):
+                client.quit()
         except Exception as error:
             failure = self._translate(error, "QUIT")
             log.warning(
@@ -575,7 +584,8 @@ class POP3ProtocolHandler:
         if self._authenticated:
             return
         try:
-            self._login(client)
+            with self._connector.time_limit("login", lambda: socket_of(client)):
+                self._login(client)
         except POP3ResponseError:
             raise
         except MailHandlerError as error:
@@ -647,7 +657,8 @@ class POP3ProtocolHandler:
         """Run one client method; translate failures and drop a broken connection."""
         verb = method.rstrip("_").split("_")[0].upper()
         try:
-            return getattr(client, method)(*args)
+            with self._connector.time_limit(verb, lambda: socket_of(client)):
+                return getattr(client, method)(*args)
         except ResponseTooLargeError as error:
             self._lose_session(verb, error)
             if verb in ("RETR", "TOP") and args:

@@ -25,6 +25,7 @@ import socket
 import ssl
 from typing import Any
 
+from .deadline import announce_socket
 from .errors import POP3ConnectionError
 from .pop3_wire import MAX_STATUS_LINE, read_dot_terminated, split_lines
 
@@ -41,6 +42,13 @@ class _FastReplies(poplib.POP3):
     message_limit: int | None = None
     #: Largest data of any other multi-line reply, in bytes.
     listing_limit: int = DEFAULT_LISTING_LIMIT
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        # Announced before the greeting is read, so a deadline can cut a server that
+        # drips it (with implicit TLS, once the handshake is done).
+        sock: socket.socket = super()._create_socket(timeout)  # type: ignore[misc]
+        announce_socket(sock)
+        return sock
 
     def _getline(self) -> tuple[bytes, int]:
         line = self.file.readline(MAX_STATUS_LINE + 1)

@@ -6,6 +6,10 @@ when the server does not offer it), retried with backoff, bounded by an overall
 deadline. It does not know about sessions or logins beyond an optional login step
 that it runs inside each attempt, so a busy mailbox can be retried as a whole.
 
+Each attempt, and each exchange a handler runs through :meth:`POP3Connector.time_limit`,
+is bounded by ``operation_timeout`` as a whole, so a server that drips its replies one
+byte at a time cannot hold a caller for longer than that.
+
 Every failure leaves here as a library exception (see :meth:`POP3Connector.translate`);
 the original is chained only when it is an OS-level error, never when it holds a
 server reply, which might echo what was sent.
@@ -21,8 +25,10 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Final
 
+from .deadline import Deadline, SocketGetter, watching_sockets
 from .errors import (
     MailHandlerError,
     MailValidationError,
@@ -67,10 +73,16 @@ class POP3Connector:
     sleep: Sleep = time.sleep
     clock: Clock = time.monotonic
     deadline: float | None = None
+    operation_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _check_endpoint(self.hostname, self.port, self.encryption)
-        for name, value in (("timeout", self.timeout), ("deadline", self.deadline)):
+        limits = (
+            ("timeout", self.timeout),
+            ("deadline", self.deadline),
+            ("operation_timeout", self.operation_timeout),
+        )
+        for name, value in limits:
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
             ):
@@ -81,18 +93,36 @@ class POP3Connector:
         """``host:port``, for messages."""
         return f"{self.hostname}:{self.port}"
 
+    @property
+    def exchange_limit(self) -> float:
+        """Seconds one exchange may take: ``operation_timeout``, or ten times ``timeout``."""
+        return self.operation_timeout if self.operation_timeout is not None else 10 * self.timeout
+
+    def time_limit(self, what: str, target: SocketGetter) -> TimeLimit:
+        """A :class:`TimeLimit` of :attr:`exchange_limit` seconds for ``what``."""
+        return TimeLimit(self.exchange_limit, what, target)
+
     def open(self, factory: ClientFactory, login: Login | None = None) -> Any:
-        """A new connection (logged in by ``login`` if given), retried within the policy."""
+        """A new connection (logged in by ``login`` if given), retried within the policy.
+
+        Each attempt as a whole (connecting, greeting, STLS, login) is bounded by
+        :attr:`exchange_limit`.
+        """
         started = self.clock()
 
         def attempt() -> Any:
-            client = self._connect_once(factory, self._attempt_timeout(started))
-            if login is not None:
-                try:
-                    login(client)
-                except BaseException:
-                    close_quietly(client)
-                    raise
+            talking = _OpeningSocket()
+            with (
+                self.time_limit(f"opening a session with {self.where}", talking),
+                watching_sockets(talking.announced.append),
+            ):
+                client = self._connect_once(factory, self._attempt_timeout(started), talking)
+                if login is not None:
+                    try:
+                        login(client)
+                    except BaseException:
+                        close_quietly(client)
+                        raise
             return client
 
         def before_retry(error: BaseException, number: int, delay: float) -> None:
@@ -141,7 +171,7 @@ class POP3Connector:
             )
         return min(self.timeout, remaining)
 
-    def _connect_once(self, factory: ClientFactory, timeout: float) -> Any:
+    def _connect_once(self, factory: ClientFactory, timeout: float, talking: _OpeningSocket) -> Any:
         log.debug("connecting to POP3 server %s (%s)", self.where, self.encryption)
         try:
             client = factory(self.hostname, self.port, timeout)
@@ -150,6 +180,7 @@ class POP3Connector:
             if isinstance(translated, POP3TimeoutError) and self.encryption != "ssl":
                 translated = POP3TimeoutError(f"{translated}{SILENT_PORT_HINT}")
             raise translated from chain_cause(error)
+        talking.client = client
         if timeout < self.timeout:
             _set_timeout(client, self.timeout)  # the shortened timeout was for connecting only
         if self.encryption == "tls":
@@ -176,6 +207,59 @@ class POP3Connector:
         except Exception as error:
             raise self.translate(error, "STLS") from chain_cause(error)
         log.debug("TLS established with %s via STLS", self.where)
+
+
+class TimeLimit:
+    """Bounds one exchange with the server as a whole, however slowly it answers.
+
+    An exchange is opening a session, or one command and its complete reply. When
+    ``seconds`` pass, the watchdog of :mod:`src.handlers.deadline` cuts the socket that
+    ``target`` returns; the read blocked on it fails, and leaving the block turns that
+    failure into a :class:`POP3TimeoutError`.
+    """
+
+    def __init__(self, seconds: float, what: str, target: SocketGetter) -> None:
+        self._deadline = Deadline(seconds)
+        self._deadline.target = target
+        self._what = what
+
+    def __enter__(self) -> TimeLimit:
+        self._deadline.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._deadline.__exit__(exc_type, exc, tb)
+        if isinstance(exc, Exception) and self._deadline.expired:
+            raise POP3TimeoutError(
+                f"{self._what}: no complete answer within {self._deadline.seconds:g}s "
+                "(operation_timeout)"
+            ) from chain_cause(exc)
+
+
+def socket_of(client: Any) -> socket.socket | None:
+    """The socket a client talks over, for a deadline to cut; None for a test double."""
+    sock = getattr(client, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+class _OpeningSocket:
+    """The socket an opening attempt talks over, for its deadline to cut: the one the
+    client announced while still reading the greeting, then the client's own (which
+    STLS replaces)."""
+
+    def __init__(self) -> None:
+        self.announced: list[socket.socket] = []
+        self.client: Any = None
+
+    def __call__(self) -> socket.socket | None:
+        if self.client is not None:
+            return socket_of(self.client)
+        return self.announced[-1] if self.announced else None
 
 
 def read_capabilities(client: Any) -> dict[str, list[str]]:

@@ -57,6 +57,9 @@ _RECV_SIZE = 65536
 _POLL_INTERVAL = 0.05
 _HARD_LINE_LIMIT = 1 << 20  # command lines longer than this are refused even without a limit
 _JOIN_TIMEOUT = 2.0
+_ENDLESS_CHUNK = b"+and this line is followed by another\r\n" * 256
+_ENDLESS_CHUNKS = 100_000  # about 1 GB: far beyond any client's bound, yet finite
+_ENDLESS_SEND_TIMEOUT = 1.0  # a client that stops reading this long has given up
 
 _AUTHORIZATION = "AUTHORIZATION"
 _TRANSACTION = "TRANSACTION"
@@ -121,6 +124,15 @@ class POP3Faults:
     garbage_on: str | None = None
     """Verb whose reply ``garbage_reply`` replaces; ``None`` means every reply,
     the greeting included."""
+    drip_on: str | None = None
+    """With ``drip_interval``: the verb whose reply is dripped; ``None`` means every
+    reply, the greeting included."""
+    silent_on: str | None = None
+    """Verb that is never answered: the session reads nothing more and ends when the
+    client hangs up (or the server stops)."""
+    endless_on: str | None = None
+    """Verb answered with ``+OK`` and data lines that never reach the terminating
+    ``.``, until the client hangs up (or about 1 GB has been sent)."""
 
     def reset(self) -> None:
         """Switch every fault back off."""
@@ -602,7 +614,7 @@ class _POP3Session:
         if truncate is not None:
             payload = payload[:truncate]
         interval = faults.drip_interval
-        if interval:
+        if interval and (faults.drip_on is None or faults.drip_on.upper() == verb):
             for index in range(len(payload)):
                 self._sock.sendall(payload[index : index + 1])
                 self._pause(interval)
@@ -651,6 +663,16 @@ class _POP3Session:
         if verb in errors:
             self._reply(errors[verb], verb)
             return
+        if faults.silent_on is not None and verb == faults.silent_on.upper():
+            while self._sock.recv(_RECV_SIZE):
+                pass
+            raise _Hangup(f"never answered {verb}")
+        if faults.endless_on is not None and verb == faults.endless_on.upper():
+            self._sock.settimeout(_ENDLESS_SEND_TIMEOUT)
+            self._sock.sendall(b"+OK here it comes\r\n")
+            for _ in range(_ENDLESS_CHUNKS):
+                self._sock.sendall(_ENDLESS_CHUNK)
+            raise _Hangup(f"gave up on an endless {verb} reply")
         self._dispatch(verb, rest)
 
     def _dispatch(self, verb: str, rest: str) -> None:
