@@ -145,14 +145,14 @@ class SMTPConnection:
                 assert context is not None
                 _starttls(client, host, context)
             if username:
-                if encryption is SMTPEncryption.NONE:
-                    log.warning("sending SMTP credentials to %s:%s without encryption", host, port)
                 _login(
                     client,
                     username,
                     password or "",
                     oauth2=oauth2,
                     oauth2_initial_response=oauth2_initial_response,
+                    encrypted=encryption is not SMTPEncryption.NONE,
+                    where=f"{host}:{port}",
                 )
         except BaseException:
             _close_quietly(client)
@@ -576,6 +576,15 @@ def _starttls(client: smtplib.SMTP, host: str, context: ssl.SSLContext) -> None:
     _ehlo(client)
 
 
+#: Password mechanisms, best first. PLAIN is the one every server implements; CRAM-MD5
+#: comes last because servers that keep only password hashes advertise it and then
+#: refuse every attempt.
+_PASSWORD_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+#: AUTH replies that refuse the mechanism, not the credentials (RFC 4954: 504 not
+#: supported, 534 too weak, 538 needs encryption), after which the next may be tried.
+_MECHANISM_REFUSED = frozenset({504, 534, 538})
+
+
 def _login(
     client: smtplib.SMTP,
     username: str,
@@ -583,16 +592,28 @@ def _login(
     *,
     oauth2: TokenSource | None = None,
     oauth2_initial_response: bool = True,
+    encrypted: bool = True,
+    where: str = "the server",
 ) -> None:
     if not client.has_extn("auth"):
+        if not encrypted and client.has_extn("starttls"):
+            # Postfix with smtpd_tls_auth_only, and most submission servers, list
+            # AUTH only once the connection is encrypted.
+            raise MailAuthenticationError(
+                None,
+                "the server offers no AUTH on an unencrypted connection but does offer "
+                "STARTTLS; use encryption='tls' (the credentials were not sent)",
+            )
         raise MailAuthenticationError(
             None, "the server does not offer AUTH; cannot log in with the given credentials"
         )
+    if not encrypted:
+        log.warning("sending SMTP credentials to %s without encryption", where)
     if oauth2 is not None:
         _login_xoauth2(client, username, oauth2, oauth2_initial_response)
         return
     try:
-        client.login(username, password)
+        _password_login(client, username, password)
     except smtplib.SMTPAuthenticationError as error:
         # A server may echo the AUTH payload (or the password) in its refusal.
         text = wire_log.mask_secret(_decode(error.smtp_error), password)
@@ -609,6 +630,33 @@ def _login(
         raise MailAuthenticationError(error.smtp_code, text) from None
     except OSError as error:
         raise _disconnected(error) from None
+
+
+def _password_login(client: smtplib.SMTP, username: str, password: str) -> None:
+    """AUTH with the best password mechanism both sides know, once.
+
+    smtplib's ``login()`` tries every mechanism in turn after a refusal, so one wrong
+    password costs two or three failed logins at the server (each counted towards
+    its rate limits and lockouts) and as many of its failure delays. Another
+    mechanism is tried here only when the server refused the mechanism itself.
+    """
+    features = getattr(client, "esmtp_features", None)
+    if not isinstance(features, dict):  # a stand-in for smtplib.SMTP in someone's tests
+        client.login(username, password)
+        return
+    offered = features.get("auth", "").upper().split()
+    mechanisms = [name for name in _PASSWORD_MECHANISMS if name in offered]
+    if not mechanisms:
+        raise smtplib.SMTPNotSupportedError("no common AUTH mechanism")
+    client.user, client.password = username, password
+    for mechanism in mechanisms:
+        method = getattr(client, "auth_" + mechanism.lower().replace("-", "_"))
+        try:
+            client.auth(mechanism, method)
+            return
+        except smtplib.SMTPAuthenticationError as error:
+            if error.smtp_code not in _MECHANISM_REFUSED or mechanism == mechanisms[-1]:
+                raise
 
 
 def _login_xoauth2(
