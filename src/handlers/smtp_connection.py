@@ -521,7 +521,14 @@ def _connect(
             f"bad greeting from {host}:{port}: {_decode(error.smtp_error)}"
         ) from None
     except smtplib.SMTPServerDisconnected as error:
-        raise _disconnected(error) from None
+        lost = _disconnected(error)
+        if isinstance(lost, MailTimeoutError) and encryption is not SMTPEncryption.IMPLICIT_SSL:
+            lost = MailTimeoutError(
+                f"no greeting from {host}:{port}: timed out after {timeout:g}s (a port "
+                "that expects TLS from the first byte, such as 465, stays silent until the "
+                "handshake: use encryption='ssl' there)"
+            )
+        raise lost from None
     except TimeoutError as error:
         raise MailTimeoutError(f"no answer from {host}:{port} within {timeout}s") from error
     except OSError as error:
