@@ -22,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import poplib
 import ssl
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from poplib import POP3, POP3_SSL
 from types import TracebackType
@@ -498,7 +500,14 @@ class POP3ProtocolHandler:
         self._authenticated = authenticated
         self._broken = False
         self._pending_deletions = 0
+        _handlers_with_sessions.add(self)
         log.debug("POP3 session with %s:%d open", self.hostname, self.port)
+
+    def _forget_inherited_session(self) -> None:
+        """In a forked child: drop the parent's session without touching its socket."""
+        self._client = None
+        self._session_open = self._authenticated = self._broken = False
+        self._pending_deletions = 0
 
     def _end_session(self) -> tuple[MailHandlerError | None, int]:
         """Send QUIT and close; return what went wrong and how many deletions were due."""
@@ -790,6 +799,21 @@ def _oauth2_source(
         return TokenSource.of(token)
     except ValueError as error:
         raise MailValidationError(str(error), "oauth2_token") from None
+
+
+# Handlers that opened a session in this process. After os.fork() the child's copies
+# forget theirs: talking on the parent's socket would mix both processes' replies, and
+# a QUIT from the child would commit the parent's deletions.
+_handlers_with_sessions: weakref.WeakSet[POP3ProtocolHandler] = weakref.WeakSet()
+
+
+def _forget_sessions_in_child() -> None:
+    for handler in list(_handlers_with_sessions):
+        handler._forget_inherited_session()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_sessions_in_child)
 
 
 def _check_message_id(message_id: int) -> None:

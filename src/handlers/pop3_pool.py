@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,17 @@ if TYPE_CHECKING:
     from .pop3 import POP3ProtocolHandler
 
 log = logging.getLogger(__name__)
+
+_live_pools: weakref.WeakSet[POP3ConnectionPool] = weakref.WeakSet()
+
+
+def _reset_pools_in_child() -> None:
+    for pool in list(_live_pools):
+        pool._forget_inherited_state()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pools_in_child)
 
 
 class POP3ConnectionPool:
@@ -84,6 +96,7 @@ class POP3ConnectionPool:
         self._returning: set[POP3ProtocolHandler] = set()
         self._closed = False
         self._pid = os.getpid()
+        _live_pools.add(self)
 
     # -- public API ---------------------------------------------------------------
 
@@ -266,6 +279,16 @@ class POP3ConnectionPool:
         with self._lock:
             self._busy.discard(handler)
             self._released.notify()
+
+    def _forget_inherited_state(self) -> None:
+        """In a forked child: a fresh lock (another thread of the parent may have held
+        the old one at the fork), and none of the parent's sessions, left untouched."""
+        self._lock = threading.RLock()
+        self._released = threading.Condition(self._lock)
+        self._pid = os.getpid()
+        self._idle = []
+        self._busy = set()
+        self._returning = set()
 
     def _check_pid(self) -> None:
         """In a forked child, forget the parent's sessions without touching their sockets."""
