@@ -194,6 +194,7 @@ class SMTPConnectionPool:
                 reason = self._unfit_reason(candidate)
                 if reason is None:
                     self._count("reused")
+                    log.debug("reusing SMTP connection to %s:%s", host, port)
                     return candidate
                 self._count("expired" if reason != "dropped by server" else "dropped")
                 self._close(candidate, reason, polite=reason != "dropped by server")
