@@ -46,6 +46,7 @@ from src.handlers.errors import (
     POP3SecurityError,
 )
 from src.handlers.message_parser import ParseLimits, parse_message
+from src.handlers.oauth2 import encode_xoauth2
 from src.handlers.pop3 import POP3ConnectionPool, POP3ProtocolHandler
 from src.handlers.smtp import (
     SMTPConnectionPool,
@@ -936,6 +937,59 @@ def test_pop3_secrets_never_leave_the_library(
     assert_no_secret([*texts, log_text], secret_forms(USER, PASSWORD, WRONG))
     assert f"PASS {MASK}" in log_text and f"USER {USER}" in log_text
     assert "bad password ***" in log_text
+
+
+OAUTH_USER = "alice@example.com"
+TOKEN = "ya29.Secret-Access-Token_0123456789"
+WRONG_TOKEN = "ya29.Expired-Access-Token_9876543210"
+
+
+@pytest.mark.parametrize("one_step", [True, False], ids=["one-step", "two-step"])
+@pytest.mark.parametrize("protocol", ["smtp", "pop3"])
+def test_oauth2_tokens_never_leave_the_library_or_the_trace(
+    certs: TestCertificates,
+    client_ssl_context: ssl.SSLContext,
+    make_smtp: Callable[..., SMTPProtocolHandler],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    protocol: str,
+    one_step: bool,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    tokens = {OAUTH_USER: TOKEN}
+    if protocol == "smtp":
+        with SMTPTestServer(tls="starttls", ssl_context=certs.server_context(),
+                            oauth2_tokens=tokens) as server:
+            for token in (TOKEN, WRONG_TOKEN):
+                handler = make_smtp(server.host, server.port, encryption="tls",
+                                    username=OAUTH_USER, oauth2_token=token, trace=True,
+                                    oauth2_initial_response=one_step)
+                result = handler.send_message(**BASE_SEND)
+                texts += [json.dumps(result.to_dict()), repr(handler), str(handler.last_error)]
+            assert len(server.messages) == 1
+    else:
+        with POP3TestServer(tls="starttls", ssl_context=certs.server_context(),
+                            oauth2_tokens=tokens) as server:
+            server.add_message(POP3_MESSAGES[0], user=OAUTH_USER)
+            for token in (TOKEN, WRONG_TOKEN):
+                handler = POP3ProtocolHandler(
+                    server.host, server.port, OAUTH_USER, encryption="tls", timeout=5,
+                    ssl_context=client_ssl_context, oauth2_token=token, trace=True,
+                    oauth2_initial_response=one_step, sleep=Sleeps(),
+                )
+                try:
+                    texts.append(str(handler.list_messages()))
+                except MailHandlerError as error:
+                    texts += exception_texts(error)
+                texts.append(repr(handler))
+    log_text = library_log_text(caplog)
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == ""
+    forbidden = [TOKEN, WRONG_TOKEN, encode_xoauth2(OAUTH_USER, TOKEN),
+                 encode_xoauth2(OAUTH_USER, WRONG_TOKEN)]
+    assert_no_secret([*texts, log_text], forbidden)
+    assert "AUTH XOAUTH2" in log_text and MASK in log_text
 
 
 def test_library_never_turns_on_protocol_debug_printing(
