@@ -818,3 +818,38 @@ def test_releasing_a_connection_twice_keeps_one_idle_entry(start_server, make_ha
     assert first is not second
     pool.release_connection(server.host, server.port, first)
     pool.release_connection(server.host, server.port, second)
+
+
+# ---------------------------------------------------------------------- late fixes
+
+
+def test_attached_message_travels_as_message_rfc822_not_base64(start_server, make_handler):
+    server = start_server()
+    handler = make_handler(server.host, server.port)
+    inner = b"From: a@example.org\r\nSubject: Forwarded\r\n\r\nOriginal text\r\n"
+    result = send_simple(
+        handler,
+        attachments=[
+            {"filename": "fwd.eml", "contentType": "message/rfc822", "content": inner},
+            {"filename": "raw.eml", "contentType": "message/rfc822", "content": b"S\xffj\r\n"},
+        ],
+    )
+    assert result.success
+    message = server.wait_for_messages(1)[0].message
+    forwarded, opaque = message.iter_attachments()
+    assert forwarded.get_content_type() == "message/rfc822"
+    assert forwarded["Content-Transfer-Encoding"] == "7bit"
+    assert forwarded.get_content()["Subject"] == "Forwarded"
+    assert opaque.get_content_type() == "application/octet-stream"
+    assert opaque.get_content() == b"S\xffj\r\n"
+
+
+def test_non_ascii_password_logs_in_with_utf8_plain(start_server, make_handler):
+    password = "pässwörd-ünïcode"
+    server = start_server("starttls", users={"jörg": password})
+    handler = make_handler(server.host, server.port, username="jörg", password=password,
+                           encryption="tls")
+    result = send_simple(handler)
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result.smtp_error
+    assert server.wait_for_messages(1)[0].username == "jörg"
+    assert password not in repr(vars(handler))

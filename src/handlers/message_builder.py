@@ -147,6 +147,20 @@ def address_header(name: str, mailboxes: Sequence[str]) -> str:
     return _fold_words(name, [token for f in listed for token in _FOLDABLE_SPACE.split(f)])
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """The Date header value for now, formatted once per second (RFC 5322, UTC)."""
+    global _date_cache
+    second = int(time.time())
+    cached = _date_cache
+    if cached[0] != second:
+        cached = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+        _date_cache = cached
+    return cached[1]
+
+
 def make_message_id(domain: str) -> str:
     """A unique Message-ID using ``domain`` (no host-name lookup, cheap enough per message)."""
     if not domain or domain.startswith("["):
@@ -170,7 +184,7 @@ def _to_crlf(data: bytes) -> bytes:
 
 
 def _max_line_length(data: bytes) -> int:
-    return max((len(line) for line in data.split(b"\n")), default=0)
+    return max(map(len, data.split(b"\n")), default=0)
 
 
 def _encode_text_body(text: str) -> tuple[str, bytes]:
@@ -231,14 +245,36 @@ def _attachment_part(attachment: Attachment) -> _Part:
     else:
         type_params = _rfc2231_param("name", filename)
         disposition_params = _rfc2231_param("filename", filename)
+    content_type, encoding, body = _attachment_body(attachment)
     headers = [
-        ";\r\n ".join([f"Content-Type: {attachment.content_type}", *type_params]),
-        "Content-Transfer-Encoding: base64",
+        ";\r\n ".join([f"Content-Type: {content_type}", *type_params]),
+        f"Content-Transfer-Encoding: {encoding}",
         ";\r\n ".join([f"Content-Disposition: {disposition}", *disposition_params]),
     ]
     if attachment.content_id is not None:
         headers.append(f"Content-ID: <{attachment.content_id}>")
-    return _Part(headers=headers, body=_to_crlf(base64.encodebytes(attachment.content)))
+    return _Part(headers=headers, body=body)
+
+
+def _attachment_body(attachment: Attachment) -> tuple[str, str, bytes]:
+    """(content type, transfer encoding, CRLF payload) for an attachment.
+
+    RFC 2045 forbids base64 for message/* and multipart/* parts. An attached message
+    (message/rfc822) that is plain 7-bit text travels as is; any other such content
+    travels as opaque bytes (application/octet-stream) so nothing is mangled.
+    """
+    content_type = attachment.content_type
+    data = attachment.content
+    if content_type.startswith(("message/", "multipart/")):
+        if content_type == "message/rfc822" and _is_7bit_text(data):
+            body = _to_crlf(data)
+            return content_type, "7bit", body if body.endswith(CRLF) else body + CRLF
+        content_type = "application/octet-stream"
+    return content_type, "base64", _to_crlf(base64.encodebytes(data))
+
+
+def _is_7bit_text(data: bytes) -> bool:
+    return data.isascii() and b"\x00" not in data and _max_line_length(data) <= 998
 
 
 def _multipart(subtype: str, children: list[_Part]) -> _Part:
@@ -362,7 +398,7 @@ def build_message(
     if reply_to:
         headers.append(address_header("Reply-To", [reply_to]))
     headers.append(unstructured_header("Subject", subject or ""))
-    headers.append(f"Date: {format_datetime(date or datetime.now(UTC))}")
+    headers.append(f"Date: {format_datetime(date) if date else _date_now()}")
     headers.append(f"Message-ID: {message_id}")
     headers.append("MIME-Version: 1.0")
     headers.extend(unstructured_header(name, value) for name, value in custom.items())

@@ -20,6 +20,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from . import wire_log
+from .credentials import Secret
 from .deadline import Deadline
 from .errors import (
     MailHandlerError,
@@ -167,19 +168,6 @@ def _check_hostname(hostname: str) -> None:
         raise ValueError("hostname must not contain spaces or control characters")
 
 
-def _oauth2_source(
-    token: str | TokenProvider | TokenSource | None,
-    username: str | None,
-    password: str | None,
-) -> TokenSource | None:
-    if token is None:
-        return None
-    if password is not None:
-        raise ValueError("give either password or oauth2_token, not both")
-    check_username(username)
-    return TokenSource.of(token)
-
-
 def _check_local_hostname(name: str) -> None:
     # The EHLO argument goes to the server as is: smtplib refuses CR/LF there only
     # after connecting, and lets NUL and non-ASCII through.
@@ -191,6 +179,19 @@ def _check_local_hostname(name: str) -> None:
         or " " in name
     ):
         raise ValueError("local_hostname must be ASCII without spaces or control characters")
+
+
+def _oauth2_source(
+    token: str | TokenProvider | TokenSource | None,
+    username: str | None,
+    password: str | None,
+) -> TokenSource | None:
+    if token is None:
+        return None
+    if password is not None:
+        raise ValueError("give either password or oauth2_token, not both")
+    check_username(username)
+    return TokenSource.of(token)
 
 
 def _check_port(port: int) -> None:
@@ -264,7 +265,7 @@ class SMTPProtocolHandler:
         self.hostname = hostname.strip()
         self.port = port
         self.username = username
-        self._password = password
+        self._password = Secret(password) if password is not None else None
         self.encryption = _parse_encryption(encryption)
         self.from_address = from_address
         self.pool_size = pool_size
@@ -306,7 +307,7 @@ class SMTPProtocolHandler:
                 self.hostname,
                 self.port,
                 self.username,
-                self._password,
+                self._password.reveal() if self._password is not None else None,
                 self.encryption,
                 ssl_context=self.ssl_context,
                 timeout=self.timeout,
