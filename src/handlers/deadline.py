@@ -44,33 +44,54 @@ class Deadline:
     """The time limit of one operation and the socket it currently uses.
 
     Set :attr:`target` to a callable returning the socket to cut when time runs out
-    (it is looked up at expiry, so it may change as the operation proceeds).
+    (it is looked up at expiry, so it may change as the operation proceeds). An
+    operation made of many replies (a pipelined batch) calls :meth:`restart` after
+    each, so the limit bounds every reply rather than the whole batch.
     """
 
-    __slots__ = ("_cancelled", "expired", "seconds", "target", "when")
+    __slots__ = ("_armed", "_clock", "expired", "seconds", "target", "when")
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
+        self._clock = clock
         self.when = clock() + seconds
         self.target: SocketGetter | None = None
         self.expired = False
-        self._cancelled = False
+        self._armed: _Armed | None = None
 
     def _fire(self) -> None:
-        if self._cancelled:
-            return
         self.expired = True
         sock = self.target() if self.target is not None else None
         if sock is not None:
             log.debug("operation deadline of %gs passed; cutting its connection", self.seconds)
             _cut(sock)
 
+    def restart(self) -> None:
+        """Give the operation its full time limit again, counted from now."""
+        self.when = self._clock() + self.seconds
+        if self._armed is not None:
+            watchdog = _watchdog()
+            watchdog.disarm(self._armed)
+            self._armed = watchdog.arm(self)
+
     def __enter__(self) -> Deadline:
-        _watchdog().arm(self)
+        self._armed = _watchdog().arm(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        _watchdog().disarm(self)
+        if self._armed is not None:
+            _watchdog().disarm(self._armed)
+            self._armed = None
+
+
+class _Armed:
+    """One arming of a deadline in the watchdog's heap (a restart arms a new one)."""
+
+    __slots__ = ("cancelled", "deadline")
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+        self.cancelled = False
 
 
 @contextlib.contextmanager
@@ -100,7 +121,7 @@ def _cut(sock: socket.socket) -> None:
 class _Watchdog:
     def __init__(self) -> None:
         self._lock = threading.Condition()
-        self._heap: list[tuple[float, int, Deadline]] = []
+        self._heap: list[tuple[float, int, _Armed]] = []
         self._counter = itertools.count()
         self._cancelled = 0
         self._thread = threading.Thread(
@@ -108,39 +129,44 @@ class _Watchdog:
         )
         self._thread.start()
 
-    def arm(self, deadline: Deadline) -> None:
+    def arm(self, deadline: Deadline) -> _Armed:
+        armed = _Armed(deadline)
         with self._lock:
-            heapq.heappush(self._heap, (deadline.when, next(self._counter), deadline))
-            if self._heap[0][2] is deadline:
+            heapq.heappush(self._heap, (deadline.when, next(self._counter), armed))
+            if self._heap[0][2] is armed:
                 self._lock.notify()
+        return armed
 
-    def disarm(self, deadline: Deadline) -> None:
+    def disarm(self, armed: _Armed) -> None:
         with self._lock:
-            deadline._cancelled = True
+            if armed.cancelled:
+                return
+            armed.cancelled = True
             self._cancelled += 1
             # Lazy deletion, compacted when most of the heap is dead weight, so a
             # high send rate with long deadlines does not grow the heap without bound.
             if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
-                self._heap = [entry for entry in self._heap if not entry[2]._cancelled]
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
                 heapq.heapify(self._heap)
                 self._cancelled = 0
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                while self._heap and self._heap[0][2]._cancelled:
+                while self._heap and self._heap[0][2].cancelled:
                     heapq.heappop(self._heap)
                     self._cancelled = max(0, self._cancelled - 1)
                 if not self._heap:
                     self._lock.wait()
                     continue
-                when, _, deadline = self._heap[0]
+                when, _, armed = self._heap[0]
                 remaining = when - time.monotonic()
                 if remaining > 0:
                     self._lock.wait(remaining)
                     continue
                 heapq.heappop(self._heap)
-            deadline._fire()  # outside the lock: it does socket I/O
+                armed.cancelled = True  # fired: a later disarm has nothing to do
+            armed.deadline._fire()  # outside the lock: it does socket I/O
 
 
 _instance: _Watchdog | None = None

@@ -104,24 +104,32 @@ def _read_header_section(data: bytes, limit: int) -> tuple[_Headers, bytes, list
 
     Returns the defects found as short descriptions without any message content.
     """
+    headers, body_start, defects = _header_bounds(data, limit, 0, len(data))
+    return headers, data[body_start:], defects
+
+
+def _header_bounds(
+    data: bytes, limit: int, start: int, stop: int
+) -> tuple[_Headers, int, list[str]]:
+    """Read the header section of the part ``data[start:stop]``; return where its body
+    starts instead of copying the body (a large attachment is not copied per level)."""
     defects: list[str] = []
-    start = 0
-    if _ENVELOPE.match(data):
+    if _ENVELOPE.match(data, start, stop):
         # An mbox envelope line that some servers leave in front of the headers.
-        newline = data.find(b"\n")
-        start = len(data) if newline < 0 else newline + 1
+        newline = data.find(b"\n", start, stop)
+        start = stop if newline < 0 else newline + 1
     for separator in (b"\n", b"\r\n"):
-        if data.startswith(separator, start):
-            return _Headers(), data[start + len(separator) :], defects
-    blank = _BLANK_LINE.search(data, start)
-    end = len(data) if blank is None else blank.start()
-    body = b"" if blank is None else data[blank.end() :]
+        if data.startswith(separator, start, stop):
+            return _Headers(), start + len(separator), defects
+    blank = _BLANK_LINE.search(data, start, stop)
+    end = stop if blank is None else blank.start()
+    body = stop if blank is None else blank.end()
     if end - start > limit:
         defects.append(f"header section longer than {limit} bytes; the excess is ignored")
-        cut = data.rfind(b"\n", start, start + limit)
+        cut = data.rfind(b"\n", start, min(start + limit, stop))
         end = cut if cut > start else start + limit
     headers, body_start = _parse_fields(data, start, end, defects)
-    return headers, body if body_start is None else data[body_start:], defects
+    return headers, body if body_start is None else body_start, defects
 
 
 def _parse_fields(
@@ -271,13 +279,13 @@ _NOT_BASE64 = bytes(
 )
 
 
-def _b64decode(data: bytes) -> tuple[bytes, bool]:
+def _b64decode(data: bytes | memoryview) -> tuple[bytes, bool]:
     """Decode base64 leniently; the flag is False when the input had to be repaired."""
     try:
         return binascii.a2b_base64(data), True
     except (binascii.Error, ValueError):
         pass
-    clean = data.translate(None, _NOT_BASE64)
+    clean = bytes(data).translate(None, _NOT_BASE64)
     extra = len(clean) % 4
     if extra == 1:
         clean = clean[:-1]
@@ -531,45 +539,51 @@ def _describe_part(headers: _Headers, default_type: str) -> tuple[_Part, bool]:
     return part, match is not None or not type_params.value
 
 
-def _split_multipart(body: bytes, boundary: bytes, cap: int) -> tuple[list[bytes], bool]:
-    """Cut a multipart body at its delimiter lines; the flag says whether it was closed."""
+def _split_multipart(
+    body: bytes, boundary: bytes, cap: int, begin: int = 0, stop: int | None = None
+) -> tuple[list[tuple[int, int]], bool]:
+    """Cut the multipart body ``body[begin:stop]`` at its delimiter lines into the
+    ``(start, stop)`` offsets of its parts; the flag says whether it was closed."""
+    stop = len(body) if stop is None else stop
     delimiter = b"--" + boundary
-    parts: list[bytes] = []
+    parts: list[tuple[int, int]] = []
     start = -1
-    pos = 0
+    pos = begin
     while len(parts) < cap:
-        found = body.find(delimiter, pos)
+        found = body.find(delimiter, pos, stop)
         if found < 0:
             break
         pos = found + len(delimiter)
-        if found and body[found - 1] != 0x0A:
+        if found > begin and body[found - 1] != 0x0A:
             continue
-        newline = body.find(b"\n", pos)
-        tail = body[pos : len(body) if newline < 0 else newline].rstrip(b" \t\r")
+        newline = body.find(b"\n", pos, stop)
+        tail = body[pos : stop if newline < 0 else newline].rstrip(b" \t\r")
         if tail not in (b"", b"--"):
             continue
         if start >= 0:
-            parts.append(_strip_final_newline(body[start:found]))
+            parts.append((start, _end_without_newline(body, start, found)))
         if tail == b"--":
             return parts, True
-        start = pos = len(body) if newline < 0 else newline + 1
+        start = pos = stop if newline < 0 else newline + 1
     if start >= 0 and len(parts) < cap:
-        parts.append(body[start:])
+        parts.append((start, stop))
     return parts, False
 
 
-def _strip_final_newline(chunk: bytes) -> bytes:
+def _end_without_newline(data: bytes, start: int, stop: int) -> int:
     # The line break before a delimiter belongs to the delimiter (RFC 2046).
-    if chunk.endswith(b"\r\n"):
-        return chunk[:-2]
-    if chunk.endswith(b"\n"):
-        return chunk[:-1]
-    return chunk
+    if data.endswith(b"\r\n", start, stop):
+        return stop - 2
+    if data.endswith(b"\n", start, stop):
+        return stop - 1
+    return stop
 
 
-# A part waiting to be visited: headers (None until read), bytes, depth, the set of body
-# types already taken by the enclosing multipart/alternative, and the default type.
-_Pending = tuple[_Headers | None, bytes, int, set[str] | None, str]
+# A part waiting to be visited: headers (None until read), the message bytes and the
+# part's start and stop offsets in them (body start once headers are read), depth, the
+# set of body types already taken by the enclosing multipart/alternative, and the
+# default type. Parts are offsets into the one message, never copies of it.
+_Pending = tuple[_Headers | None, bytes, int, int, int, set[str] | None, str]
 _ENCAPSULATED = frozenset({"message/rfc822", "message/global"})
 
 
@@ -587,18 +601,19 @@ class _Collector:
     def defect(self, level: int, what: str, *args: object) -> None:
         log.log(level, "message %s: " + what, self.number, *args)
 
-    def walk(self, headers: _Headers, body: bytes) -> None:
-        stack: list[_Pending] = [(headers, body, 0, None, "text/plain")]
+    def walk(self, headers: _Headers, body: bytes, start: int = 0) -> None:
+        """Visit the message whose headers were read and whose body is ``body[start:]``."""
+        stack: list[_Pending] = [(headers, body, start, len(body), 0, None, "text/plain")]
         visited = 0
         while stack:
-            part_headers, data, depth, alternative, default_type = stack.pop()
+            part_headers, data, start, stop, depth, alternative, default_type = stack.pop()
             visited += 1
             if visited > self.limits.max_parts:
                 self.defect(logging.WARNING, "more than %d MIME parts; rest skipped", visited - 1)
                 return
             if part_headers is None:
-                part_headers, data, defects = _read_header_section(
-                    data, self.limits.max_header_bytes
+                part_headers, start, defects = _header_bounds(
+                    data, self.limits.max_header_bytes, start, stop
                 )
                 for defect in defects:
                     self.defect(logging.DEBUG, "%s (part)", defect)
@@ -606,7 +621,7 @@ class _Collector:
             if not type_ok:
                 self.defect(logging.DEBUG, "unusable Content-Type; read as %s", default_type)
             if part.maintype == "multipart":
-                children = self._children(part, data, depth, alternative)
+                children = self._children(part, data, start, stop, depth, alternative)
                 if children is None:
                     part = _Part("text/plain", part.charset, b"", "", "", "")
                 else:
@@ -615,11 +630,17 @@ class _Collector:
             if depth == 0:
                 # POP3 delivers lines, so the last line break ends the last line rather
                 # than adding content; dropping it matches how parts end at a delimiter.
-                data = _strip_final_newline(data)
-            self._leaf(part, data, alternative)
+                stop = _end_without_newline(data, start, stop)
+            self._leaf(part, data, start, stop, alternative)
 
     def _children(
-        self, part: _Part, data: bytes, depth: int, alternative: set[str] | None
+        self,
+        part: _Part,
+        data: bytes,
+        start: int,
+        stop: int,
+        depth: int,
+        alternative: set[str] | None,
     ) -> list[_Pending] | None:
         """The parts inside a multipart, or None when it has to be read as plain text."""
         if not part.boundary:
@@ -628,7 +649,9 @@ class _Collector:
         if depth >= self.limits.max_depth:
             self.defect(logging.WARNING, "multipart nested deeper than %d; skipped", depth)
             return []
-        chunks, closed = _split_multipart(data, part.boundary, self.limits.max_parts + 1)
+        chunks, closed = _split_multipart(
+            data, part.boundary, self.limits.max_parts + 1, start, stop
+        )
         if not chunks:
             self.defect(logging.DEBUG, "multipart without delimiter lines; read as text")
             return None
@@ -637,10 +660,15 @@ class _Collector:
         subtype = part.content_type.partition("/")[2]
         inner_alternative = set() if subtype == "alternative" else alternative
         inner_default = "message/rfc822" if subtype == "digest" else "text/plain"
-        return [(None, chunk, depth + 1, inner_alternative, inner_default) for chunk in chunks]
+        return [
+            (None, data, begin, end, depth + 1, inner_alternative, inner_default)
+            for begin, end in chunks
+        ]
 
-    def _leaf(self, part: _Part, data: bytes, alternative: set[str] | None) -> None:
-        payload = self._transfer_decode(data, part.transfer_encoding)
+    def _leaf(
+        self, part: _Part, data: bytes, start: int, stop: int, alternative: set[str] | None
+    ) -> None:
+        payload = self._transfer_decode(data, start, stop, part.transfer_encoding)
         if part.content_type in _ENCAPSULATED:
             self._attach(part.filename or self._message_filename(payload), part, payload)
             return
@@ -673,14 +701,17 @@ class _Collector:
         subject = _safe_filename(_header_text(headers.first("subject")))
         return f"{subject}.eml" if subject else "message.eml"
 
-    def _transfer_decode(self, data: bytes, encoding: str) -> bytes:
-        if encoding in ("", "7bit", "8bit", "binary"):
-            return data
+    def _transfer_decode(self, data: bytes, start: int, stop: int, encoding: str) -> bytes:
+        """The decoded bytes of ``data[start:stop]`` (base64 is decoded in place)."""
         if encoding == "base64":
-            decoded, clean = _b64decode(data)
+            with memoryview(data) as view:
+                decoded, clean = _b64decode(view[start:stop])
             if not clean:
                 self.defect(logging.DEBUG, "damaged base64 repaired")
             return decoded
+        data = data[start:stop] if start or stop != len(data) else data
+        if encoding in ("", "7bit", "8bit", "binary"):
+            return data
         if encoding == "quoted-printable":
             return binascii.a2b_qp(data)
         self.defect(logging.DEBUG, "unknown transfer encoding %r; left as is", encoding[:40])
@@ -737,11 +768,12 @@ def _as_bytes(raw: object) -> bytes:
 
 def _summary(
     data: bytes, message_number: int, size: int | None, limits: ParseLimits
-) -> tuple[dict[str, Any], _Headers, bytes]:
+) -> tuple[dict[str, Any], _Headers, int]:
+    """The header-derived result, the headers, and where the body starts in ``data``."""
     result = _empty_result(message_number, len(data) if size is None else size)
-    headers, body = _Headers(), b""
+    headers, body = _Headers(), len(data)
     try:
-        headers, body, defects = _read_header_section(data, limits.max_header_bytes)
+        headers, body, defects = _header_bounds(data, limits.max_header_bytes, 0, len(data))
         for defect in defects:
             log.debug("message %s: %s", message_number, defect)
         _fill_from_headers(result, headers)
@@ -786,10 +818,10 @@ def parse_message(
     """
     limits = limits or _DEFAULT_LIMITS
     data = _as_bytes(raw)
-    result, headers, body = _summary(data, message_number, size, limits)
+    result, headers, body_start = _summary(data, message_number, size, limits)
     collector = _Collector(message_number, limits, include_attachment_content)
     try:
-        collector.walk(headers, body)
+        collector.walk(headers, data, body_start)
     except Exception as exc:
         log.warning("message %s: body parsing failed (%s)", message_number, type(exc).__name__)
         log.debug("message %s: body parsing traceback", message_number, exc_info=True)

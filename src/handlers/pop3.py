@@ -27,7 +27,7 @@ import poplib
 import ssl
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from poplib import POP3, POP3_SSL
 from types import TracebackType
 from typing import Any, Final
@@ -55,6 +55,7 @@ from .pop3_connection import (
     DEFAULT_CONNECT_RETRY,
     ClientFactory,
     POP3Connector,
+    TimeLimit,
     chain_cause,
     close_quietly,
     socket_of,
@@ -62,7 +63,7 @@ from .pop3_connection import (
 from .pop3_pool import POP3ConnectionPool
 from .pop3_sasl import xoauth2_login
 from .pop3_sync import MessageCallback, SyncResult, sync_mailbox
-from .pop3_wire import ResponseTooLargeError
+from .pop3_wire import ResponseTooLargeError, error_for_reply
 from .retry import Clock, RetryPolicy, Sleep
 from .tls import resolve_context
 from .uid_store import UIDStore
@@ -357,18 +358,83 @@ class POP3ProtocolHandler:
         A message that is refused, missing or too large is logged and skipped. A
         broken connection still raises, since no later message could be fetched.
         """
+        messages = []
+
+        def parse(number: int, raw: bytes, size: int) -> None:
+            messages.append(
+                parse_message(
+                    raw,
+                    number,
+                    size=size,
+                    include_raw=self._include_raw,
+                    include_attachment_content=self._include_attachment_content,
+                    limits=self._parse_limits,
+                )
+            )
+
+        self._retrieve_each(message_ids, parse)
+        return messages
+
+    def fetch_raw_messages(self, message_ids: list[int] | None = None) -> dict[int, bytes]:
+        """Download several messages (all when None) without parsing them.
+
+        Returns message number to the message as the server sent it, dot-unstuffed.
+        Refused, missing and too large messages are logged and skipped, as in
+        :meth:`fetch_messages`; both send the ``RETR`` commands in batches when the
+        server offers PIPELINING, so a slow network costs a few round trips, not one
+        per message.
+        """
+        raws: dict[int, bytes] = {}
+
+        def keep(number: int, raw: bytes, size: int) -> None:
+            raws[number] = raw
+
+        self._retrieve_each(message_ids, keep)
+        return raws
+
+    def _retrieve_each(
+        self, message_ids: list[int] | None, handle: Callable[[int, bytes, int], None]
+    ) -> None:
+        """RETR the wanted messages in one session and hand each to ``handle``."""
         with self._session() as client:
-            sizes = dict(commands.scan(self._caller(client)))
-            messages = []
+            call = self._caller(client)
+            sizes = dict(commands.scan(call))
+            wanted = []
             for number in self._targets(message_ids, sizes):
                 try:
-                    message = self._fetch(self._live_client(), number, sizes[number])
+                    commands.check_size(number, sizes[number], self._max_message_size)
                 except POP3MessageTooLargeError as error:
                     log.warning("skipping POP3 message %d: %s", number, error)
                     continue
-                if message is not None:
-                    messages.append(message)
-        return messages
+                wanted.append(number)
+            if len(wanted) > 1 and commands.can_pipeline(call, client):
+
+                def deliver(number: int, raw: bytes | None, status: bytes) -> None:
+                    if raw is None:
+                        refusal = error_for_reply(status)
+                        log.warning("POP3 server refused message %d: %s", number, refusal)
+                        return
+                    handle(number, raw, sizes[number])
+
+                try:
+                    commands.retrieve_many(
+                        call, client, wanted, self._max_message_size, deliver
+                    )
+                except POP3MessageTooLargeError as error:
+                    # Larger than LIST said: skipped, as below, but the session went
+                    # with it (the rest of the reply was never read).
+                    log.warning("skipping POP3 message %s: %s", error.message_number, error)
+                    self._live_client()  # raises: no later message can be fetched
+                    raise
+                return
+            for number in wanted:
+                try:
+                    raw = self._retrieve_one(self._live_client(), number)
+                except POP3MessageTooLargeError as error:
+                    log.warning("skipping POP3 message %d: %s", number, error)
+                    continue
+                if raw is not None:
+                    handle(number, raw, sizes[number])
 
     def delete_message(self, message_id: int) -> bool:
         """Mark one message for deletion; False if the server refuses.
@@ -666,12 +732,17 @@ class POP3ProtocolHandler:
         """Run one client method; translate failures and drop a broken connection."""
         verb = method.rstrip("_").split("_")[0].upper()
         try:
-            with self._connector.time_limit(verb, lambda: socket_of(client)):
+            with self._connector.time_limit(verb, lambda: socket_of(client)) as limit:
+                if method in _BATCHED and args:
+                    # A pipelined batch is many replies: each gets the full limit, so a
+                    # large mailbox on a slow link is not cut while replies keep coming.
+                    args = (*args[:-1], _restarting(args[-1], limit))
                 return getattr(client, method)(*args)
         except ResponseTooLargeError as error:
             self._lose_session(verb, error)
             if verb in ("RETR", "TOP") and args:
-                raise POP3MessageTooLargeError(args[0], None, error.limit) from None
+                number = error.number if error.number is not None else args[0]
+                raise POP3MessageTooLargeError(number, None, error.limit) from None
             raise POP3ProtocolError(f"{verb} reply larger than {error.limit} bytes") from None
         except Exception as error:
             translated = self._translate(error, verb)
@@ -719,6 +790,14 @@ class POP3ProtocolHandler:
     def _caller(self, client: _Client) -> commands.Call:
         return functools.partial(self._call, client)
 
+    def _retrieve_one(self, client: _Client, number: int) -> bytes | None:
+        """RETR one message whose size was checked; None if the server refuses it."""
+        try:
+            return commands.retrieve(self._caller(client), client, number, self._max_message_size)
+        except POP3ResponseError as error:
+            log.warning("POP3 server refused message %d: %s", number, error)
+            return None
+
     def _fetch(self, client: _Client, number: int, size: int | None) -> dict[str, Any] | None:
         call = self._caller(client)
         try:
@@ -758,6 +837,18 @@ class POP3ProtocolHandler:
 
 
 # -- module helpers ----------------------------------------------------------------
+
+
+#: Client methods that read many replies in one exchange, with a per-reply callback last.
+_BATCHED = frozenset({"retr_many"})
+
+
+def _restarting(callback: Callable[..., Any], limit: TimeLimit) -> Callable[..., Any]:
+    def restart_then_deliver(*args: Any) -> Any:
+        limit.restart()
+        return callback(*args)
+
+    return restart_then_deliver
 
 
 def _check_size_limit(max_message_size: int | None) -> None:

@@ -105,6 +105,39 @@ def retrieve(call: Call, client: Any, number: int, limit: int | None) -> bytes:
     return raw
 
 
+def can_pipeline(call: Call, client: Any) -> bool:
+    """Whether several RETRs may be sent at once: a fast client and PIPELINING in CAPA.
+
+    The answer is kept on the client, so CAPA is asked at most once per connection.
+    """
+    if not is_fast_client(client):
+        return False
+    known = getattr(client, "pipelining", None)
+    if known is None:
+        known = client.pipelining = "PIPELINING" in capabilities(call)
+    return bool(known)
+
+
+def retrieve_many(
+    call: Call,
+    client: Any,
+    numbers: list[int],
+    limit: int | None,
+    deliver: Callable[[int, bytes | None, bytes], object],
+) -> None:
+    """Pipelined ``RETR`` of ``numbers`` (see :func:`can_pipeline`).
+
+    Calls ``deliver(number, raw, status)`` in order; ``raw`` is None when the server
+    refused that message (``status`` holds its ``-ERR`` line).
+    """
+    client.message_limit = limit
+
+    def each(number: int, status: bytes, message: bytes | None) -> None:
+        deliver(number, message, status)
+
+    call("retr_many", numbers, each)
+
+
 def headers(call: Call, client: Any, number: int, limit: int | None) -> bytes:
     """``TOP n 0``: the header section of one message.
 

@@ -227,6 +227,10 @@ class TimeLimit:
         self._deadline.__enter__()
         return self
 
+    def restart(self) -> None:
+        """Count the full limit again from now (after each reply of a pipelined batch)."""
+        self._deadline.restart()
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

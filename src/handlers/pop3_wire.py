@@ -49,11 +49,15 @@ class PeekableStream(Protocol):
 
 
 class ResponseTooLargeError(Exception):
-    """A multi-line reply grew past the caller's limit; the stream is now out of step."""
+    """A multi-line reply grew past the caller's limit; the stream is now out of step.
 
-    def __init__(self, limit: int) -> None:
+    ``number`` is the message whose reply it was, when a pipelined read knows it.
+    """
+
+    def __init__(self, limit: int, number: int | None = None) -> None:
         super().__init__(f"reply exceeds the limit of {limit} bytes")
         self.limit = limit
+        self.number = number
 
 
 def read_dot_terminated(stream: PeekableStream, max_bytes: int | None = None) -> bytes:
@@ -79,14 +83,28 @@ def read_dot_terminated(stream: PeekableStream, max_bytes: int | None = None) ->
         match = _TERMINATOR.search(buffer, search_from)
         if match is not None:
             stream.read(len(chunk) - (len(buffer) - match.end()))
-            return unstuff(bytes(buffer[1 : match.start() + 1]))[1:]
+            return _finish(buffer, match.start() + 1)
         stream.read(len(chunk))
         if limit is not None and len(buffer) > limit:
             raise ResponseTooLargeError(max_bytes if max_bytes is not None else 0)
 
 
+def _finish(buffer: bytearray, end: int) -> bytes:
+    """The unstuffed data in ``buffer[2:end]`` (after the virtual line ending).
+
+    Copied out once and the buffer freed before unstuffing, so a large message is held
+    at most twice (never four times) while it is being finished.
+    """
+    with memoryview(buffer) as view:
+        data = bytes(view[2:end])
+    buffer.clear()
+    if data.startswith(b".."):  # the first line was stuffed
+        data = data[1:]
+    return unstuff(data)
+
+
 def unstuff(data: bytes) -> bytes:
-    """Remove the extra leading dot of every line in ``data`` (which starts with LF).
+    """Remove the extra leading dot of every line in ``data`` that follows a line feed.
 
     Like poplib, only a doubled dot is reduced, so a server that forgets to stuff a
     line that starts with a single dot does not lose that dot.
