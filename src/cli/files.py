@@ -8,13 +8,12 @@ after every message was saved; a run that dies earlier deletes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
+from ..handlers.durable import write_durably
 from .common import CLIError, ExitCode
 
 
@@ -53,27 +52,5 @@ def save_durably(directory: Path, name: str, data: bytes) -> Path:
     content and its directory entry have been ``fsync``-ed.
     """
     target = directory / name
-    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=".incoming-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as temp:
-            temp.write(data)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
-    fsync_directory(directory)
+    write_durably(target, data)
     return target
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make renames in ``directory`` durable (POSIX; a no-op elsewhere)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,14 +17,14 @@ A store belongs to one mailbox: IDs are only unique within a maildrop.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-import tempfile
 import threading
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from .durable import write_durably
 
 _HEADER = "# mailhandlers POP3 unique-id store v1"
 
@@ -153,31 +153,8 @@ class FileUIDStore:
         return {check_uid(line) for line in lines[1:] if line}
 
     def _write(self, uids: set[str]) -> None:
-        directory = self._path.parent
         content = "\n".join([_HEADER, *sorted(uids), ""]).encode("ascii")
-        fd, temp_name = tempfile.mkstemp(prefix=f".{self._path.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as temp:
-                temp.write(content)
-                temp.flush()
-                os.fsync(temp.fileno())
-            os.replace(temp_name, self._path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp_name)
-            raise
-        _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX only; a no-op where unsupported)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_durably(self._path, content, temp_prefix=f".{self._path.name}.")
 
 
 class SQLiteUIDStore:
