@@ -22,11 +22,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import poplib
 import ssl
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from poplib import POP3, POP3_SSL
 from types import TracebackType
@@ -48,6 +46,7 @@ from .errors import (
     POP3TimeoutError,
     POP3UnsupportedError,
 )
+from .forksafe import forget_in_child
 from .message_parser import ParseLimits, parse_header_summary, parse_message
 from .oauth2 import TokenProvider, TokenSource, check_username
 from .pop3_client import FastPOP3, FastPOP3_SSL, is_fast_client
@@ -566,10 +565,10 @@ class POP3ProtocolHandler:
         self._authenticated = authenticated
         self._broken = False
         self._pending_deletions = 0
-        _handlers_with_sessions.add(self)
+        forget_in_child(self)
         log.debug("POP3 session with %s:%d open", self.hostname, self.port)
 
-    def _forget_inherited_session(self) -> None:
+    def _after_fork_in_child(self) -> None:
         """In a forked child: drop the parent's session without touching its socket."""
         self._client = None
         self._session_open = self._authenticated = self._broken = False
@@ -890,21 +889,6 @@ def _oauth2_source(
         return TokenSource.of(token)
     except ValueError as error:
         raise MailValidationError(str(error), "oauth2_token") from None
-
-
-# Handlers that opened a session in this process. After os.fork() the child's copies
-# forget theirs: talking on the parent's socket would mix both processes' replies, and
-# a QUIT from the child would commit the parent's deletions.
-_handlers_with_sessions: weakref.WeakSet[POP3ProtocolHandler] = weakref.WeakSet()
-
-
-def _forget_sessions_in_child() -> None:
-    for handler in list(_handlers_with_sessions):
-        handler._forget_inherited_session()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_sessions_in_child)
 
 
 def _check_message_id(message_id: int) -> None:

@@ -24,12 +24,12 @@ import logging
 import os
 import threading
 import time
-import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .credentials import Secret
 from .errors import MailHandlerError, POP3MailboxBusyError, POP3PoolClosedError
+from .forksafe import forget_in_child
 from .oauth2 import TokenSource
 from .retry import Clock
 
@@ -37,18 +37,6 @@ if TYPE_CHECKING:
     from .pop3 import POP3ProtocolHandler
 
 log = logging.getLogger(__name__)
-
-_live_pools: weakref.WeakSet[POP3ConnectionPool] = weakref.WeakSet()
-
-
-def _reset_pools_in_child() -> None:
-    for pool in list(_live_pools):
-        pool._forget_inherited_state()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_pools_in_child)
-
 
 class POP3ConnectionPool:
     """Hands out connected, logged-in :class:`POP3ProtocolHandler` objects.
@@ -96,7 +84,7 @@ class POP3ConnectionPool:
         self._returning: set[POP3ProtocolHandler] = set()
         self._closed = False
         self._pid = os.getpid()
-        _live_pools.add(self)
+        forget_in_child(self)
 
     # -- public API ---------------------------------------------------------------
 
@@ -280,7 +268,7 @@ class POP3ConnectionPool:
             self._busy.discard(handler)
             self._released.notify()
 
-    def _forget_inherited_state(self) -> None:
+    def _after_fork_in_child(self) -> None:
         """In a forked child: a fresh lock (another thread of the parent may have held
         the old one at the fork), and none of the parent's sessions, left untouched."""
         self._lock = threading.RLock()

@@ -18,13 +18,13 @@ import os
 import ssl
 import threading
 import time
-import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .deadline import Deadline
 from .errors import MailConnectionError
+from .forksafe import forget_in_child
 from .oauth2 import TokenProvider, TokenSource
 from .smtp_connection import SMTPConnection, SMTPEncryption
 
@@ -84,18 +84,6 @@ class _Checkout:
     evict: SMTPConnection | None = None
 
 
-_live_pools: weakref.WeakSet[SMTPConnectionPool] = weakref.WeakSet()
-
-
-def _reset_pools_in_child() -> None:
-    for pool in list(_live_pools):
-        pool._forget_inherited_state()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_pools_in_child)
-
-
 class SMTPConnectionPool:
     """Reuses authenticated SMTP connections across sends and threads.
 
@@ -122,7 +110,7 @@ class SMTPConnectionPool:
         self._clock = clock
         self._opener = opener
         self._init_state()
-        _live_pools.add(self)
+        forget_in_child(self)
 
     def _init_state(self) -> None:
         self._lock = threading.RLock()
@@ -136,7 +124,7 @@ class SMTPConnectionPool:
             ("created", "reused", "closed", "expired", "dropped", "discarded", "waits"), 0
         )
 
-    def _forget_inherited_state(self) -> None:
+    def _after_fork_in_child(self) -> None:
         """In a forked child: drop the parent's sockets without touching them."""
         self._init_state()
 
