@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from .validation import Attachment, envelope_address, needs_smtputf8, split_display_name
+from .addresses import envelope_address, needs_smtputf8, split_display_name
+from .attachments import Attachment
 
 CRLF = b"\r\n"
 _FOLD_AT = 78

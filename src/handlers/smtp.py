@@ -20,6 +20,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from . import wire_log
+from .addresses import check_address
+from .control_chars import find_control_character
 from .credentials import Secret
 from .deadline import Deadline
 from .errors import (
@@ -42,7 +44,7 @@ from .smtp_connection import (
     TransactionOutcome,
 )
 from .smtp_pool import PoolTimeoutError, SMTPConnectionPool
-from .validation import SMTPMessageValidator, check_address, find_control_character
+from .validation import SMTPMessageValidator
 
 __all__ = [
     "MAX_RETRIES",
