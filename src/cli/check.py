@@ -22,7 +22,8 @@ from ..handlers.errors import (
 )
 from ..handlers.pop3 import POP3ProtocolHandler
 from ..handlers.retry import RetryPolicy
-from ..handlers.smtp_connection import SMTPConnection, SMTPEncryption
+from ..handlers.smtp_connect import SMTPEncryption
+from ..handlers.smtp_connection import SMTPConnection
 from .common import (
     ExitCode,
     add_connection_options,

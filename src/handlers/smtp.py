@@ -37,12 +37,8 @@ from .errors import (
 from .message_builder import OutgoingMessage, build_message
 from .oauth2 import TokenProvider, TokenSource, check_username
 from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy, Sleep
-from .smtp_connection import (
-    SMTPConnection,
-    SMTPEncryption,
-    SMTPNotSupportedError,
-    TransactionOutcome,
-)
+from .smtp_connect import SMTPEncryption
+from .smtp_connection import SMTPConnection, SMTPNotSupportedError, TransactionOutcome
 from .smtp_pool import PoolTimeoutError, SMTPConnectionPool
 from .validation import SMTPMessageValidator
 

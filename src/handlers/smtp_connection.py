@@ -1,4 +1,7 @@
-"""One SMTP connection: opening it safely, checking its health, and one mail transaction.
+"""One SMTP connection: checking its health, its commands, and one mail transaction.
+
+:meth:`SMTPConnection.open` connects, greets and secures the connection with the helpers
+in :mod:`.smtp_connect`, then logs in with :mod:`.smtp_auth`.
 
 This is the choke point between the handler and :mod:`smtplib`. It turns every
 smtplib and socket failure into the library's exception tree and records the facts
@@ -8,9 +11,7 @@ connection failed (then the outcome is unknown and the message must not be resen
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import functools
 import logging
 import os
 import re
@@ -20,64 +21,40 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 
 from . import wire_log
 from .deadline import Deadline
 from .errors import (
-    MailAuthenticationError,
     MailConnectionError,
     MailHandlerError,
     MailProtocolError,
-    MailSecurityError,
-    MailTimeoutError,
     OutcomeUnknownError,
     SMTPDataRefused,
     SMTPRecipientsRefused,
-    SMTPResponseError,
     SMTPSenderRefused,
 )
 from .message_builder import OutgoingMessage
-from .oauth2 import MECHANISM as XOAUTH2
-from .oauth2 import (
-    SMTP_COMMAND_LIMIT,
-    TokenSource,
-    XOAUTH2Exchange,
-    explain,
-    initial_response_fits,
-    login_with_refresh,
+from .oauth2 import TokenSource
+from .smtp_auth import login
+from .smtp_connect import SMTPEncryption as SMTPEncryption  # still importable from here
+from .smtp_connect import (
+    close_quietly,
+    connect,
+    decode_reply,
+    default_local_hostname,
+    disconnected,
+    ehlo,
+    starttls,
 )
-from .tls import resolve_context, tls_error
+from .tls import resolve_context
 
 log = logging.getLogger(__name__)
 
 _DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 
 
-class SMTPEncryption(Enum):
-    """How the connection is protected."""
-
-    NONE = "none"
-    STARTTLS = "tls"
-    IMPLICIT_SSL = "ssl"
-
-
 class SMTPNotSupportedError(MailHandlerError):
     """The server lacks an extension this message needs (SMTPUTF8, or a large enough SIZE)."""
-
-
-@functools.lru_cache(maxsize=1)
-def default_local_hostname() -> str:
-    """The name sent in EHLO, looked up once per process (smtplib would look it up per
-    connection)."""
-    name = socket.getfqdn()
-    return name if name and name.isascii() and "." in name else "localhost.localdomain"
-
-
-def _decode(reply: bytes | str) -> str:
-    if isinstance(reply, bytes):
-        return reply.decode("utf-8", "replace")
-    return reply
 
 
 @dataclass
@@ -139,14 +116,14 @@ class SMTPConnection:
         """
         context = resolve_context(ssl_context) if encryption is not SMTPEncryption.NONE else None
         name = local_hostname or default_local_hostname()
-        client = _connect(host, port, encryption, timeout, context, name, deadline)
+        client = connect(host, port, encryption, timeout, context, name, deadline)
         try:
-            _ehlo(client)
+            ehlo(client)
             if encryption is SMTPEncryption.STARTTLS:
                 assert context is not None
-                _starttls(client, host, context)
+                starttls(client, host, context)
             if username:
-                _login(
+                login(
                     client,
                     username,
                     password or "",
@@ -156,7 +133,7 @@ class SMTPConnection:
                     where=f"{host}:{port}",
                 )
         except BaseException:
-            _close_quietly(client)
+            close_quietly(client)
             raise
         log.debug("opened SMTP connection to %s:%s (%s)", host, port, encryption.value)
         return cls(client, key, time.monotonic() if clock is None else clock)
@@ -212,26 +189,30 @@ class SMTPConnection:
             code, reply = self.client.docmd(verb, args)
         except smtplib.SMTPServerDisconnected as error:
             self.broken = True
-            raise _disconnected(error) from None
+            raise disconnected(error) from None
         except smtplib.SMTPResponseException as error:  # a reply over its bounds
             # Caught before OSError, which smtplib's exceptions also are.
             self.broken = True
-            raise MailProtocolError(f"bad reply to {verb}: {_decode(error.smtp_error)}") from None
+            raise MailProtocolError(
+                f"bad reply to {verb}: {decode_reply(error.smtp_error)}"
+            ) from None
         except OSError as error:
             self.broken = True
-            raise _disconnected(error) from None
-        return self._check_reply(verb, code, _decode(reply))
+            raise disconnected(error) from None
+        return self._check_reply(verb, code, decode_reply(reply))
 
     def _read_reply(self, after: str) -> tuple[int, str]:
         try:
             code, reply = self.client.getreply()
         except smtplib.SMTPServerDisconnected as error:
             self.broken = True
-            raise _disconnected(error) from None
+            raise disconnected(error) from None
         except smtplib.SMTPResponseException as error:
             self.broken = True
-            raise MailProtocolError(f"bad reply to {after}: {_decode(error.smtp_error)}") from None
-        return self._check_reply(after, code, _decode(reply))
+            raise MailProtocolError(
+                f"bad reply to {after}: {decode_reply(error.smtp_error)}"
+            ) from None
+        return self._check_reply(after, code, decode_reply(reply))
 
     def _check_reply(self, verb: str, code: int, text: str) -> tuple[int, str]:
         if code < 200 or code > 599:
@@ -265,7 +246,7 @@ class SMTPConnection:
             sock.sendall(data)
         except OSError as error:
             self.broken = True
-            raise _disconnected(error) from None
+            raise disconnected(error) from None
 
     # ------------------------------------------------------------------ transaction
 
@@ -405,7 +386,7 @@ class SMTPConnection:
         if polite and not self.broken and self.pid == os.getpid():
             with contextlib.suppress(OSError, smtplib.SMTPException):
                 self.client.docmd("QUIT")
-        _close_quietly(self.client)
+        close_quietly(self.client)
         self.broken = True
 
     def __repr__(self) -> str:
@@ -422,306 +403,3 @@ def _readable(sock: socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN | select.POLLPRI)
     return bool(poller.poll(0))
-
-
-def _disconnected(error: BaseException) -> MailConnectionError:
-    """Wrap a socket-level failure, keeping the fact smtplib hides: was it a reset?"""
-    root = error.__context__ if isinstance(error, smtplib.SMTPException) else error
-    text = str(error)
-    wrapped: MailConnectionError
-    if isinstance(root, TimeoutError) or "timed out" in text:
-        wrapped = MailTimeoutError(f"server did not answer in time: {text}")
-    else:
-        wrapped = MailConnectionError(f"connection lost: {text}")
-    wrapped.reset_by_peer = isinstance(root, ConnectionResetError)
-    return wrapped
-
-
-def _is_reply_code(code: int) -> bool:
-    return 200 <= code <= 599
-
-
-#: Largest reply accepted, all its lines together. smtplib bounds each line but not
-#: how many there are, so a server repeating "250-" lines would grow one reply until
-#: memory or the operation deadline ran out.
-MAX_REPLY_BYTES = 64 * 1024
-_MAX_LINE = 8192  # smtplib's own bound on one reply line
-
-
-def _bound_replies(client: smtplib.SMTP) -> None:
-    """Make ``client`` read every reply through :func:`_read_bounded_reply`."""
-    client.getreply = functools.partial(_read_bounded_reply, client)  # type: ignore[method-assign]
-
-
-def _read_bounded_reply(client: smtplib.SMTP) -> tuple[int, bytes]:
-    """smtplib's ``getreply``, refusing a reply longer than :data:`MAX_REPLY_BYTES`."""
-    if client.file is None:
-        if client.sock is None:
-            raise smtplib.SMTPServerDisconnected("please run connect() first")
-        client.file = client.sock.makefile("rb")
-    lines: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            line = client.file.readline(_MAX_LINE + 1)
-        except OSError as error:
-            client.close()
-            raise smtplib.SMTPServerDisconnected(
-                f"Connection unexpectedly closed: {error}"
-            ) from error
-        if not line:
-            client.close()
-            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
-        size += len(line)
-        if len(line) > _MAX_LINE or size > MAX_REPLY_BYTES:
-            client.close()
-            what = "Line" if len(line) > _MAX_LINE else "Reply"
-            raise smtplib.SMTPResponseException(500, f"{what} too long.")
-        lines.append(line[4:].strip(b" \t\r\n"))
-        try:
-            code = int(line[:3])
-        except ValueError:
-            return -1, b"\n".join(lines)
-        if line[3:4] != b"-":
-            return code, b"\n".join(lines)
-
-
-def _close_quietly(client: smtplib.SMTP) -> None:
-    with contextlib.suppress(OSError):
-        client.close()
-
-
-def _connect(
-    host: str,
-    port: int,
-    encryption: SMTPEncryption,
-    timeout: float,
-    context: ssl.SSLContext | None,
-    local_hostname: str,
-    deadline: Deadline | None,
-) -> smtplib.SMTP:
-    client: smtplib.SMTP
-    try:
-        if encryption is SMTPEncryption.IMPLICIT_SSL:
-            client = smtplib.SMTP_SSL(
-                local_hostname=local_hostname, timeout=timeout, context=context
-            )
-        else:
-            client = smtplib.SMTP(local_hostname=local_hostname, timeout=timeout)
-        if deadline is not None:
-            deadline.target = lambda: client.sock
-        client._host = host  # type: ignore[attr-defined]  # smtplib uses it for SNI
-        _bound_replies(client)
-        # After the bound, so the trace wraps (and sees) the reader actually used.
-        wire_log.watch_smtp(client, f"{host}:{port}")
-        code, greeting = client.connect(host, port)
-    except ssl.SSLError as error:
-        raise tls_error(error, host) from None
-    except smtplib.SMTPConnectError as error:
-        raise SMTPResponseError(error.smtp_code, _decode(error.smtp_error)) from None
-    except smtplib.SMTPResponseException as error:  # a greeting over its bounds
-        raise MailProtocolError(
-            f"bad greeting from {host}:{port}: {_decode(error.smtp_error)}"
-        ) from None
-    except smtplib.SMTPServerDisconnected as error:
-        lost = _disconnected(error)
-        if isinstance(lost, MailTimeoutError) and encryption is not SMTPEncryption.IMPLICIT_SSL:
-            lost = MailTimeoutError(
-                f"no greeting from {host}:{port}: timed out after {timeout:g}s (a port "
-                "that expects TLS from the first byte, such as 465, stays silent until the "
-                "handshake: use encryption='ssl' there)"
-            )
-        raise lost from None
-    except TimeoutError as error:
-        raise MailTimeoutError(f"no answer from {host}:{port} within {timeout}s") from error
-    except OSError as error:
-        raise MailConnectionError(f"cannot connect to {host}:{port}: {error}") from None
-    if not _is_reply_code(code):
-        _close_quietly(client)
-        raise MailProtocolError(
-            f"unintelligible greeting from {host}:{port}: {_decode(greeting)[:200]!r}"
-        )
-    if code != 220:
-        _close_quietly(client)
-        raise SMTPResponseError(code, _decode(greeting))
-    return client
-
-
-def _ehlo(client: smtplib.SMTP) -> None:
-    try:
-        code, reply = client.ehlo()
-        if code != 250 and _is_reply_code(code):
-            code, reply = client.helo()
-    except smtplib.SMTPServerDisconnected as error:
-        raise _disconnected(error) from None
-    except smtplib.SMTPResponseException as error:  # a reply over its bounds
-        raise MailProtocolError(f"bad reply to EHLO: {_decode(error.smtp_error)}") from None
-    except OSError as error:
-        raise _disconnected(error) from None
-    if not _is_reply_code(code):
-        raise MailProtocolError(f"unintelligible reply to EHLO: {_decode(reply)[:200]!r}")
-    if code != 250:
-        raise SMTPResponseError(code, _decode(reply))
-
-
-def _starttls(client: smtplib.SMTP, host: str, context: ssl.SSLContext) -> None:
-    if not client.has_extn("starttls"):
-        raise MailSecurityError(
-            f"{host} does not offer STARTTLS; refusing to continue without encryption "
-            "(use encryption='ssl' for implicit TLS, or 'none' to send in clear deliberately)"
-        )
-    try:
-        client.starttls(context=context)
-    except smtplib.SMTPResponseException as error:
-        raise MailSecurityError(
-            f"{host} refused STARTTLS ({error.smtp_code} {_decode(error.smtp_error)}); "
-            "refusing to continue without encryption"
-        ) from None
-    except ssl.SSLError as error:
-        raise tls_error(error, host) from None
-    except smtplib.SMTPServerDisconnected as error:
-        raise _disconnected(error) from None
-    except OSError as error:
-        raise _disconnected(error) from None
-    _ehlo(client)
-
-
-#: Password mechanisms, best first. PLAIN is the one every server implements; CRAM-MD5
-#: comes last because servers that keep only password hashes advertise it and then
-#: refuse every attempt.
-_PASSWORD_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
-#: AUTH replies that refuse the mechanism, not the credentials (RFC 4954: 504 not
-#: supported, 534 too weak, 538 needs encryption), after which the next may be tried.
-_MECHANISM_REFUSED = frozenset({504, 534, 538})
-
-
-def _login(
-    client: smtplib.SMTP,
-    username: str,
-    password: str,
-    *,
-    oauth2: TokenSource | None = None,
-    oauth2_initial_response: bool = True,
-    encrypted: bool = True,
-    where: str = "the server",
-) -> None:
-    if not client.has_extn("auth"):
-        if not encrypted and client.has_extn("starttls"):
-            # Postfix with smtpd_tls_auth_only, and most submission servers, list
-            # AUTH only once the connection is encrypted.
-            raise MailAuthenticationError(
-                None,
-                "the server offers no AUTH on an unencrypted connection but does offer "
-                "STARTTLS; use encryption='tls' (the credentials were not sent)",
-            )
-        raise MailAuthenticationError(
-            None, "the server does not offer AUTH; cannot log in with the given credentials"
-        )
-    if not encrypted:
-        log.warning("sending SMTP credentials to %s without encryption", where)
-    if oauth2 is not None:
-        _login_xoauth2(client, username, oauth2, oauth2_initial_response)
-        return
-    try:
-        _password_login(client, username, password)
-    except smtplib.SMTPAuthenticationError as error:
-        # A server may echo the AUTH payload (or the password) in its refusal.
-        text = wire_log.mask_secret(_decode(error.smtp_error), password)
-        raise MailAuthenticationError(error.smtp_code, text) from None
-    except smtplib.SMTPNotSupportedError:
-        raise MailAuthenticationError(
-            None, "the server offers no authentication mechanism this client supports"
-        ) from None
-    except smtplib.SMTPServerDisconnected as error:
-        raise _disconnected(error) from None
-    except smtplib.SMTPResponseException as error:
-        # A server may echo the AUTH payload (or the password) in its refusal.
-        text = wire_log.mask_secret(_decode(error.smtp_error), password)
-        raise MailAuthenticationError(error.smtp_code, text) from None
-    except OSError as error:
-        raise _disconnected(error) from None
-
-
-def _password_login(client: smtplib.SMTP, username: str, password: str) -> None:
-    """AUTH with the best password mechanism both sides know, once.
-
-    smtplib's ``login()`` tries every mechanism in turn after a refusal, so one wrong
-    password costs two or three failed logins at the server (each counted towards
-    its rate limits and lockouts) and as many of its failure delays. Another
-    mechanism is tried here only when the server refused the mechanism itself.
-    """
-    features = getattr(client, "esmtp_features", None)
-    if not isinstance(features, dict):  # a stand-in for smtplib.SMTP in someone's tests
-        client.login(username, password)
-        return
-    offered = features.get("auth", "").upper().split()
-    mechanisms = [name for name in _PASSWORD_MECHANISMS if name in offered]
-    if not mechanisms:
-        raise smtplib.SMTPNotSupportedError("no common AUTH mechanism")
-    if not (username + password).isascii():
-        _utf8_plain_login(client, username, password, offered)
-        return
-    client.user, client.password = username, password
-    try:
-        for mechanism in mechanisms:
-            method = getattr(client, "auth_" + mechanism.lower().replace("-", "_"))
-            try:
-                client.auth(mechanism, method)
-                return
-            except smtplib.SMTPAuthenticationError as error:
-                if error.smtp_code not in _MECHANISM_REFUSED or mechanism == mechanisms[-1]:
-                    raise
-    finally:
-        # smtplib would otherwise keep the password on the client for its lifetime.
-        client.user = client.password = ""
-
-
-def _utf8_plain_login(
-    client: smtplib.SMTP, username: str, password: str, offered: list[str]
-) -> None:
-    """AUTH PLAIN with UTF-8 credentials (RFC 4616); smtplib can only send ASCII."""
-    if "PLAIN" not in offered:
-        raise MailAuthenticationError(
-            None,
-            "a non-ASCII username or password needs AUTH PLAIN, which the server does not offer",
-        )
-    payload = base64.b64encode(f"\0{username}\0{password}".encode()).decode("ascii")
-    code, reply = client.docmd("AUTH", "PLAIN " + payload)
-    if code not in (235, 503):  # 503: already authenticated, as smtplib treats it
-        raise smtplib.SMTPAuthenticationError(code, reply)
-
-
-def _login_xoauth2(
-    client: smtplib.SMTP, username: str, source: TokenSource, initial_response: bool
-) -> None:
-    if XOAUTH2 not in client.esmtp_features.get("auth", "").upper().split():
-        raise MailAuthenticationError(
-            None, "the server does not offer AUTH XOAUTH2; cannot log in with an OAuth2 token"
-        )
-
-    def attempt(token: str) -> None:
-        _xoauth2_once(client, username, token, initial_response)
-
-    login_with_refresh(
-        source,
-        attempt,
-        lambda reason: MailAuthenticationError(None, reason),
-        where="the SMTP server",
-    )
-
-
-def _xoauth2_once(client: smtplib.SMTP, username: str, token: str, initial_response: bool) -> None:
-    """One XOAUTH2 exchange; one step when allowed and the AUTH line fits (RFC 4954)."""
-    exchange = XOAUTH2Exchange(username, token)
-    one_step = initial_response and initial_response_fits(username, token, SMTP_COMMAND_LIMIT)
-    try:
-        client.auth(XOAUTH2, exchange, initial_response_ok=one_step)
-    except smtplib.SMTPServerDisconnected as error:
-        raise _disconnected(error) from None
-    except smtplib.SMTPResponseException as error:  # SMTPAuthenticationError included
-        text = explain(_decode(error.smtp_error), exchange.failure, token)
-        raise MailAuthenticationError(error.smtp_code, text) from None
-    except smtplib.SMTPException:
-        raise MailProtocolError("the server kept sending XOAUTH2 challenges") from None
-    except OSError as error:
-        raise _disconnected(error) from None

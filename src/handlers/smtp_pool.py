@@ -26,7 +26,8 @@ from .deadline import Deadline
 from .errors import MailConnectionError
 from .forksafe import forget_in_child
 from .oauth2 import TokenProvider, TokenSource
-from .smtp_connection import SMTPConnection, SMTPEncryption
+from .smtp_connect import SMTPEncryption
+from .smtp_connection import SMTPConnection
 
 log = logging.getLogger(__name__)
 
