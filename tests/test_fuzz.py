@@ -20,7 +20,6 @@ import re
 import string
 import unicodedata
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from parser_log import parser_log
 
 from src.handlers.message_builder import OutgoingMessage, build_message
 from src.handlers.message_parser import parse_header_summary, parse_message
@@ -50,7 +50,6 @@ FUZZ = settings(
 V = SMTPMessageValidator
 PARSER = BytesParser(policy=policy.default)
 DATA_FILES = sorted((Path(__file__).parent / "data").glob("*.eml"))
-PARSER_LOGGER = logging.getLogger(parse_message.__module__)
 
 # =====================================================================================
 # Strategies
@@ -478,29 +477,6 @@ def test_our_parser_reads_back_what_we_build(message: dict[str, Any]) -> None:
 # =====================================================================================
 # Parser: never fails on hostile input
 # =====================================================================================
-
-
-class _Recorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextmanager
-def parser_log() -> Iterator[list[logging.LogRecord]]:
-    """The parser's log records; it logs 'parsing failed' when it caught an error."""
-    recorder = _Recorder()
-    previous = PARSER_LOGGER.level
-    PARSER_LOGGER.addHandler(recorder)
-    PARSER_LOGGER.setLevel(logging.DEBUG)
-    try:
-        yield recorder.records
-    finally:
-        PARSER_LOGGER.removeHandler(recorder)
-        PARSER_LOGGER.setLevel(previous)
 
 
 def assert_no_internal_failure(records: list[logging.LogRecord]) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from parser_log import parser_log
 
 from src.handlers.message_parser import ParseLimits, parse_header_summary, parse_message
 
@@ -40,7 +39,6 @@ SPEC_KEYS = [
     "isSent",
 ]
 HEADER_KEYS = ["messageIdHeader", "from", "to", "cc", "bcc", "subject", "receivedAt"]
-PARSER_LOGGER = logging.getLogger(parse_message.__module__)
 
 
 def load(name: str) -> bytes:
@@ -49,29 +47,6 @@ def load(name: str) -> bytes:
 
 def parse(name: str, **options: Any) -> dict[str, Any]:
     return parse_message(load(name), 7, **options)
-
-
-class _Recorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextmanager
-def parser_log() -> Iterator[list[logging.LogRecord]]:
-    """Collect the parser's records (usable inside hypothesis tests, unlike caplog)."""
-    recorder = _Recorder()
-    previous = PARSER_LOGGER.level
-    PARSER_LOGGER.addHandler(recorder)
-    PARSER_LOGGER.setLevel(logging.DEBUG)
-    try:
-        yield recorder.records
-    finally:
-        PARSER_LOGGER.removeHandler(recorder)
-        PARSER_LOGGER.setLevel(previous)
 
 
 def assert_well_formed(result: dict[str, Any]) -> None:
