@@ -38,7 +38,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import MailAuthenticationError
+from .errors import MailAuthenticationError, MailValidationError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,30 @@ def initial_response_fits(username: str, token: str, line_limit: int) -> bool:
     """Whether ``AUTH XOAUTH2 <response>`` plus CRLF stays within ``line_limit`` octets."""
     command = f"AUTH {MECHANISM} {encode_xoauth2(username, token)}\r\n"
     return len(command) <= line_limit
+
+
+def token_source_for(
+    token: str | TokenProvider | TokenSource | None,
+    username: str | None,
+    password: str | None,
+) -> TokenSource | None:
+    """A handler's token source, or None for a password login.
+
+    Raises :class:`MailValidationError` (a ``ValueError``) when both a password and a
+    token are given, or when the username or token cannot be used with XOAUTH2.
+    """
+    if token is None:
+        return None
+    if password is not None:
+        raise MailValidationError("give either password or oauth2_token, not both", "password")
+    try:
+        check_username(username)
+    except ValueError as error:
+        raise MailValidationError(str(error), "username") from None
+    try:
+        return TokenSource.of(token)
+    except ValueError as error:
+        raise MailValidationError(str(error), "oauth2_token") from None
 
 
 def check_username(username: str | None) -> str:

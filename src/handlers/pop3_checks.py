@@ -8,7 +8,7 @@ numbers are checked before anything touches the network; each problem is a
 from __future__ import annotations
 
 from .errors import MailValidationError
-from .oauth2 import TokenProvider, TokenSource, check_username
+from .oauth2 import TokenProvider, TokenSource, token_source_for
 from .validation import ensure_safe_command_argument
 
 
@@ -36,23 +36,9 @@ def oauth2_source(
     token: str | TokenProvider | TokenSource | None, username: str | None, password: str | None
 ) -> TokenSource | None:
     """The handler's token source, or None for a password login; checks the pairing."""
-    if token is None:
-        if password is None:
-            raise MailValidationError(
-                "password is required unless oauth2_token is given", "password"
-            )
-        return None
-    if password is not None:
-        raise MailValidationError("give either password or oauth2_token, not both", "password")
-    if username is not None:
-        try:
-            check_username(username)
-        except ValueError as error:
-            raise MailValidationError(str(error), "username") from None
-    try:
-        return TokenSource.of(token)
-    except ValueError as error:
-        raise MailValidationError(str(error), "oauth2_token") from None
+    if token is None and password is None:
+        raise MailValidationError("password is required unless oauth2_token is given", "password")
+    return token_source_for(token, username, password)
 
 
 def check_message_id(message_id: int) -> None:

@@ -40,7 +40,7 @@ from .errors import (
 from .pop3_wire import error_for_reply
 from .retry import Clock, RetryPolicy, Sleep, call_with_retry
 from .tls import describe_tls_failure, resolve_context
-from .validation import ensure_safe_command_argument
+from .validation import check_server_address
 
 log = logging.getLogger(__name__)
 
@@ -309,11 +309,7 @@ def _set_timeout(client: Any, timeout: float) -> None:
 
 
 def _check_endpoint(hostname: str, port: int, encryption: str) -> None:
-    if not isinstance(hostname, str) or not hostname.strip():
-        raise MailValidationError("hostname must be a non-empty string", "hostname")
-    ensure_safe_command_argument(hostname, "hostname")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise MailValidationError("port must be an integer from 1 to 65535", "port")
+    check_server_address(hostname, port)
     if encryption not in ENCRYPTION_MODES:
         raise MailValidationError(
             f"encryption must be one of {', '.join(map(repr, ENCRYPTION_MODES))}, "

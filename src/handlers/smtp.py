@@ -35,12 +35,12 @@ from .errors import (
     parse_enhanced_code,
 )
 from .message_builder import OutgoingMessage, build_message
-from .oauth2 import TokenProvider, TokenSource, check_username
+from .oauth2 import TokenProvider, TokenSource, token_source_for
 from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy, Sleep
 from .smtp_connect import SMTPEncryption
 from .smtp_connection import SMTPConnection, SMTPNotSupportedError, TransactionOutcome
 from .smtp_pool import PoolTimeoutError, SMTPConnectionPool
-from .validation import SMTPMessageValidator
+from .validation import SMTPMessageValidator, check_server_address
 
 __all__ = [
     "MAX_RETRIES",
@@ -159,13 +159,6 @@ def _parse_encryption(value: SMTPEncryption | str) -> SMTPEncryption:
     raise ValueError(f"encryption must be one of 'tls', 'ssl', 'none' (got {value!r})")
 
 
-def _check_hostname(hostname: str) -> None:
-    if not isinstance(hostname, str) or not hostname.strip():
-        raise ValueError("hostname must be a non-empty string")
-    if find_control_character(hostname) is not None or " " in hostname.strip():
-        raise ValueError("hostname must not contain spaces or control characters")
-
-
 def _check_local_hostname(name: str) -> None:
     # The EHLO argument goes to the server as is: smtplib refuses CR/LF there only
     # after connecting, and lets NUL and non-ASCII through.
@@ -177,24 +170,6 @@ def _check_local_hostname(name: str) -> None:
         or " " in name
     ):
         raise ValueError("local_hostname must be ASCII without spaces or control characters")
-
-
-def _oauth2_source(
-    token: str | TokenProvider | TokenSource | None,
-    username: str | None,
-    password: str | None,
-) -> TokenSource | None:
-    if token is None:
-        return None
-    if password is not None:
-        raise ValueError("give either password or oauth2_token, not both")
-    check_username(username)
-    return TokenSource.of(token)
-
-
-def _check_port(port: int) -> None:
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise ValueError(f"port must be an integer from 1 to 65535 (got {port!r})")
 
 
 class SMTPProtocolHandler:
@@ -243,8 +218,7 @@ class SMTPProtocolHandler:
         oauth2_initial_response: bool = True,
         trace: bool = False,
     ) -> None:
-        _check_hostname(hostname)
-        _check_port(port)
+        check_server_address(hostname, port)
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         if timeout <= 0:
@@ -252,7 +226,7 @@ class SMTPProtocolHandler:
         for value, name in ((username, "username"), (password, "password")):
             if value is not None and find_control_character(value) is not None:
                 raise ValueError(f"{name} must not contain control characters")
-        self._oauth2 = _oauth2_source(oauth2_token, username, password)
+        self._oauth2 = token_source_for(oauth2_token, username, password)
         self.oauth2_initial_response = oauth2_initial_response
         if local_hostname is not None:
             _check_local_hostname(local_hostname)

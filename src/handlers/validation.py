@@ -39,6 +39,21 @@ __all__ = [
 ]
 
 
+def check_server_address(hostname: str, port: int) -> None:
+    """Refuse an empty host name, one with spaces or control characters, and a port
+    outside 1-65535, with :class:`MailValidationError` (a ``ValueError``)."""
+    if not isinstance(hostname, str) or not hostname.strip():
+        raise MailValidationError("hostname must be a non-empty string", "hostname")
+    if find_control_character(hostname) is not None or " " in hostname.strip():
+        raise MailValidationError(
+            "hostname must not contain spaces or control characters", "hostname"
+        )
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise MailValidationError(
+            f"port must be an integer from 1 to 65535 (got {port!r})", "port"
+        )
+
+
 def ensure_safe_command_argument(value: str, field: str) -> None:
     """Raise :class:`MailValidationError` if ``value`` could inject a protocol command.
 
