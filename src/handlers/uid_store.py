@@ -62,7 +62,7 @@ def check_uid(uid: str) -> str:
 
 
 class MemoryUIDStore:
-    """A store kept in memory only."""
+    """A store kept in memory only (and the base of :class:`FileUIDStore`)."""
 
     def __init__(self, uids: Iterable[str] = ()) -> None:
         self._uids = {check_uid(uid) for uid in uids}
@@ -80,24 +80,32 @@ class MemoryUIDStore:
         return f"<MemoryUIDStore [{len(self)} ids]>"
 
     def add(self, uid: str) -> None:
-        """Record ``uid``."""
+        """Record ``uid`` (durably, before returning, in a store that persists)."""
         check_uid(uid)
         with self._lock:
+            if uid in self._uids:
+                return
+            self._persist(self._uids | {uid})
             self._uids.add(uid)
 
     def retain(self, uids: Collection[str]) -> None:
-        """Forget every ID not in ``uids``."""
-        keep = set(uids)
+        """Forget every ID not in ``uids`` (persisting only if something changes)."""
         with self._lock:
-            self._uids &= keep
+            kept = self._uids & set(uids)
+            if kept != self._uids:
+                self._persist(kept)
+                self._uids = kept
 
     def snapshot(self) -> frozenset[str]:
         """The recorded IDs."""
         with self._lock:
             return frozenset(self._uids)
 
+    def _persist(self, uids: set[str]) -> None:
+        """Make ``uids`` the stored set before it counts; nothing to do in memory."""
 
-class FileUIDStore:
+
+class FileUIDStore(MemoryUIDStore):
     """A store in a text file, replaced atomically on every change.
 
     The file is created (mode 0600) on the first change; a missing file reads as an
@@ -106,7 +114,7 @@ class FileUIDStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
-        self._lock = threading.Lock()
+        super().__init__()
         self._uids = self._load()
 
     @property
@@ -114,33 +122,8 @@ class FileUIDStore:
         """Where the IDs are kept."""
         return self._path
 
-    def __contains__(self, uid: object) -> bool:
-        with self._lock:
-            return uid in self._uids
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._uids)
-
     def __repr__(self) -> str:
         return f"<FileUIDStore {self._path.name} [{len(self)} ids]>"
-
-    def add(self, uid: str) -> None:
-        """Record ``uid`` and write the file before returning."""
-        check_uid(uid)
-        with self._lock:
-            if uid in self._uids:
-                return
-            self._write(self._uids | {uid})
-            self._uids.add(uid)
-
-    def retain(self, uids: Collection[str]) -> None:
-        """Forget every ID not in ``uids`` (writing only if something changes)."""
-        with self._lock:
-            kept = self._uids & set(uids)
-            if kept != self._uids:
-                self._write(kept)
-                self._uids = kept
 
     def _load(self) -> set[str]:
         try:
@@ -152,7 +135,7 @@ class FileUIDStore:
             raise ValueError(f"{self._path.name} is not a unique-id store file")
         return {check_uid(line) for line in lines[1:] if line}
 
-    def _write(self, uids: set[str]) -> None:
+    def _persist(self, uids: set[str]) -> None:
         content = "\n".join([_HEADER, *sorted(uids), ""]).encode("ascii")
         write_durably(self._path, content, temp_prefix=f".{self._path.name}.")
 
