@@ -13,7 +13,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -40,7 +40,7 @@ from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy, Slee
 from .smtp_connect import SMTPEncryption
 from .smtp_connection import SMTPConnection, SMTPNotSupportedError, TransactionOutcome
 from .smtp_pool import PoolTimeoutError, SMTPConnectionPool
-from .validation import SMTPMessageValidator, check_server_address
+from .validation import SMTPMessageValidator, address_list, check_server_address
 
 __all__ = [
     "MAX_RETRIES",
@@ -426,9 +426,9 @@ class SMTPProtocolHandler:
         from_address: str | None,
     ) -> OutgoingMessage:
         sender = self._sender(from_address)
-        to_list = _read_once(to_addresses)
-        cc_list = _read_once(cc_addresses)
-        bcc_list = _read_once(bcc_addresses)
+        to_list = address_list(to_addresses, "to_addresses")
+        cc_list = address_list(cc_addresses, "cc_addresses")
+        bcc_list = address_list(bcc_addresses, "bcc_addresses")
         decoded = SMTPMessageValidator.check_message(
             to_list,
             subject,
@@ -444,12 +444,12 @@ class SMTPProtocolHandler:
         )
         return build_message(
             from_address=sender,
-            to_addresses=list(to_list or []),
+            to_addresses=to_list,
             subject=subject,
             text_body=text_body,
             html_body=html_body,
-            cc_addresses=list(cc_list or []),
-            bcc_addresses=list(bcc_list or []),
+            cc_addresses=cc_list,
+            bcc_addresses=bcc_list,
             reply_to=reply_to,
             attachments=decoded,
             custom_headers=custom_headers,
@@ -527,17 +527,6 @@ class SMTPProtocolHandler:
             raise
         finally:
             self._checkin(connection)
-
-
-def _read_once(addresses: Any) -> Any:
-    """A single address or any iterable of them as a list, so an iterator given by the
-    caller is not used up by validation before the message is built. Anything else is
-    passed on unchanged for the validator to refuse."""
-    if isinstance(addresses, str):
-        return [addresses]
-    if isinstance(addresses, Iterable) and not isinstance(addresses, Mapping):
-        return list(addresses)
-    return addresses
 
 
 # ---------------------------------------------------------------------- results

@@ -97,8 +97,9 @@ _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # printable ASCII except ':
 # --------------------------------------------------------------------------- the validator
 
 
-def _as_address_list(value: str | Sequence[str] | None, field: str) -> list[str]:
-    """Accept a list of addresses, a single address string, or None."""
+def address_list(value: str | Iterable[str] | None, field: str) -> list[str]:
+    """A recipient list as a list: any iterable of addresses, a single address string
+    (one recipient), or None (none). An iterator is read once, here."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -201,9 +202,9 @@ class SMTPMessageValidator:
     ) -> None:
         """Raise unless there is at least one recipient, all valid, at most 100 in all."""
         lists = {
-            "to_addresses": _as_address_list(to, "to_addresses"),
-            "cc_addresses": _as_address_list(cc, "cc_addresses"),
-            "bcc_addresses": _as_address_list(bcc, "bcc_addresses"),
+            "to_addresses": address_list(to, "to_addresses"),
+            "cc_addresses": address_list(cc, "cc_addresses"),
+            "bcc_addresses": address_list(bcc, "bcc_addresses"),
         }
         total = sum(len(v) for v in lists.values())
         if total == 0:
@@ -334,9 +335,9 @@ class SMTPMessageValidator:
         if deliverability is not None:
             cls.check_deliverability(
                 {
-                    "to_addresses": _as_address_list(to_addresses, "to_addresses"),
-                    "cc_addresses": _as_address_list(cc_addresses, "cc_addresses"),
-                    "bcc_addresses": _as_address_list(bcc_addresses, "bcc_addresses"),
+                    "to_addresses": address_list(to_addresses, "to_addresses"),
+                    "cc_addresses": address_list(cc_addresses, "cc_addresses"),
+                    "bcc_addresses": address_list(bcc_addresses, "bcc_addresses"),
                 },
                 deliverability,
             )
