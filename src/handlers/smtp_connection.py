@@ -176,12 +176,6 @@ class SMTPConnection:
         """The EHLO extensions, lower-case name to parameters."""
         return dict(self.client.esmtp_features)
 
-    @property
-    def tls_version(self) -> str | None:
-        """The negotiated TLS version, or None on a plain connection."""
-        sock = self.client.sock
-        return sock.version() if isinstance(sock, ssl.SSLSocket) else None
-
     # ------------------------------------------------------------------ commands
 
     def _command(self, verb: str, args: str = "") -> tuple[int, str]:
