@@ -1676,12 +1676,24 @@ def test_failing_connects_log_no_password(
 
 
 class FakeSMTP:
-    """Stands in for smtplib.SMTP: greets, offers STARTTLS and AUTH, refuses the login."""
+    """Stands in for smtplib.SMTP: greets, offers STARTTLS and AUTH, refuses the login.
+
+    It has the parts of smtplib.SMTP the library uses (send/getreply, esmtp_features,
+    auth with the auth_* objects), so the library runs its real code paths on it.
+    """
 
     logins: list[tuple[str, str]] = []
 
     def __init__(self, **options: Any) -> None:
         self.sock = None
+        self.esmtp_features = {"starttls": "", "auth": " PLAIN LOGIN"}
+        self.user = self.password = ""
+
+    def send(self, data: str | bytes) -> None:
+        pass
+
+    def getreply(self) -> tuple[int, bytes]:
+        return 250, b"OK"
 
     def connect(self, host: str, port: int) -> tuple[int, bytes]:
         return 220, b"smtp.example.com ESMTP ready"
@@ -1690,13 +1702,19 @@ class FakeSMTP:
         return 250, b"smtp.example.com"
 
     def has_extn(self, name: str) -> bool:
-        return name.lower() in ("starttls", "auth")
+        return name.lower() in self.esmtp_features
 
     def starttls(self, context: ssl.SSLContext) -> tuple[int, bytes]:
         return 220, b"go ahead"
 
-    def login(self, username: str, password: str) -> None:
-        FakeSMTP.logins.append((username, password))
+    def auth_plain(self, challenge: bytes | None = None) -> str:
+        return f"\0{self.user}\0{self.password}"
+
+    def auth_login(self, challenge: bytes | None = None) -> str:
+        return self.user if challenge is None else self.password
+
+    def auth(self, mechanism: str, authobject: Any, *, initial_response_ok: bool = True) -> None:
+        FakeSMTP.logins.append((self.user, self.password))
         raise smtplib.SMTPAuthenticationError(535, b"5.7.8 Authentication credentials invalid")
 
     def close(self) -> None:

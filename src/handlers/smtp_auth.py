@@ -93,11 +93,7 @@ def _password_login(client: smtplib.SMTP, username: str, password: str) -> None:
     its rate limits and lockouts) and as many of its failure delays. Another
     mechanism is tried here only when the server refused the mechanism itself.
     """
-    features = getattr(client, "esmtp_features", None)
-    if not isinstance(features, dict):  # a stand-in for smtplib.SMTP in someone's tests
-        client.login(username, password)
-        return
-    offered = features.get("auth", "").upper().split()
+    offered = client.esmtp_features.get("auth", "").upper().split()
     mechanisms = [name for name in _PASSWORD_MECHANISMS if name in offered]
     if not mechanisms:
         raise smtplib.SMTPNotSupportedError("no common AUTH mechanism")

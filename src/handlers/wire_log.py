@@ -196,9 +196,7 @@ def watch_smtp(client: Any, label: str, enabled: Callable[[], bool] = tracing_en
     :func:`tracing`. Lines the connection writes to the socket itself are recorded
     with :func:`sent` and :func:`sent_data`.
     """
-    send, getreply = getattr(client, "send", None), getattr(client, "getreply", None)
-    if send is None or getreply is None:  # a test double standing in for smtplib
-        return
+    send, getreply = client.send, client.getreply
     tracer = WireTracer("smtp", label, enabled)
 
     def traced_send(data: str | bytes) -> None:
