@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 
 import pytest
+from fake_sleep import Sleeps
 
 from src.testing.tls import TestCertificates
 
@@ -24,3 +25,9 @@ def server_ssl_context(certs: TestCertificates) -> ssl.SSLContext:
 def client_ssl_context(certs: TestCertificates) -> ssl.SSLContext:
     """A verifying client context that trusts the test CA (verification stays on)."""
     return certs.client_context()
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    """A fake sleep that records the delays it was asked to wait (retry tests never wait)."""
+    return Sleeps()

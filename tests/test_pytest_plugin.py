@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_sleep import Sleeps
 
 from src.handlers import SMTPConnectionPool, SMTPDeliveryStatus, SMTPProtocolHandler
 from src.handlers.errors import POP3MailboxBusyError, POP3TimeoutError
@@ -34,18 +35,6 @@ _AUTOLOADED = not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and any(
 pytest_plugins = ["pytester", *([] if _AUTOLOADED else [PLUGIN])]
 
 SENDER = "app@example.test"
-
-
-class Sleeps(list[float]):
-    """Records the waits a handler asks for instead of waiting."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fake_sleep import Sleeps
 
 from src.handlers import tls, wire_log
 from src.handlers.errors import (
@@ -73,13 +74,6 @@ BASE_SEND: dict[str, Any] = {
 EVIL = "evil@attacker.example"
 PARSER = BytesParser(policy=policy.default)
 LIBRARY_LOGGER = "src.handlers"
-
-
-class Sleeps(list[float]):
-    """A fake ``sleep`` that records the delays instead of waiting."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 def b64(text: str) -> str:
@@ -148,11 +142,6 @@ def smtp_commands(server: ScriptedServer) -> list[bytes]:
 
 def pop3_verbs(server: POP3TestServer, start: int = 0) -> list[str]:
     return [line.split(" ", 1)[0].upper() for line in server.commands[start:]]
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
+from fake_sleep import Sleeps
 
 from src.handlers.smtp import (
     SMTPConnectionPool,
@@ -41,18 +42,6 @@ from src.testing.tls import TestCertificates
 PASSWORD = "c0rrect-h0rse-battery"
 USERS = {"alice": PASSWORD}
 SENDER = "alice@example.com"
-
-
-class Sleeps(list[float]):
-    """A fake sleep that records the delays it was asked to wait."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
 
 
 @pytest.fixture
