@@ -269,9 +269,9 @@ def group_smtp(plan: Plan, report: Report) -> None:
     from bench import peers
     from bench.measure import interleaved, rate
     from bench.servers import HOST, SmtpSink
-    from src.handlers.message_builder import build_message
+    from src.handlers._mime.builder import build_message
+    from src.handlers._smtp.pool import SMTPConnectionPool
     from src.handlers.smtp import SMTPProtocolHandler
-    from src.handlers.smtp_pool import SMTPConnectionPool
 
     to = peers.recipients(1)
     n = plan.smtp_messages
@@ -451,7 +451,7 @@ def group_build(plan: Plan, report: Report) -> None:
     """Target 5: text + HTML + 100 KB attachment, CPU per message."""
     from bench import peers
     from bench.measure import cpu_seconds_per_call, interleaved
-    from src.handlers.message_builder import build_message
+    from src.handlers._mime.builder import build_message
     from src.handlers.validation import SMTPMessageValidator
 
     text, html, blob = peers.TEXT_2KB, peers.HTML_2KB, peers.ATTACHMENT_100KB
@@ -517,9 +517,9 @@ def group_tls(plan: Plan, report: Report) -> None:
     from bench import peers
     from bench.measure import interleaved, rate, rss_kib
     from bench.servers import BenchStack
-    from src.handlers import tls
+    from src.handlers._net import tls
+    from src.handlers._smtp.pool import SMTPConnectionPool
     from src.handlers.smtp import SMTPProtocolHandler, shared_pool
-    from src.handlers.smtp_pool import SMTPConnectionPool
 
     with BenchStack(users=()) as bench:
         stack = bench.stack
@@ -632,9 +632,9 @@ def group_delay(plan: Plan, report: Report) -> None:
     from bench import peers
     from bench.measure import interleaved, seconds_per_call
     from bench.servers import HOST, DelayProxy, SmtpSink
-    from src.handlers.message_builder import build_message
+    from src.handlers._mime.builder import build_message
+    from src.handlers._smtp.pool import SMTPConnectionPool
     from src.handlers.smtp import SMTPProtocolHandler
-    from src.handlers.smtp_pool import SMTPConnectionPool
 
     for pipelining in (True, False):
         with SmtpSink(pipelining=pipelining) as sink, DelayProxy(sink.port, 0.005) as proxy:
@@ -925,7 +925,7 @@ def group_pop3_rss(plan: Plan, report: Report) -> None:
 def group_sync(plan: Plan, report: Report) -> None:
     """Target 11: UIDL sync of a large mailbox holding a few new messages."""
     from bench.measure import Row, interleaved, median
-    from src.handlers.uid_store import MemoryUIDStore
+    from src.handlers._sync.uid_store import MemoryUIDStore
 
     with pop3_stack(plan, ("sync",)) as bench:
         handler = _pop3(bench, "sync")

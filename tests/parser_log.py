@@ -7,9 +7,9 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from src.handlers.message_parser import parse_message
+from src.handlers._mime.parser import parse_message
 
-PARSER_LOGGER = logging.getLogger(parse_message.__module__)
+PARSER_LOGGER = logging.getLogger("src.handlers.parser")
 
 
 class _Recorder(logging.Handler):

@@ -14,7 +14,7 @@ from email.parser import BytesParser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from src.handlers.message_builder import build_message
+from src.handlers._mime.builder import build_message
 from src.handlers.validation import SMTPMessageValidator
 
 PARSER = BytesParser(policy=policy.default)

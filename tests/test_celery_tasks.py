@@ -118,8 +118,11 @@ def test_a_send_through_the_worker_returns_the_result_dict_over_json(
     celery_app: Any, worker: Any, pool: SMTPConnectionPool, smtp_server: SMTPTestServer
 ) -> None:
     outcome = run(
-        celery_app, SEND_TASK, *spec_args(smtp_server, "ada@example.test"),
-        from_address=SENDER, html_body="<p>Body</p>",
+        celery_app,
+        SEND_TASK,
+        *spec_args(smtp_server, "ada@example.test"),
+        from_address=SENDER,
+        html_body="<p>Body</p>",
     )
     assert outcome["status"] == "success"
     assert outcome["retry_count"] == 0
@@ -136,7 +139,9 @@ def test_a_worker_process_reuses_one_handler_and_its_connection(
 ) -> None:
     for _ in range(3):
         outcome = run(
-            celery_app, SEND_TASK, *spec_args(smtp_server, "ada@example.test"),
+            celery_app,
+            SEND_TASK,
+            *spec_args(smtp_server, "ada@example.test"),
             from_address=SENDER,
         )
         assert outcome["status"] == "success"
@@ -150,7 +155,9 @@ def test_a_transient_failure_is_retried_by_celery(
 ) -> None:
     smtp_server.faults.mail_replies[1] = (451, "4.3.0 Try again later")
     outcome = run(
-        celery_app, SEND_TASK, *spec_args(smtp_server, "ada@example.test"),
+        celery_app,
+        SEND_TASK,
+        *spec_args(smtp_server, "ada@example.test"),
         from_address=SENDER,
     )
     assert outcome["status"] == "success"
@@ -163,7 +170,9 @@ def test_a_failure_that_outlasts_the_retries_comes_back_as_temp_failed(
 ) -> None:
     smtp_server.faults.mail_replies.update({1: (451, "4.3.0 busy"), 2: (451, "4.3.0 busy")})
     outcome = run(
-        celery_app, SEND_TASK, *spec_args(smtp_server, "ada@example.test"),
+        celery_app,
+        SEND_TASK,
+        *spec_args(smtp_server, "ada@example.test"),
         from_address=SENDER,
     )
     assert outcome["status"] == "temp_failed"
@@ -177,7 +186,9 @@ def test_a_permanent_failure_is_returned_without_retry(
 ) -> None:
     smtp_server.faults.reject_recipients["bob@example.test"] = (550, "5.1.1 No such user")
     outcome = run(
-        celery_app, SEND_TASK, *spec_args(smtp_server, "bob@example.test"),
+        celery_app,
+        SEND_TASK,
+        *spec_args(smtp_server, "bob@example.test"),
         from_address=SENDER,
     )
     assert outcome["status"] == "rejected"
@@ -195,8 +206,15 @@ def test_bad_input_is_returned_as_invalid(
         celery_app, SEND_TASK, *spec_args(smtp_server, "ada@example.test"), colour="red"
     )
     bad_settings = run(
-        celery_app, SEND_TASK, "smtp.example.test\r\nRSET", 25, None, None, "none",
-        ["ada@example.test"], "Hello",
+        celery_app,
+        SEND_TASK,
+        "smtp.example.test\r\nRSET",
+        25,
+        None,
+        None,
+        "none",
+        ["ada@example.test"],
+        "Hello",
     )
     assert [bad_address["status"], unknown_option["status"], bad_settings["status"]] == [
         "invalid"
@@ -218,8 +236,12 @@ def test_an_account_id_keeps_the_password_out_of_the_broker(
 ) -> None:
     accounts = {
         "acme": SMTPAccount(
-            smtp_server_tls.host, smtp_server_tls.port, mail_account.username,
-            mail_account.password, "tls", SENDER,
+            smtp_server_tls.host,
+            smtp_server_tls.port,
+            mail_account.username,
+            mail_account.password,
+            "tls",
+            SENDER,
         )
     }
     configure(
@@ -233,13 +255,19 @@ def test_an_account_id_keeps_the_password_out_of_the_broker(
 
     before_task_publish.connect(record, weak=False)
     try:
-        by_account = run(
-            celery_app, ACCOUNT_SEND_TASK, "acme", ["ada@example.test"], "Hi", "Body"
-        )
+        by_account = run(celery_app, ACCOUNT_SEND_TASK, "acme", ["ada@example.test"], "Hi", "Body")
         by_password = run(
-            celery_app, SEND_TASK, smtp_server_tls.host, smtp_server_tls.port,
-            mail_account.username, mail_account.password, "tls", ["ada@example.test"],
-            "Hi", "Body", from_address=SENDER,
+            celery_app,
+            SEND_TASK,
+            smtp_server_tls.host,
+            smtp_server_tls.port,
+            mail_account.username,
+            mail_account.password,
+            "tls",
+            ["ada@example.test"],
+            "Hi",
+            "Body",
+            from_address=SENDER,
         )
     finally:
         before_task_publish.disconnect(record)

@@ -14,13 +14,14 @@ import dns.rdtypes.IN.SRV
 import dns.resolver
 import pytest
 
-from src.handlers import _dns, deliverability
-from src.handlers.deliverability import (
+from src.handlers._dns import deliverability
+from src.handlers._dns import resolver as _dns
+from src.handlers._dns.deliverability import (
     DeliverabilityChecker,
     DeliverabilityResult,
     check_deliverability,
 )
-from src.handlers.discovery import (
+from src.handlers._dns.discovery import (
     DNSLookupError,
     DNSTimeoutError,
     MailServerSettings,
@@ -142,9 +143,7 @@ def test_domain_with_mx_is_deliverable(resolver: dns.resolver.Resolver) -> None:
 
 
 @pytest.mark.parametrize("domain", ["a-only.test", "aaaa-only.test"])
-def test_address_record_is_the_implicit_mx(
-    resolver: dns.resolver.Resolver, domain: str
-) -> None:
+def test_address_record_is_the_implicit_mx(resolver: dns.resolver.Resolver, domain: str) -> None:
     assert check_deliverability(domain, resolver=resolver) == (True, None)
 
 
@@ -287,8 +286,17 @@ def test_idn_domain_is_looked_up_as_a_labels(
 
 @pytest.mark.parametrize(
     "domain",
-    ["", ".", "a..test", "[192.0.2.1]", "bad domain.test", "x" * 64 + ".test",
-     "line\r\nbreak.test", ("a" * 60 + ".") * 5 + "test", "user@mx.test"],
+    [
+        "",
+        ".",
+        "a..test",
+        "[192.0.2.1]",
+        "bad domain.test",
+        "x" * 64 + ".test",
+        "line\r\nbreak.test",
+        ("a" * 60 + ".") * 5 + "test",
+        "user@mx.test",
+    ],
 )
 def test_malformed_domain_raises_validation_error(
     server: LoopbackDNSServer, resolver: dns.resolver.Resolver, domain: str
@@ -359,9 +367,7 @@ def test_dot_target_means_not_offered_and_falls_to_starttls(
 
 def test_protocol_with_only_dot_targets_is_none(resolver: dns.resolver.Resolver) -> None:
     settings = discover_servers("nopop.test", resolver=resolver)
-    assert settings == MailServerSettings(
-        "smtp.nopop.test", 587, "tls", None, None, None, "srv"
-    )
+    assert settings == MailServerSettings("smtp.nopop.test", 587, "tls", None, None, None, "srv")
 
 
 def _srv(priority: int, weight: int, target: str) -> dns.rdtypes.IN.SRV.SRV:
@@ -396,7 +402,9 @@ def test_srv_choice_is_repeatable_with_a_seeded_rng(server: LoopbackDNSServer) -
     zone: Zone = {
         ("weighted.test.", "MX"): ["10 mail.mx.test."],
         ("_submissions._tcp.weighted.test.", "SRV"): [
-            "0 1 465 a.weighted.test.", "0 1 465 b.weighted.test.", "0 1 465 c.weighted.test.",
+            "0 1 465 a.weighted.test.",
+            "0 1 465 b.weighted.test.",
+            "0 1 465 c.weighted.test.",
         ],
     }
     with LoopbackDNSServer(zone) as weighted:
@@ -423,7 +431,9 @@ def test_known_provider_by_domain_name(resolver: dns.resolver.Resolver) -> None:
 def test_provider_without_pop3(resolver: dns.resolver.Resolver) -> None:
     settings = discover_servers("icloud.com", resolver=resolver)
     assert (settings.smtp_host, settings.smtp_port, settings.smtp_encryption) == (
-        "smtp.mail.me.com", 587, "tls",
+        "smtp.mail.me.com",
+        587,
+        "tls",
     )
     assert (settings.pop3_host, settings.pop3_port, settings.pop3_encryption) == (None, None, None)
 
@@ -440,7 +450,9 @@ def test_provider_detected_from_mx_hosts(
 ) -> None:
     settings = discover_servers(domain, resolver=resolver)
     assert (settings.smtp_host, settings.pop3_host, settings.source) == (
-        smtp_host, pop3_host, "provider-defaults",
+        smtp_host,
+        pop3_host,
+        "provider-defaults",
     )
 
 

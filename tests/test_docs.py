@@ -66,7 +66,10 @@ def test_readme_starts_with_the_two_commands() -> None:
 def test_quickstart_runs() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
     assert '"status": "success"' in done.stdout

@@ -50,11 +50,20 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
         pytest.skip(message)
     done = subprocess.run(
         [
-            sys.executable, "-m", "mkdocs", "build", "--strict",
-            "--config-file", str(ROOT / "mkdocs.yml"),
-            "--site-dir", str(tmp_path / "site"),
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
         ],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     output = done.stdout + done.stderr
     warnings = [line for line in output.splitlines() if line.startswith(("WARNING", "ERROR"))]

@@ -106,9 +106,12 @@ def test_a_valid_request_is_sent_and_answered_with_the_result(
 ) -> None:
     response = client.post(
         "/api/send",
-        json={"to": ["ada@example.test"], "subject": "Invoice 42", "text_body": "Attached.",
-              "attachments": [{"filename": "a.txt", "contentType": "text/plain",
-                               "data": "aGVsbG8="}]},
+        json={
+            "to": ["ada@example.test"],
+            "subject": "Invoice 42",
+            "text_body": "Attached.",
+            "attachments": [{"filename": "a.txt", "contentType": "text/plain", "data": "aGVsbG8="}],
+        },
     )
     assert response.status_code == 200
     assert response.json is not None
@@ -150,8 +153,9 @@ def test_a_transient_failure_gets_503_with_retry_after(
     client: FlaskClient, smtp_server_tls: SMTPTestServer
 ) -> None:
     smtp_server_tls.faults.mail_replies[1] = (451, "4.3.0 Try again later")
-    response = client.post("/api/send", json={"to": "ada@example.test", "subject": "x",
-                                              "text_body": "y"})
+    response = client.post(
+        "/api/send", json={"to": "ada@example.test", "subject": "x", "text_body": "y"}
+    )
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "60"
     assert response.json is not None
@@ -159,12 +163,11 @@ def test_a_transient_failure_gets_503_with_retry_after(
     assert len(smtp_server_tls.auth_attempts) == 1  # answered at once, no retry
 
 
-def test_a_refused_recipient_gets_502(
-    client: FlaskClient, smtp_server_tls: SMTPTestServer
-) -> None:
+def test_a_refused_recipient_gets_502(client: FlaskClient, smtp_server_tls: SMTPTestServer) -> None:
     smtp_server_tls.faults.reject_recipients["bob@example.test"] = (550, "5.1.1 No such user")
-    response = client.post("/api/send", json={"to": "bob@example.test", "subject": "x",
-                                              "text_body": "y"})
+    response = client.post(
+        "/api/send", json={"to": "bob@example.test", "subject": "x", "text_body": "y"}
+    )
     assert response.status_code == 502
     assert response.json is not None
     assert response.json["status"] == "rejected"
@@ -207,8 +210,12 @@ def test_a_configured_save_function_gets_the_account_and_message(
 
 @pytest.mark.parametrize(
     ("body", "status"),
-    [(None, 400), ({"accountId": True}, 400), ({"accountId": [1]}, 400),
-     ({"accountId": "nobody"}, 404)],
+    [
+        (None, 400),
+        ({"accountId": True}, 400),
+        ({"accountId": [1]}, 400),
+        ({"accountId": "nobody"}, 404),
+    ],
 )
 def test_a_bad_or_unknown_account_is_refused(
     client: FlaskClient, pop3_server_tls: POP3TestServer, body: Any, status: int

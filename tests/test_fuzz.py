@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from parser_log import parser_log
 
-from src.handlers.message_builder import OutgoingMessage, build_message
-from src.handlers.message_parser import parse_header_summary, parse_message
+from src.handlers._mime.builder import OutgoingMessage, build_message
+from src.handlers._mime.parser import parse_header_summary, parse_message
 from src.handlers.smtp import SMTPConnectionPool, SMTPDeliveryStatus, SMTPProtocolHandler
 from src.handlers.validation import (
     SMTPMessageValidator,
@@ -80,8 +80,18 @@ filenames = st.text(
 ).filter(lambda n: n == n.strip() and n != "")
 #: Leaf types only: multipart/* and message/* parts cannot be base64 (RFC 2045 6.4).
 content_types = st.sampled_from(
-    [None, "application/pdf", "image/png", "text/plain", "text/csv", "application/x-custom+json",
-     "audio/ogg", "video/mp4", "application/octet-stream", "font/woff2"]
+    [
+        None,
+        "application/pdf",
+        "image/png",
+        "text/plain",
+        "text/csv",
+        "application/x-custom+json",
+        "audio/ogg",
+        "video/mp4",
+        "application/octet-stream",
+        "font/woff2",
+    ]
 )
 body_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=400)
 _ALNUM = string.ascii_letters + string.digits
@@ -124,9 +134,7 @@ def quote(name: str) -> str:
 
 
 @st.composite
-def mailboxes(
-    draw: st.DrawFn, addresses: st.SearchStrategy[str] = plain_addresses
-) -> str:
+def mailboxes(draw: st.DrawFn, addresses: st.SearchStrategy[str] = plain_addresses) -> str:
     address = draw(addresses)
     name = draw(st.one_of(st.none(), display_names))
     return address if name is None else f"{quote(name)} <{address}>"
@@ -174,15 +182,29 @@ def messages(
 # Anything at all, for "never raises".
 junk: st.SearchStrategy[Any] = st.recursive(
     st.one_of(
-        st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary(),
-        st.binary(max_size=50).map(bytearray), st.just(object()), st.sampled_from(TRICKY_ADDRESSES),
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(),
+        st.binary(),
+        st.binary(max_size=50).map(bytearray),
+        st.just(object()),
+        st.sampled_from(TRICKY_ADDRESSES),
     ),
     lambda children: st.one_of(
         st.lists(children, max_size=4),
         st.tuples(children, children),
-        st.dictionaries(st.one_of(st.text(max_size=12), st.sampled_from(
-            ["filename", "content", "data", "contentType", "content_type", "contentId"]
-        )), children, max_size=4),
+        st.dictionaries(
+            st.one_of(
+                st.text(max_size=12),
+                st.sampled_from(
+                    ["filename", "content", "data", "contentType", "content_type", "contentId"]
+                ),
+            ),
+            children,
+            max_size=4,
+        ),
         st.frozensets(st.text(max_size=5), max_size=3),
     ),
     max_leaves=8,
@@ -218,8 +240,12 @@ def smtp_server() -> Iterator[SMTPTestServer]:
 @pytest.fixture(scope="module")
 def smtp_handler(smtp_server: SMTPTestServer) -> Iterator[SMTPProtocolHandler]:
     handler = SMTPProtocolHandler(
-        smtp_server.host, smtp_server.port, encryption="none", timeout=5,
-        pool=SMTPConnectionPool(max_connections=1), sleep=lambda _: None,
+        smtp_server.host,
+        smtp_server.port,
+        encryption="none",
+        timeout=5,
+        pool=SMTPConnectionPool(max_connections=1),
+        sleep=lambda _: None,
     )
     yield handler
     handler.close()
@@ -228,8 +254,30 @@ def smtp_handler(smtp_server: SMTPTestServer) -> Iterator[SMTPProtocolHandler]:
 # Characters that are legal somewhere and dangerous elsewhere: lone surrogates, Unicode
 # line breaks, C0/C1 controls, invisible and bidi characters, address punctuation.
 ODD_CHARACTERS = [
-    "\ud800", "\udfff", "\x85", "\u2028", "\u2029", "\x9b", "\t", "\x0b", "\x0c", "\x1b",
-    "\x7f", "\u200b", "\ufeff", "\u202e", " ", '"', "<", ">", "@", ",", ";", ":", "\\", "=?",
+    "\ud800",
+    "\udfff",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\x9b",
+    "\t",
+    "\x0b",
+    "\x0c",
+    "\x1b",
+    "\x7f",
+    "\u200b",
+    "\ufeff",
+    "\u202e",
+    " ",
+    '"',
+    "<",
+    ">",
+    "@",
+    ",",
+    ";",
+    ":",
+    "\\",
+    "=?",
 ]
 
 
@@ -294,8 +342,19 @@ def test_what_the_validator_accepts_builds_and_is_delivered(
 
 
 HEADER_FIELDS = [
-    "subject", "to", "to-name", "cc", "bcc", "from", "from-name", "reply_to",
-    "header-name", "header-value", "filename", "content-type", "content-id",
+    "subject",
+    "to",
+    "to-name",
+    "cc",
+    "bcc",
+    "from",
+    "from-name",
+    "reply_to",
+    "header-name",
+    "header-value",
+    "filename",
+    "content-type",
+    "content-id",
 ]
 
 
@@ -311,14 +370,19 @@ def _break_field(message: dict[str, Any], field: str, char: str, position: int) 
         message["subject"] = _inject(message["subject"], char, position)
     elif field in ("to", "to-name"):
         address = split_display_name(first[0])[1]
-        first[0] = (f"{quote(_inject('Name', char, position))} <{address}>"
-                    if field == "to-name" else _inject(address, char, position))
+        first[0] = (
+            f"{quote(_inject('Name', char, position))} <{address}>"
+            if field == "to-name"
+            else _inject(address, char, position)
+        )
     elif field in ("cc", "bcc"):
         message[f"{field}_addresses"] = [_inject("copy@example.org", char, position)]
     elif field in ("from", "from-name"):
-        message["from_address"] = (f"{quote(_inject('Me', char, position))} <me@example.org>"
-                                   if field == "from-name" else
-                                   _inject("me@example.org", char, position))
+        message["from_address"] = (
+            f"{quote(_inject('Me', char, position))} <me@example.org>"
+            if field == "from-name"
+            else _inject("me@example.org", char, position)
+        )
     elif field == "reply_to":
         message["reply_to"] = _inject("help@example.org", char, position)
     elif field == "header-name":
@@ -326,12 +390,17 @@ def _break_field(message: dict[str, Any], field: str, char: str, position: int) 
     elif field == "header-value":
         message["custom_headers"] = {"X-Fuzz": _inject("some value", char, position)}
     else:
-        key = {"filename": "filename", "content-type": "contentType",
-               "content-id": "contentId"}[field]
-        start = {"filename": "report.pdf", "contentType": "application/pdf",
-                 "contentId": "part1@example"}[key]
-        message["attachments"] = [{"filename": "report.pdf", "content": b"%PDF",
-                                   key: _inject(start, char, position)}]
+        key = {"filename": "filename", "content-type": "contentType", "content-id": "contentId"}[
+            field
+        ]
+        start = {
+            "filename": "report.pdf",
+            "contentType": "application/pdf",
+            "contentId": "part1@example",
+        }[key]
+        message["attachments"] = [
+            {"filename": "report.pdf", "content": b"%PDF", key: _inject(start, char, position)}
+        ]
 
 
 @FUZZ
@@ -484,9 +553,26 @@ def assert_no_internal_failure(records: list[logging.LogRecord]) -> None:
 
 
 SPEC_KEYS = {
-    "messageId", "popId", "messageIdHeader", "from", "to", "cc", "bcc", "subject",
-    "textBody", "htmlBody", "receivedAt", "size", "attachmentCount", "attachments",
-    "isRead", "isStarred", "isDeleted", "isSpam", "isDraft", "isSent",
+    "messageId",
+    "popId",
+    "messageIdHeader",
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "textBody",
+    "htmlBody",
+    "receivedAt",
+    "size",
+    "attachmentCount",
+    "attachments",
+    "isRead",
+    "isStarred",
+    "isDeleted",
+    "isSpam",
+    "isDraft",
+    "isSent",
 }
 
 
@@ -523,31 +609,60 @@ def test_parser_never_fails_on_arbitrary_bytes(raw: bytes) -> None:
 
 # ----------------------------------------------------------- structure-aware mutation
 
+
 def _seed_messages() -> list[bytes]:
     """Real-world fixtures plus a few messages of our own builder's making."""
     seeds = [path.read_bytes() for path in DATA_FILES]
-    attachments = decode_attachments([
-        {"filename": "résumé.pdf", "content": b"%PDF-1.4\n" + bytes(range(256))},
-        {"filename": "logo.png", "content": b"\x89PNG\r\n", "contentId": "logo@x"},
-    ])
+    attachments = decode_attachments(
+        [
+            {"filename": "résumé.pdf", "content": b"%PDF-1.4\n" + bytes(range(256))},
+            {"filename": "logo.png", "content": b"\x89PNG\r\n", "contentId": "logo@x"},
+        ]
+    )
     for text, html in (("plain only", None), ("both", "<p>both</p>"), (None, "<i>html</i>")):
-        seeds.append(build_message(
-            from_address='"Ünïcode Sender" <sender@example.com>',
-            to_addresses=["Bob <bob@example.org>", "carol@bücher.de"],
-            subject="Grüße =?utf-8?q?x?= " + "long " * 30,
-            text_body=text, html_body=html, attachments=attachments,
-            custom_headers={"X-Trace": "é" * 40},
-        ).data)
+        seeds.append(
+            build_message(
+                from_address='"Ünïcode Sender" <sender@example.com>',
+                to_addresses=["Bob <bob@example.org>", "carol@bücher.de"],
+                subject="Grüße =?utf-8?q?x?= " + "long " * 30,
+                text_body=text,
+                html_body=html,
+                attachments=attachments,
+                custom_headers={"X-Trace": "é" * 40},
+            ).data
+        )
     return seeds
 
 
 SEEDS = _seed_messages()
 CHARSETS = [
-    "utf-8", "utf-7", "utf-16", "utf-32-be", "iso-2022-jp", "x-unknown", "", "cp1252",
-    "latin1", "gb2312", "ks_c_5601-1987", "../../etc/passwd", "a" * 200, "utf-8''", "\xff",
+    "utf-8",
+    "utf-7",
+    "utf-16",
+    "utf-32-be",
+    "iso-2022-jp",
+    "x-unknown",
+    "",
+    "cp1252",
+    "latin1",
+    "gb2312",
+    "ks_c_5601-1987",
+    "../../etc/passwd",
+    "a" * 200,
+    "utf-8''",
+    "\xff",
 ]
-ENCODINGS = [b"base64", b"quoted-printable", b"7bit", b"8bit", b"binary", b"x-uuencode",
-             b"BASE64 ", b'"base64"', b""]
+ENCODINGS = [
+    b"base64",
+    b"quoted-printable",
+    b"7bit",
+    b"8bit",
+    b"binary",
+    b"x-uuencode",
+    b"BASE64 ",
+    b'"base64"',
+    b"",
+]
 
 
 def _header_end(data: bytes) -> int:
@@ -570,20 +685,35 @@ def _corrupt_boundary(data: bytearray, draw: st.DrawFn) -> None:
     if not boundaries:
         return
     boundary = draw(st.sampled_from(boundaries))
-    how = draw(st.sampled_from(["rename-declared", "drop-closing", "drop-first",
-                                "empty", "nest-same", "truncate-delimiter"]))
+    how = draw(
+        st.sampled_from(
+            [
+                "rename-declared",
+                "drop-closing",
+                "drop-first",
+                "empty",
+                "nest-same",
+                "truncate-delimiter",
+            ]
+        )
+    )
     text = bytes(data)
     if how == "rename-declared":
-        text = text.replace(b"boundary=\"" + boundary, b"boundary=\"" + boundary[:-1] + b"Z", 1)
+        text = text.replace(b'boundary="' + boundary, b'boundary="' + boundary[:-1] + b"Z", 1)
     elif how == "drop-closing":
         text = text.replace(b"--" + boundary + b"--", b"")
     elif how == "drop-first":
         text = text.replace(b"--" + boundary + b"\r\n", b"", 1)
     elif how == "empty":
-        text = text.replace(b"boundary=\"" + boundary + b"\"", b'boundary=""')
+        text = text.replace(b'boundary="' + boundary + b'"', b'boundary=""')
     elif how == "nest-same":
-        inner = (b"--" + boundary + b"\r\nContent-Type: multipart/mixed; boundary=\"" + boundary
-                 + b"\"\r\n\r\n")
+        inner = (
+            b"--"
+            + boundary
+            + b'\r\nContent-Type: multipart/mixed; boundary="'
+            + boundary
+            + b'"\r\n\r\n'
+        )
         text = text.replace(b"--" + boundary + b"\r\n", inner, 1)
     else:
         text = text.replace(b"--" + boundary, b"--" + boundary[: len(boundary) // 2])
@@ -591,7 +721,7 @@ def _corrupt_boundary(data: bytearray, draw: st.DrawFn) -> None:
 
 
 def _truncate(data: bytearray, draw: st.DrawFn) -> None:
-    del data[draw(st.integers(0, len(data))):]
+    del data[draw(st.integers(0, len(data))) :]
 
 
 def _swap_charset(data: bytearray, draw: st.DrawFn) -> None:
@@ -603,8 +733,12 @@ def _swap_charset(data: bytearray, draw: st.DrawFn) -> None:
 
 def _swap_encoding(data: bytearray, draw: st.DrawFn) -> None:
     encoding = draw(st.sampled_from(ENCODINGS))
-    data[:] = re.sub(rb"(?i)(content-transfer-encoding:)[^\r\n]*", rb"\1 " + encoding,
-                     bytes(data), count=draw(st.integers(1, 3)))
+    data[:] = re.sub(
+        rb"(?i)(content-transfer-encoding:)[^\r\n]*",
+        rb"\1 " + encoding,
+        bytes(data),
+        count=draw(st.integers(1, 3)),
+    )
 
 
 def _swap_line_endings(data: bytearray, draw: st.DrawFn) -> None:
@@ -614,29 +748,65 @@ def _swap_line_endings(data: bytearray, draw: st.DrawFn) -> None:
 
 def _wrap_in_multiparts(data: bytearray, draw: st.DrawFn) -> None:
     depth = draw(st.integers(1, 40))
-    kind = draw(st.sampled_from([b"multipart/mixed", b"multipart/alternative",
-                                 b"multipart/digest", b"message/rfc822"]))
+    kind = draw(
+        st.sampled_from(
+            [b"multipart/mixed", b"multipart/alternative", b"multipart/digest", b"message/rfc822"]
+        )
+    )
     text = bytes(data)
     for level in range(depth):
         if kind == b"message/rfc822":
             text = b"Content-Type: message/rfc822\r\n\r\n" + text
         else:
             b = b"w%d" % level
-            text = (b"Content-Type: " + kind + b'; boundary="' + b + b'"\r\n\r\n--' + b
-                    + b"\r\n" + text + b"\r\n--" + b + b"--\r\n")
+            text = (
+                b"Content-Type: "
+                + kind
+                + b'; boundary="'
+                + b
+                + b'"\r\n\r\n--'
+                + b
+                + b"\r\n"
+                + text
+                + b"\r\n--"
+                + b
+                + b"--\r\n"
+            )
     data[:] = text
 
 
 def _damage_bytes(data: bytearray, draw: st.DrawFn) -> None:
-    token = draw(st.sampled_from([b"\x00", b"\xff", b"\r\n ", b":", b"=?", b"?=", b"*0*=",
-                                  b"\r\n\r\n", b'"', b"\\", b"=\r\n", b"--"]))
+    token = draw(
+        st.sampled_from(
+            [
+                b"\x00",
+                b"\xff",
+                b"\r\n ",
+                b":",
+                b"=?",
+                b"?=",
+                b"*0*=",
+                b"\r\n\r\n",
+                b'"',
+                b"\\",
+                b"=\r\n",
+                b"--",
+            ]
+        )
+    )
     position = draw(st.integers(0, len(data)))
     data[position:position] = token * draw(st.integers(1, 8))
 
 
 MUTATIONS: list[Callable[[bytearray, st.DrawFn], None]] = [
-    _duplicate_header, _corrupt_boundary, _truncate, _swap_charset, _swap_encoding,
-    _swap_line_endings, _wrap_in_multiparts, _damage_bytes,
+    _duplicate_header,
+    _corrupt_boundary,
+    _truncate,
+    _swap_charset,
+    _swap_encoding,
+    _swap_line_endings,
+    _wrap_in_multiparts,
+    _damage_bytes,
 ]
 
 

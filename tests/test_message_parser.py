@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from parser_log import parser_log
 
-from src.handlers.message_parser import ParseLimits, parse_header_summary, parse_message
+from src.handlers._mime.parser import ParseLimits, parse_header_summary, parse_message
 
 DATA = Path(__file__).parent / "data"
 DATA_FILES = sorted(DATA.glob("*.eml"))

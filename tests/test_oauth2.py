@@ -18,12 +18,7 @@ from typing import Any
 
 import pytest
 
-from src.handlers.errors import (
-    MailAuthenticationError,
-    MailValidationError,
-    POP3AuthenticationError,
-)
-from src.handlers.oauth2 import (
+from src.handlers._auth.oauth2 import (
     POP3_COMMAND_LIMIT,
     SMTP_COMMAND_LIMIT,
     TokenSource,
@@ -33,6 +28,12 @@ from src.handlers.oauth2 import (
     parse_error_challenge,
     xoauth2_string,
 )
+from src.handlers._smtp.pool import ConnectionKey
+from src.handlers.errors import (
+    MailAuthenticationError,
+    MailValidationError,
+    POP3AuthenticationError,
+)
 from src.handlers.pop3 import POP3ConnectionPool, POP3ProtocolHandler
 from src.handlers.retry import RetryPolicy
 from src.handlers.smtp import (
@@ -41,7 +42,6 @@ from src.handlers.smtp import (
     SMTPEncryption,
     SMTPProtocolHandler,
 )
-from src.handlers.smtp_pool import ConnectionKey
 from src.testing.pop3_server import POP3TestServer
 from src.testing.scripted_server import Conversation, ScriptedServer
 from src.testing.smtp_server import SMTPTestServer
@@ -320,9 +320,7 @@ def test_smtp_failing_invalidate_is_an_authentication_failure(
     assert WRONG not in result.smtp_error
 
 
-def test_smtp_provider_gets_one_retry_only(
-    smtp_server: SMTPTestServer, smtp_handler: Any
-) -> None:
+def test_smtp_provider_gets_one_retry_only(smtp_server: SMTPTestServer, smtp_handler: Any) -> None:
     provider = Provider(WRONG, "token-also-wrong", FRESH)
     result = send(smtp_handler(provider))
     assert result.status is SMTPDeliveryStatus.FAILED and result.smtp_code == 535
@@ -575,9 +573,7 @@ def test_pop3_error_continuation_is_answered_with_an_empty_line() -> None:
         conv.wait_closed()
 
     with ScriptedServer(refusing) as server:
-        handler = POP3ProtocolHandler(
-            *server.address, USER, encryption="none", oauth2_token=WRONG
-        )
+        handler = POP3ProtocolHandler(*server.address, USER, encryption="none", oauth2_token=WRONG)
         with pytest.raises(POP3AuthenticationError, match="status 401"):
             handler.get_mailbox_stat()
         [conv] = server.wait_for_connections(1)

@@ -48,19 +48,18 @@ SIMPLE = [b"From: sender@example.com", b"Subject: Test", b"", b"Body"]
 def test_fetch_message(mock_pop3_ssl):  # type: ignore[no-untyped-def]
     # The specification's own example, kept as written (host swapped for loopback).
     mock_client = Mock()
-    mock_client.retr.return_value = ('+OK', [
-        b'From: sender@example.com',
-        b'Subject: Test',
-        b'',
-        b'Body'
-    ], 100)
+    mock_client.retr.return_value = (
+        "+OK",
+        [b"From: sender@example.com", b"Subject: Test", b"", b"Body"],
+        100,
+    )
 
     mock_pop3_ssl.return_value = mock_client
-    handler = POP3ProtocolHandler('127.0.0.1', 995, 'user@example.com', 'password')
+    handler = POP3ProtocolHandler("127.0.0.1", 995, "user@example.com", "password")
     handler.connect()
     message = handler.fetch_message(1)
 
-    assert message['from'] == 'sender@example.com'
+    assert message["from"] == "sender@example.com"
 
 
 class Recorder:
@@ -144,7 +143,10 @@ def test_hostnames_with_line_breaks_or_empty_are_refused(hostname: str) -> None:
 )
 def test_bad_settings_are_refused_naming_the_field(field: str, options: dict[str, Any]) -> None:
     arguments: dict[str, Any] = {
-        "hostname": "127.0.0.1", "port": 995, "username": "user", "password": "pw",
+        "hostname": "127.0.0.1",
+        "port": 995,
+        "username": "user",
+        "password": "pw",
     }
     arguments.update(options)
     with pytest.raises(MailValidationError) as caught:
@@ -220,8 +222,12 @@ def test_deadline_stops_retrying_early(factory: Mock) -> None:
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    handler = make(sleep=sleep, clock=lambda: now[0], deadline=2.5,
-                   retry=RetryPolicy(max_retries=5, delays=(1.0, 2.0)))
+    handler = make(
+        sleep=sleep,
+        clock=lambda: now[0],
+        deadline=2.5,
+        retry=RetryPolicy(max_retries=5, delays=(1.0, 2.0)),
+    )
     with pytest.raises(POP3TimeoutError, match="deadline"):
         handler.connect()
     assert factory.call_count == 2  # a third attempt would start after the deadline
@@ -570,8 +576,9 @@ def test_loopback_implicit_tls(
 ) -> None:
     with POP3TestServer(tls="implicit", ssl_context=server_ssl_context) as srv:
         srv.add_message(MESSAGES[0])
-        handler = POP3ProtocolHandler(srv.host, srv.port, "user", "password",
-                                      timeout=5, ssl_context=client_ssl_context)
+        handler = POP3ProtocolHandler(
+            srv.host, srv.port, "user", "password", timeout=5, ssl_context=client_ssl_context
+        )
         with handler:
             message = handler.fetch_message(1)
     assert message is not None and message["subject"] == "one"
@@ -593,8 +600,9 @@ def test_loopback_stls(
 ) -> None:
     with POP3TestServer(tls="starttls", ssl_context=server_ssl_context) as srv:
         srv.add_message(MESSAGES[0])
-        handler = POP3ProtocolHandler(srv.host, srv.port, "user", "password", "tls", 5,
-                                      ssl_context=client_ssl_context)
+        handler = POP3ProtocolHandler(
+            srv.host, srv.port, "user", "password", "tls", 5, ssl_context=client_ssl_context
+        )
         assert handler.list_messages() == ([1], len(MESSAGES[0]))
         seen = verbs(srv)
     assert seen.index("STLS") < seen.index("USER")
@@ -605,8 +613,9 @@ def test_loopback_stls_not_offered_sends_no_credentials(
 ) -> None:
     with POP3TestServer(tls="starttls", ssl_context=server_ssl_context) as srv:
         srv.faults.advertise_stls = False
-        handler = POP3ProtocolHandler(srv.host, srv.port, "user", "password", "tls", 5,
-                                      ssl_context=client_ssl_context)
+        handler = POP3ProtocolHandler(
+            srv.host, srv.port, "user", "password", "tls", 5, ssl_context=client_ssl_context
+        )
         with pytest.raises(POP3SecurityError, match="STLS"):
             handler.list_messages()
         seen = verbs(srv)
@@ -618,16 +627,18 @@ def test_loopback_stls_refused_by_server(
 ) -> None:
     with POP3TestServer(tls="starttls", ssl_context=server_ssl_context) as srv:
         srv.faults.stls_error = True
-        handler = POP3ProtocolHandler(srv.host, srv.port, "user", "password", "tls", 5,
-                                      ssl_context=client_ssl_context)
+        handler = POP3ProtocolHandler(
+            srv.host, srv.port, "user", "password", "tls", 5, ssl_context=client_ssl_context
+        )
         with pytest.raises(POP3SecurityError, match="refused STLS"):
             handler.connect()
         assert "USER" not in verbs(srv)
 
 
 def test_loopback_bad_password(server: POP3TestServer) -> None:
-    handler = POP3ProtocolHandler(server.host, server.port, "user", "wrong-password",
-                                  "none", 5, sleep=Recorder())
+    handler = POP3ProtocolHandler(
+        server.host, server.port, "user", "wrong-password", "none", 5, sleep=Recorder()
+    )
     with pytest.raises(POP3AuthenticationError) as caught:
         handler.authenticate()
     assert "wrong-password" not in str(caught.value)
@@ -860,8 +871,9 @@ def _lying_server(conv: Conversation) -> None:
 
 def test_message_bigger_than_its_listed_size_is_cut_off_mid_read() -> None:
     with ScriptedServer(_lying_server) as srv:
-        handler = POP3ProtocolHandler(srv.host, srv.port, "user", "pw", "none", 5,
-                                      max_message_size=1000)
+        handler = POP3ProtocolHandler(
+            srv.host, srv.port, "user", "pw", "none", 5, max_message_size=1000
+        )
         handler.connect()
         with pytest.raises(POP3MessageTooLargeError):
             handler.fetch_message(1)

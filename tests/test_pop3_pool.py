@@ -35,8 +35,9 @@ def pool(server: POP3TestServer) -> Iterator[POP3ConnectionPool]:
 
 def make_pool(srv: POP3TestServer, pool_size: int = 3, **options: Any) -> POP3ConnectionPool:
     options.setdefault("sleep", lambda seconds: None)
-    return POP3ConnectionPool(srv.host, srv.port, "user", "password", pool_size,
-                              encryption="none", timeout=5, **options)
+    return POP3ConnectionPool(
+        srv.host, srv.port, "user", "password", pool_size, encryption="none", timeout=5, **options
+    )
 
 
 def test_acquire_returns_a_logged_in_handler(pool: POP3ConnectionPool) -> None:
@@ -116,8 +117,9 @@ def test_second_session_on_the_same_mailbox_is_refused_in_use(
 
 
 def test_bad_password_is_raised_and_frees_the_slot(server: POP3TestServer) -> None:
-    pool = POP3ConnectionPool(server.host, server.port, "user", "wrong", 1,
-                              encryption="none", timeout=5)
+    pool = POP3ConnectionPool(
+        server.host, server.port, "user", "wrong", 1, encryption="none", timeout=5
+    )
     with pytest.raises(POP3AuthenticationError):
         pool.acquire()
     assert pool.in_use_count == 0
@@ -212,8 +214,7 @@ def test_invalid_pool_settings_are_refused_at_construction() -> None:
 
 
 def test_pool_repr_shows_counts_but_not_the_password(server: POP3TestServer) -> None:
-    pool = POP3ConnectionPool(server.host, server.port, "user", "pa55-secret", 2,
-                              encryption="none")
+    pool = POP3ConnectionPool(server.host, server.port, "user", "pa55-secret", 2, encryption="none")
     text = repr(pool)
     assert "idle: 0" in text and "in use: 0" in text and "size: 2" in text
     assert "pa55-secret" not in text and "pa55-secret" not in repr(vars(pool))

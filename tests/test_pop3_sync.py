@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from src.handlers.errors import POP3ConnectionError, POP3UnsupportedError
-from src.handlers.pop3 import POP3ProtocolHandler
-from src.handlers.pop3_sync import SyncResult
-from src.handlers.uid_store import (
+from src.handlers._sync.sync import SyncResult
+from src.handlers._sync.uid_store import (
     FileUIDStore,
     MemoryUIDStore,
     SQLiteUIDStore,
     UIDStore,
     check_uid,
 )
+from src.handlers.errors import POP3ConnectionError, POP3UnsupportedError
+from src.handlers.pop3 import POP3ProtocolHandler
 from src.testing.pop3_server import POP3TestServer
 
 MESSAGES = [
@@ -41,8 +41,9 @@ def server() -> Iterator[POP3TestServer]:
 
 
 def handler_for(srv: POP3TestServer) -> POP3ProtocolHandler:
-    return POP3ProtocolHandler(srv.host, srv.port, "user", "password", "none", 5,
-                               sleep=lambda seconds: None)
+    return POP3ProtocolHandler(
+        srv.host, srv.port, "user", "password", "none", 5, sleep=lambda seconds: None
+    )
 
 
 def collector(into: list[str], fail_on: Callable[[str], bool] = lambda s: False) -> Any:

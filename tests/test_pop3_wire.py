@@ -10,15 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from src.handlers.errors import (
-    POP3AuthenticationError,
-    POP3ConnectionError,
-    POP3MailboxBusyError,
-    POP3ProtocolError,
-    POP3ResponseError,
-)
-from src.handlers.pop3_client import FastPOP3
-from src.handlers.pop3_wire import (
+from src.handlers._pop3.client import FastPOP3
+from src.handlers._pop3.wire import (
     ResponseTooLargeError,
     error_for_reply,
     parse_error_reply,
@@ -27,6 +20,13 @@ from src.handlers.pop3_wire import (
     read_dot_terminated,
     split_lines,
     strip_ok,
+)
+from src.handlers.errors import (
+    POP3AuthenticationError,
+    POP3ConnectionError,
+    POP3MailboxBusyError,
+    POP3ProtocolError,
+    POP3ResponseError,
 )
 from src.handlers.retry import is_retryable
 from src.testing.scripted_server import Conversation, ScriptedServer
@@ -148,9 +148,7 @@ def test_busy_codes_become_a_retryable_busy_error(code: str) -> None:
 
 
 def test_login_refusal_is_an_authentication_error_but_sys_codes_are_not() -> None:
-    assert type(error_for_reply(b"-ERR [AUTH] bad", during_login=True)) is (
-        POP3AuthenticationError
-    )
+    assert type(error_for_reply(b"-ERR [AUTH] bad", during_login=True)) is (POP3AuthenticationError)
     assert type(error_for_reply(b"-ERR bad", during_login=True)) is POP3AuthenticationError
     system = error_for_reply(b"-ERR [SYS/TEMP] backend down", during_login=True)
     assert type(system) is POP3ResponseError

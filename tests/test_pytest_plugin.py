@@ -48,8 +48,13 @@ def plain_sender(
     server: SMTPTestServer, pool: SMTPConnectionPool, sleeps: Sleeps, **options: Any
 ) -> SMTPProtocolHandler:
     return SMTPProtocolHandler(
-        server.host, server.port, encryption="none", from_address=SENDER,
-        pool=pool, sleep=sleeps, **options,
+        server.host,
+        server.port,
+        encryption="none",
+        from_address=SENDER,
+        pool=pool,
+        sleep=sleeps,
+        **options,
     )
 
 
@@ -84,9 +89,14 @@ def test_smtp_server_tls_needs_starttls_and_the_generated_login(
     smtp_pool: SMTPConnectionPool,
 ) -> None:
     handler = SMTPProtocolHandler(
-        smtp_server_tls.host, smtp_server_tls.port, mail_account.username,
-        mail_account.password, "tls", SENDER,
-        ssl_context=mail_client_ssl_context, pool=smtp_pool,
+        smtp_server_tls.host,
+        smtp_server_tls.port,
+        mail_account.username,
+        mail_account.password,
+        "tls",
+        SENDER,
+        ssl_context=mail_client_ssl_context,
+        pool=smtp_pool,
     )
     result = handler.send_message(["ada@example.test"], "Over TLS", text_body="x")
     assert result.success, result.smtp_error
@@ -101,8 +111,14 @@ def test_smtp_server_tls_refuses_a_wrong_password(
     smtp_pool: SMTPConnectionPool,
 ) -> None:
     handler = SMTPProtocolHandler(
-        smtp_server_tls.host, smtp_server_tls.port, mail_account.username, "wrong",
-        "tls", SENDER, ssl_context=mail_client_ssl_context, pool=smtp_pool,
+        smtp_server_tls.host,
+        smtp_server_tls.port,
+        mail_account.username,
+        "wrong",
+        "tls",
+        SENDER,
+        ssl_context=mail_client_ssl_context,
+        pool=smtp_pool,
     )
     result = handler.send_message(["ada@example.test"], "Nope", text_body="x", retry=False)
     assert result.status is SMTPDeliveryStatus.FAILED
@@ -176,8 +192,12 @@ def test_make_smtp_server_takes_the_servers_own_options(
     server = make_smtp_server(tls="implicit", size_limit=2000)
     assert server.running and server.tls == "implicit"
     handler = SMTPProtocolHandler(
-        server.host, server.port, encryption="ssl", from_address=SENDER,
-        ssl_context=mail_client_ssl_context, pool=smtp_pool,
+        server.host,
+        server.port,
+        encryption="ssl",
+        from_address=SENDER,
+        ssl_context=mail_client_ssl_context,
+        pool=smtp_pool,
     )
     too_big = handler.send_message(["ada@example.test"], "Big", text_body="x" * 5000)
     fits = handler.send_message(["ada@example.test"], "Small", text_body="x")
@@ -194,8 +214,12 @@ def pop3_handler(
 ) -> POP3ProtocolHandler:
     options.setdefault("encryption", "none")
     return POP3ProtocolHandler(
-        server.host, server.port, account.username, account.password,
-        sleep=sleeps, **options,
+        server.host,
+        server.port,
+        account.username,
+        account.password,
+        sleep=sleeps,
+        **options,
     )
 
 
@@ -216,8 +240,11 @@ def test_pop3_server_tls_speaks_tls_from_the_first_byte(
 ) -> None:
     pop3_server_tls.add_message(raw_message("Secret plans"))
     handler = pop3_handler(
-        pop3_server_tls, mail_account, sleeps,
-        encryption="ssl", ssl_context=mail_client_ssl_context,
+        pop3_server_tls,
+        mail_account,
+        sleeps,
+        encryption="ssl",
+        ssl_context=mail_client_ssl_context,
     )
     with handler:
         [number] = handler.list_messages()[0]

@@ -37,7 +37,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fake_sleep import Sleeps
 
-from src.handlers import tls, wire_log
+from src.handlers._auth.oauth2 import encode_xoauth2
+from src.handlers._mime.parser import ParseLimits, parse_message
+from src.handlers._net import tls
+from src.handlers._net import trace as wire_log
+from src.handlers._net.trace import MASK, Redactor, mask_secret
+from src.handlers._smtp.connection import SMTPConnection, SMTPEncryption
 from src.handlers.errors import (
     MailAuthenticationError,
     MailHandlerError,
@@ -46,16 +51,12 @@ from src.handlers.errors import (
     POP3ProtocolError,
     POP3SecurityError,
 )
-from src.handlers.message_parser import ParseLimits, parse_message
-from src.handlers.oauth2 import encode_xoauth2
 from src.handlers.pop3 import POP3ConnectionPool, POP3ProtocolHandler
 from src.handlers.smtp import (
     SMTPConnectionPool,
     SMTPDeliveryStatus,
     SMTPProtocolHandler,
 )
-from src.handlers.smtp_connection import SMTPConnection, SMTPEncryption
-from src.handlers.wire_log import MASK, Redactor, mask_secret
 from src.testing.pop3_server import POP3TestServer
 from src.testing.scripted_server import Conversation, ScriptedServer
 from src.testing.smtp_scripts import SMTPDialogue, send_reply
@@ -253,25 +254,64 @@ SEND_VECTORS: list[tuple[str, str, dict[str, Any]]] = [
     ("header-value-cr", "custom_headers", {"custom_headers": {"X-A": f"1\rBcc: {EVIL}"}}),
     ("header-value-nul", "custom_headers", {"custom_headers": {"X-A": "1\x00"}}),
     ("header-value-lone-surrogate", "custom_headers", {"custom_headers": {"X-A": "1\udfff"}}),
-    ("message-id-crlf", "custom_headers", {"custom_headers": {
-        "Message-ID": f"<a@b>\r\nBcc: {EVIL}"}}),
-    ("filename-crlf", "filename", {"attachments": [
-        {"filename": "a.txt\r\nContent-Type: text/html", "content": b"x"}]}),
-    ("filename-quote-crlf", "filename", {"attachments": [
-        {"filename": 'a.txt"\r\nX-Evil: "1', "content": b"x"}]}),
+    (
+        "message-id-crlf",
+        "custom_headers",
+        {"custom_headers": {"Message-ID": f"<a@b>\r\nBcc: {EVIL}"}},
+    ),
+    (
+        "filename-crlf",
+        "filename",
+        {"attachments": [{"filename": "a.txt\r\nContent-Type: text/html", "content": b"x"}]},
+    ),
+    (
+        "filename-quote-crlf",
+        "filename",
+        {"attachments": [{"filename": 'a.txt"\r\nX-Evil: "1', "content": b"x"}]},
+    ),
     ("filename-nul", "filename", {"attachments": [{"filename": "a\x00.exe", "content": b"x"}]}),
-    ("filename-lone-surrogate", "filename", {"attachments": [
-        {"filename": "a\udcff.txt", "content": b"x"}]}),
-    ("content-type-crlf", "contentType", {"attachments": [
-        {"filename": "a.txt", "content": b"x", "contentType": "text/plain\r\nBcc: x@y.z"}]}),
-    ("content-type-parameter", "contentType", {"attachments": [
-        {"filename": "a.txt", "content": b"x", "contentType": "text/plain; name=evil.exe"}]}),
-    ("content-type-alias-lf", "contentType", {"attachments": [
-        {"filename": "a.txt", "content": b"x", "content_type": "text/plain\nX: y"}]}),
-    ("content-id-crlf", "contentId", {"attachments": [
-        {"filename": "a.png", "content": b"x", "contentId": "img\r\nBcc: x@y.z"}]}),
-    ("content-id-angle-break", "contentId", {"attachments": [
-        {"filename": "a.png", "content": b"x", "contentId": "img> X-Evil: <1"}]}),
+    (
+        "filename-lone-surrogate",
+        "filename",
+        {"attachments": [{"filename": "a\udcff.txt", "content": b"x"}]},
+    ),
+    (
+        "content-type-crlf",
+        "contentType",
+        {
+            "attachments": [
+                {"filename": "a.txt", "content": b"x", "contentType": "text/plain\r\nBcc: x@y.z"}
+            ]
+        },
+    ),
+    (
+        "content-type-parameter",
+        "contentType",
+        {
+            "attachments": [
+                {"filename": "a.txt", "content": b"x", "contentType": "text/plain; name=evil.exe"}
+            ]
+        },
+    ),
+    (
+        "content-type-alias-lf",
+        "contentType",
+        {
+            "attachments": [
+                {"filename": "a.txt", "content": b"x", "content_type": "text/plain\nX: y"}
+            ]
+        },
+    ),
+    (
+        "content-id-crlf",
+        "contentId",
+        {"attachments": [{"filename": "a.png", "content": b"x", "contentId": "img\r\nBcc: x@y.z"}]},
+    ),
+    (
+        "content-id-angle-break",
+        "contentId",
+        {"attachments": [{"filename": "a.png", "content": b"x", "contentId": "img> X-Evil: <1"}]},
+    ),
 ]
 
 # (id, SMTPProtocolHandler keyword overrides)
@@ -325,7 +365,9 @@ POP3_CALL_VECTORS: list[tuple[str, Callable[[POP3ProtocolHandler], Any]]] = [
 ]
 
 INJECTION_VECTOR_COUNT = (
-    len(SEND_VECTORS) + len(SMTP_SETTING_VECTORS) + len(POP3_SETTING_VECTORS)
+    len(SEND_VECTORS)
+    + len(SMTP_SETTING_VECTORS)
+    + len(POP3_SETTING_VECTORS)
     + len(POP3_CALL_VECTORS)
 )
 
@@ -368,16 +410,19 @@ def test_send_vector_is_refused_before_connecting(
     assert smtp_wire.connections == 0
 
 
-@pytest.mark.parametrize(
-    "overrides", [pytest.param(o, id=i) for i, o in SMTP_SETTING_VECTORS]
-)
+@pytest.mark.parametrize("overrides", [pytest.param(o, id=i) for i, o in SMTP_SETTING_VECTORS])
 def test_smtp_setting_vector_is_refused_at_construction(
     smtp_wire: ScriptedServer,
     make_smtp: Callable[..., SMTPProtocolHandler],
     overrides: dict[str, Any],
 ) -> None:
-    options = {"hostname": smtp_wire.host, "port": smtp_wire.port, "username": USER,
-               "password": PASSWORD, **overrides}
+    options = {
+        "hostname": smtp_wire.host,
+        "port": smtp_wire.port,
+        "username": USER,
+        "password": PASSWORD,
+        **overrides,
+    }
     with pytest.raises(ValueError) as caught:
         make_smtp(options.pop("hostname"), options.pop("port"), **options)
     assert PASSWORD not in str(caught.value)
@@ -389,28 +434,31 @@ def test_control_a_valid_pop3_login_does_reach_the_server(pop3_server: POP3TestS
     assert {"USER", "PASS", "LIST"} <= set(pop3_verbs(pop3_server))
 
 
-@pytest.mark.parametrize(
-    "overrides", [pytest.param(o, id=i) for i, o in POP3_SETTING_VECTORS]
-)
+@pytest.mark.parametrize("overrides", [pytest.param(o, id=i) for i, o in POP3_SETTING_VECTORS])
 def test_pop3_setting_vector_is_refused_at_construction(
     pop3_server: POP3TestServer, overrides: dict[str, Any]
 ) -> None:
     options = dict(overrides)
     with pytest.raises(MailValidationError) as caught:
         if options.pop("pool", False):
-            POP3ConnectionPool(pop3_server.host, pop3_server.port, USER, options["password"],
-                               encryption="none")
+            POP3ConnectionPool(
+                pop3_server.host, pop3_server.port, USER, options["password"], encryption="none"
+            )
         else:
             hostname = options.pop("hostname", pop3_server.host)
-            POP3ProtocolHandler(hostname, pop3_server.port, options.pop("username", USER),
-                                options.pop("password", PASSWORD), "none", 5)
+            POP3ProtocolHandler(
+                hostname,
+                pop3_server.port,
+                options.pop("username", USER),
+                options.pop("password", PASSWORD),
+                "none",
+                5,
+            )
     assert "DELE" not in str(caught.value) and PASSWORD not in str(caught.value)
     assert pop3_server.sessions_started == 0
 
 
-@pytest.mark.parametrize(
-    "call", [pytest.param(c, id=i) for i, c in POP3_CALL_VECTORS]
-)
+@pytest.mark.parametrize("call", [pytest.param(c, id=i) for i, c in POP3_CALL_VECTORS])
 def test_pop3_call_vector_never_reaches_the_server(
     pop3_server: POP3TestServer, call: Callable[[POP3ProtocolHandler], Any]
 ) -> None:
@@ -428,14 +476,26 @@ def test_pop3_call_vector_never_reaches_the_server(
 # word or an RFC 2231 parameter; these fields accept them and must never send them raw.
 LINE_BREAKING_UNICODE = "\x85\u2028\u2029\x9b"
 ENCODED_VECTORS: list[tuple[str, dict[str, Any], Callable[[Any], str]]] = [
-    ("subject-unicode-separators", {"subject": f"a{LINE_BREAKING_UNICODE}b"},
-     lambda m: str(m["Subject"])),
-    ("display-name-line-separator", {"to_addresses": ['"Bob\u2028Evil" <bob@example.org>']},
-     lambda m: m["To"].addresses[0].display_name),
-    ("header-value-paragraph-separator", {"custom_headers": {"X-Note": "a\u2029b\x85c"}},
-     lambda m: str(m["X-Note"])),
-    ("filename-next-line", {"attachments": [{"filename": "a\x85b.txt", "content": b"x"}]},
-     lambda m: next(m.iter_attachments()).get_filename()),
+    (
+        "subject-unicode-separators",
+        {"subject": f"a{LINE_BREAKING_UNICODE}b"},
+        lambda m: str(m["Subject"]),
+    ),
+    (
+        "display-name-line-separator",
+        {"to_addresses": ['"Bob\u2028Evil" <bob@example.org>']},
+        lambda m: m["To"].addresses[0].display_name,
+    ),
+    (
+        "header-value-paragraph-separator",
+        {"custom_headers": {"X-Note": "a\u2029b\x85c"}},
+        lambda m: str(m["X-Note"]),
+    ),
+    (
+        "filename-next-line",
+        {"attachments": [{"filename": "a\x85b.txt", "content": b"x"}]},
+        lambda m: next(m.iter_attachments()).get_filename(),
+    ),
 ]
 ENCODED_EXPECTED = {
     "subject-unicode-separators": f"a{LINE_BREAKING_UNICODE}b",
@@ -510,7 +570,8 @@ def test_body_cannot_end_the_data_phase_early(
     assert result.status is SMTPDeliveryStatus.SUCCESS, result.smtp_error
     commands = smtp_commands(smtp_wire)
     assert [c for c in commands if c.upper().startswith((b"MAIL", b"RCPT"))] == [
-        b"MAIL FROM:<alice@example.com>\r\n", b"RCPT TO:<bob@example.org>\r\n"
+        b"MAIL FROM:<alice@example.com>\r\n",
+        b"RCPT TO:<bob@example.org>\r\n",
     ]
     assert b"\r\n.\r\n" not in sent_block(smtp_wire)
     data = sent_message(smtp_wire)
@@ -525,8 +586,13 @@ def test_quoted_local_part_with_angle_bracket_stays_one_address() -> None:
     address, not as an address followed by ESMTP parameters."""
     address = '"bob> NOTIFY=NEVER ORCPT=rfc822;x"@example.org'
     with SMTPTestServer() as server:
-        handler = SMTPProtocolHandler(server.host, server.port, encryption="none",
-                                      from_address=SENDER, pool=SMTPConnectionPool())
+        handler = SMTPProtocolHandler(
+            server.host,
+            server.port,
+            encryption="none",
+            from_address=SENDER,
+            pool=SMTPConnectionPool(),
+        )
         try:
             result = handler.send_message(**{**BASE_SEND, "to_addresses": [address]})
         finally:
@@ -592,12 +658,20 @@ def bad_certificates(
     self_signed = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     self_signed.load_cert_chain(*map(str, self_signed_files))
     return {
-        "expired": _server_context(certs.ca.issue_cert(
-            *LOOPBACK_NAMES, not_before=now - timedelta(days=60), not_after=now - timedelta(days=1)
-        )),
-        "not-yet-valid": _server_context(certs.ca.issue_cert(
-            *LOOPBACK_NAMES, not_before=now + timedelta(days=1), not_after=now + timedelta(days=60)
-        )),
+        "expired": _server_context(
+            certs.ca.issue_cert(
+                *LOOPBACK_NAMES,
+                not_before=now - timedelta(days=60),
+                not_after=now - timedelta(days=1),
+            )
+        ),
+        "not-yet-valid": _server_context(
+            certs.ca.issue_cert(
+                *LOOPBACK_NAMES,
+                not_before=now + timedelta(days=1),
+                not_after=now + timedelta(days=60),
+            )
+        ),
         "wrong-host": _server_context(certs.ca.issue_cert("mail.other.example")),
         "untrusted-ca": _server_context(trustme.CA().issue_cert(*LOOPBACK_NAMES)),
         "self-signed": self_signed,
@@ -640,10 +714,17 @@ def test_bad_certificate_fails_clearly_before_credentials(
     reason = re.compile(CERTIFICATE_REASONS[kind])
     if mode.startswith("smtp"):
         tls_mode, encryption = ("implicit", "ssl") if mode == "smtp-ssl" else ("starttls", "tls")
-        with SMTPTestServer(tls=tls_mode, ssl_context=server_context, users={USER: PASSWORD},
-                            auth_require_tls=False) as server:
-            handler = make_smtp(server.host, server.port, encryption=encryption,
-                                username=USER, password=PASSWORD, ssl_context=client_context)
+        with SMTPTestServer(
+            tls=tls_mode, ssl_context=server_context, users={USER: PASSWORD}, auth_require_tls=False
+        ) as server:
+            handler = make_smtp(
+                server.host,
+                server.port,
+                encryption=encryption,
+                username=USER,
+                password=PASSWORD,
+                ssl_context=client_context,
+            )
             result = handler.send_message(**BASE_SEND)
         assert result.status is SMTPDeliveryStatus.FAILED
         assert not result.is_retryable and sleeps == []
@@ -652,10 +733,14 @@ def test_bad_certificate_fails_clearly_before_credentials(
         assert server.auth_attempts == [] and server.messages == []
     else:
         tls_mode, encryption = ("implicit", "ssl") if mode == "pop3-ssl" else ("starttls", "tls")
-        with POP3TestServer(tls=tls_mode, ssl_context=server_context,  # type: ignore[arg-type]
-                            users={USER: PASSWORD}) as server:
-            handler = make_pop3(server, encryption=encryption, ssl_context=client_context,
-                                sleep=sleeps)
+        with POP3TestServer(
+            tls=tls_mode,
+            ssl_context=server_context,  # type: ignore[arg-type]
+            users={USER: PASSWORD},
+        ) as server:
+            handler = make_pop3(
+                server, encryption=encryption, ssl_context=client_context, sleep=sleeps
+            )
             with pytest.raises(POP3SecurityError) as caught:
                 handler.list_messages()
             verbs = pop3_verbs(server)
@@ -691,8 +776,9 @@ def test_callers_own_context_can_pin_a_self_signed_certificate(
             assert result.status is SMTPDeliveryStatus.SUCCESS, result.smtp_error
             assert server.wait_for_messages(1)[0].secure
     else:
-        with POP3TestServer(tls="implicit", ssl_context=server_context,
-                            users={USER: PASSWORD}) as server:
+        with POP3TestServer(
+            tls="implicit", ssl_context=server_context, users={USER: PASSWORD}
+        ) as server:
             server.add_message(POP3_MESSAGES[0], user=USER)
             handler = make_pop3(server, encryption="ssl", ssl_context=pinned)
             assert handler.list_messages()[0] == [1]
@@ -735,10 +821,16 @@ def test_smtp_starttls_stripping_never_sends_auth_or_mail_in_clear(
     script: Any,
 ) -> None:
     if isinstance(script, str):
-        replies = {"454": "4.7.0 TLS not available", "502": "5.5.1 Not implemented",
-                   "421": "4.3.2 Shutting down"}
-        script = SMTPDialogue(tls_context=certs.server_context(), auth_mechanisms=("PLAIN",),
-                              replies={"STARTTLS": (int(script), replies[script])})
+        replies = {
+            "454": "4.7.0 TLS not available",
+            "502": "5.5.1 Not implemented",
+            "421": "4.3.2 Shutting down",
+        }
+        script = SMTPDialogue(
+            tls_context=certs.server_context(),
+            auth_mechanisms=("PLAIN",),
+            replies={"STARTTLS": (int(script), replies[script])},
+        )
     with ScriptedServer(script) as server:
         handler = make_smtp(*server.address, encryption="tls", username=USER, password=PASSWORD)
         result = handler.send_message(**BASE_SEND)
@@ -756,8 +848,11 @@ def test_smtp_server_that_stops_offering_starttls_on_reconnect(
 ) -> None:
     """The first connection is encrypted and asks for a retry; the second offers no
     STARTTLS. The retry must fail rather than log in or send in clear."""
-    first = SMTPDialogue(tls_context=certs.server_context(), auth_mechanisms=("PLAIN",),
-                         replies={"MAIL": (421, "4.3.2 Try again later")})
+    first = SMTPDialogue(
+        tls_context=certs.server_context(),
+        auth_mechanisms=("PLAIN",),
+        replies={"MAIL": (421, "4.3.2 Try again later")},
+    )
     second = SMTPDialogue(auth_mechanisms=("PLAIN",))
     with ScriptedServer([first, second]) as server:
         handler = make_smtp(*server.address, encryption="tls", username=USER, password=PASSWORD)
@@ -801,8 +896,9 @@ def test_pop3_stls_stripping_never_sends_credentials(
         verbs = commands_seen(scripted)
         assert "STLS" in verbs and "USER" not in verbs and "PASS" not in verbs
         return
-    with POP3TestServer(tls="starttls", ssl_context=server_ssl_context,
-                        users={USER: PASSWORD}) as server:
+    with POP3TestServer(
+        tls="starttls", ssl_context=server_ssl_context, users={USER: PASSWORD}
+    ) as server:
         server.faults.advertise_stls = variant != "not-offered"
         server.faults.stls_error = variant == "refused"
         if variant == "no-capa":
@@ -817,8 +913,9 @@ def test_pop3_stls_stripping_never_sends_credentials(
 def test_pop3_server_that_stops_offering_stls_later(
     server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
 ) -> None:
-    with POP3TestServer(tls="starttls", ssl_context=server_ssl_context,
-                        users={USER: PASSWORD}) as server:
+    with POP3TestServer(
+        tls="starttls", ssl_context=server_ssl_context, users={USER: PASSWORD}
+    ) as server:
         server.add_message(POP3_MESSAGES[0], user=USER)
         handler = make_pop3(server, encryption="tls", ssl_context=client_ssl_context)
         assert handler.list_messages()[0] == [1]
@@ -838,8 +935,11 @@ def test_pop3_server_that_stops_offering_stls_later(
 
 def _smtp_login_script(mechanism: str, server_context: ssl.SSLContext, echo: str) -> Any:
     """A server offering only ``mechanism`` that refuses the login, echoing ``echo``."""
-    return SMTPDialogue(tls_context=server_context, auth_mechanisms=(mechanism,),
-                        replies={"AUTH": (535, f"5.7.8 Rejected: {echo}")})
+    return SMTPDialogue(
+        tls_context=server_context,
+        auth_mechanisms=(mechanism,),
+        replies={"AUTH": (535, f"5.7.8 Rejected: {echo}")},
+    )
 
 
 def test_smtp_secrets_never_leave_the_library(
@@ -852,16 +952,24 @@ def test_smtp_secrets_never_leave_the_library(
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
     results = []
-    with SMTPTestServer(tls="starttls", ssl_context=certs.server_context(),
-                        users={USER: PASSWORD}) as server:
-        good = make_smtp(server.host, server.port, encryption="tls", username=USER,
-                         password=PASSWORD, trace=True)
-        bad = make_smtp(server.host, server.port, encryption="tls", username=USER,
-                        password=WRONG, trace=True)
+    with SMTPTestServer(
+        tls="starttls", ssl_context=certs.server_context(), users={USER: PASSWORD}
+    ) as server:
+        good = make_smtp(
+            server.host, server.port, encryption="tls", username=USER, password=PASSWORD, trace=True
+        )
+        bad = make_smtp(
+            server.host, server.port, encryption="tls", username=USER, password=WRONG, trace=True
+        )
         results += [good.send_message(**BASE_SEND), bad.send_message(**BASE_SEND)]
         assert not bad.connect()
-        texts += [repr(good), str(good), repr(good.pool), str(good.pool.get_stats()),
-                  str(bad.last_error)]
+        texts += [
+            repr(good),
+            str(good),
+            repr(good.pool),
+            str(good.pool.get_stats()),
+            str(bad.last_error),
+        ]
     assert [r.status for r in results] == [SMTPDeliveryStatus.SUCCESS, SMTPDeliveryStatus.FAILED]
     # Servers that echo the payload or the password in their refusal, LOGIN and PLAIN.
     echoes = {
@@ -870,13 +978,21 @@ def test_smtp_secrets_never_leave_the_library(
     }
     for mechanism, echo in echoes.items():
         with ScriptedServer(_smtp_login_script(mechanism, certs.server_context(), echo)) as srv:
-            handler = make_smtp(*srv.address, encryption="tls", username=USER, password=WRONG,
-                                trace=True)
+            handler = make_smtp(
+                *srv.address, encryption="tls", username=USER, password=WRONG, trace=True
+            )
             results.append(handler.send_message(**BASE_SEND))
             with pytest.raises(MailAuthenticationError) as caught:
-                SMTPConnection.open(srv.host, srv.port, encryption=SMTPEncryption.STARTTLS,
-                                    username=USER, password=WRONG, timeout=5,
-                                    ssl_context=client_ssl_context, local_hostname=None)
+                SMTPConnection.open(
+                    srv.host,
+                    srv.port,
+                    encryption=SMTPEncryption.STARTTLS,
+                    username=USER,
+                    password=WRONG,
+                    timeout=5,
+                    ssl_context=client_ssl_context,
+                    local_hostname=None,
+                )
             texts += [*exception_texts(caught.value), str(handler.last_error)]
         assert results[-1].status is SMTPDeliveryStatus.FAILED
         assert MASK in (results[-1].smtp_error or "")
@@ -900,23 +1016,33 @@ def test_pop3_secrets_never_leave_the_library(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
-    with POP3TestServer(tls="starttls", ssl_context=server_ssl_context,
-                        users={USER: PASSWORD}) as server:
+    with POP3TestServer(
+        tls="starttls", ssl_context=server_ssl_context, users={USER: PASSWORD}
+    ) as server:
         server.add_message(POP3_MESSAGES[0], user=USER)
         good = make_pop3(server, encryption="tls", ssl_context=client_ssl_context, trace=True)
         with good:
             assert len(good.fetch_messages()) == 1
             texts.append(repr(good))
-        pool = POP3ConnectionPool(server.host, server.port, USER, PASSWORD, 2,
-                                  encryption="tls", ssl_context=client_ssl_context, trace=True)
+        pool = POP3ConnectionPool(
+            server.host,
+            server.port,
+            USER,
+            PASSWORD,
+            2,
+            encryption="tls",
+            ssl_context=client_ssl_context,
+            trace=True,
+        )
         with pool:
             handler = pool.acquire()
             assert handler is not None
             texts += [repr(pool), repr(handler)]
             pool.release(handler)
         server.faults.error_replies["PASS"] = f"-ERR [AUTH] bad password {WRONG}"
-        bad = make_pop3(server, encryption="tls", ssl_context=client_ssl_context,
-                        password=WRONG, trace=True)
+        bad = make_pop3(
+            server, encryption="tls", ssl_context=client_ssl_context, password=WRONG, trace=True
+        )
         with pytest.raises(MailHandlerError) as caught:
             bad.authenticate()
         texts += [*exception_texts(caught.value), repr(bad)]
@@ -948,24 +1074,39 @@ def test_oauth2_tokens_never_leave_the_library_or_the_trace(
     texts: list[str] = []
     tokens = {OAUTH_USER: TOKEN}
     if protocol == "smtp":
-        with SMTPTestServer(tls="starttls", ssl_context=certs.server_context(),
-                            oauth2_tokens=tokens) as server:
+        with SMTPTestServer(
+            tls="starttls", ssl_context=certs.server_context(), oauth2_tokens=tokens
+        ) as server:
             for token in (TOKEN, WRONG_TOKEN):
-                handler = make_smtp(server.host, server.port, encryption="tls",
-                                    username=OAUTH_USER, oauth2_token=token, trace=True,
-                                    oauth2_initial_response=one_step)
+                handler = make_smtp(
+                    server.host,
+                    server.port,
+                    encryption="tls",
+                    username=OAUTH_USER,
+                    oauth2_token=token,
+                    trace=True,
+                    oauth2_initial_response=one_step,
+                )
                 result = handler.send_message(**BASE_SEND)
                 texts += [json.dumps(result.to_dict()), repr(handler), str(handler.last_error)]
             assert len(server.messages) == 1
     else:
-        with POP3TestServer(tls="starttls", ssl_context=certs.server_context(),
-                            oauth2_tokens=tokens) as server:
+        with POP3TestServer(
+            tls="starttls", ssl_context=certs.server_context(), oauth2_tokens=tokens
+        ) as server:
             server.add_message(POP3_MESSAGES[0], user=OAUTH_USER)
             for token in (TOKEN, WRONG_TOKEN):
                 handler = POP3ProtocolHandler(
-                    server.host, server.port, OAUTH_USER, encryption="tls", timeout=5,
-                    ssl_context=client_ssl_context, oauth2_token=token, trace=True,
-                    oauth2_initial_response=one_step, sleep=Sleeps(),
+                    server.host,
+                    server.port,
+                    OAUTH_USER,
+                    encryption="tls",
+                    timeout=5,
+                    ssl_context=client_ssl_context,
+                    oauth2_token=token,
+                    trace=True,
+                    oauth2_initial_response=one_step,
+                    sleep=Sleeps(),
                 )
                 try:
                     texts.append(str(handler.list_messages()))
@@ -975,22 +1116,28 @@ def test_oauth2_tokens_never_leave_the_library_or_the_trace(
     log_text = library_log_text(caplog)
     printed = capsys.readouterr()
     assert printed.out == "" and printed.err == ""
-    forbidden = [TOKEN, WRONG_TOKEN, encode_xoauth2(OAUTH_USER, TOKEN),
-                 encode_xoauth2(OAUTH_USER, WRONG_TOKEN)]
+    forbidden = [
+        TOKEN,
+        WRONG_TOKEN,
+        encode_xoauth2(OAUTH_USER, TOKEN),
+        encode_xoauth2(OAUTH_USER, WRONG_TOKEN),
+    ]
     assert_no_secret([*texts, log_text], forbidden)
     assert "AUTH XOAUTH2" in log_text and MASK in log_text
 
 
 def test_library_never_turns_on_protocol_debug_printing(
-    certs: TestCertificates, make_smtp: Callable[..., SMTPProtocolHandler],
+    certs: TestCertificates,
+    make_smtp: Callable[..., SMTPProtocolHandler],
     pop3_server: POP3TestServer,
 ) -> None:
     with SMTPTestServer(tls="starttls", ssl_context=certs.server_context()) as server:
         pool = SMTPConnectionPool()
         handler = make_smtp(server.host, server.port, encryption="tls", pool=pool, trace=True)
         assert handler.connect()
-        connection = pool.get_connection(server.host, server.port, encryption="tls",
-                                          ssl_context=handler.ssl_context)
+        connection = pool.get_connection(
+            server.host, server.port, encryption="tls", ssl_context=handler.ssl_context
+        )
         assert connection.client.debuglevel == 0
         pool.release_connection(server.host, server.port, connection)
     pop3 = make_pop3(pop3_server, trace=True)
@@ -1002,37 +1149,92 @@ def test_library_never_turns_on_protocol_debug_printing(
 
 # (id, protocol, dialogue as (side, line) pairs, secrets that must not be logged)
 REDACTION_CASES: list[tuple[str, str, list[tuple[str, str]], list[str]]] = [
-    ("smtp-plain-initial-response", "smtp", [
-        ("C", f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + PASSWORD)}"),
-        ("S", f"535 5.7.8 bad {b64(chr(0) + USER + chr(0) + PASSWORD)} {PASSWORD}"),
-    ], secret_forms(USER, PASSWORD)),
-    ("smtp-plain-after-challenge", "smtp", [
-        ("C", "AUTH PLAIN"), ("S", "334 "),
-        ("C", b64(f"\0{USER}\0{PASSWORD}")), ("S", "235 2.7.0 ok"),
-    ], secret_forms(USER, PASSWORD)),
-    ("smtp-login", "smtp", [
-        ("C", f"AUTH LOGIN {b64(USER)}"), ("S", "334 UGFzc3dvcmQ6"),
-        ("C", b64(PASSWORD)), ("S", f"535 5.7.8 {PASSWORD} refused"),
-    ], secret_forms(USER, PASSWORD)),
-    ("smtp-login-no-initial", "smtp", [
-        ("C", "AUTH LOGIN"), ("S", "334 VXNlcm5hbWU6"), ("C", b64(USER)),
-        ("S", "334 UGFzc3dvcmQ6"), ("C", b64(PASSWORD)), ("S", "235 ok"),
-    ], secret_forms(USER, PASSWORD)),
-    ("smtp-cram-md5", "smtp", [
-        ("C", "AUTH CRAM-MD5"), ("S", "334 PDEyMzQ1QGV4YW1wbGU+"),
-        ("C", b64(f"{USER} 0123456789abcdef0123456789abcdef")), ("S", "235 ok"),
-    ], [b64(f"{USER} 0123456789abcdef0123456789abcdef")]),
-    ("pop3-pass", "pop3", [
-        ("C", f"USER {USER}"), ("S", "+OK"), ("C", f"PASS {PASSWORD}"),
-        ("S", f"-ERR [AUTH] {PASSWORD} is wrong"),
-    ], [PASSWORD]),
-    ("pop3-apop", "pop3", [
-        ("C", f"APOP {USER} c4c9334bac560ecc979e58001b3e22fb"), ("S", "+OK"),
-    ], ["c4c9334bac560ecc979e58001b3e22fb"]),
-    ("pop3-auth-plain-continuation", "pop3", [
-        ("C", "AUTH PLAIN"), ("S", "+ "), ("C", b64(f"\0{USER}\0{PASSWORD}")),
-        ("S", "+OK logged in"),
-    ], secret_forms(USER, PASSWORD)),
+    (
+        "smtp-plain-initial-response",
+        "smtp",
+        [
+            ("C", f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + PASSWORD)}"),
+            ("S", f"535 5.7.8 bad {b64(chr(0) + USER + chr(0) + PASSWORD)} {PASSWORD}"),
+        ],
+        secret_forms(USER, PASSWORD),
+    ),
+    (
+        "smtp-plain-after-challenge",
+        "smtp",
+        [
+            ("C", "AUTH PLAIN"),
+            ("S", "334 "),
+            ("C", b64(f"\0{USER}\0{PASSWORD}")),
+            ("S", "235 2.7.0 ok"),
+        ],
+        secret_forms(USER, PASSWORD),
+    ),
+    (
+        "smtp-login",
+        "smtp",
+        [
+            ("C", f"AUTH LOGIN {b64(USER)}"),
+            ("S", "334 UGFzc3dvcmQ6"),
+            ("C", b64(PASSWORD)),
+            ("S", f"535 5.7.8 {PASSWORD} refused"),
+        ],
+        secret_forms(USER, PASSWORD),
+    ),
+    (
+        "smtp-login-no-initial",
+        "smtp",
+        [
+            ("C", "AUTH LOGIN"),
+            ("S", "334 VXNlcm5hbWU6"),
+            ("C", b64(USER)),
+            ("S", "334 UGFzc3dvcmQ6"),
+            ("C", b64(PASSWORD)),
+            ("S", "235 ok"),
+        ],
+        secret_forms(USER, PASSWORD),
+    ),
+    (
+        "smtp-cram-md5",
+        "smtp",
+        [
+            ("C", "AUTH CRAM-MD5"),
+            ("S", "334 PDEyMzQ1QGV4YW1wbGU+"),
+            ("C", b64(f"{USER} 0123456789abcdef0123456789abcdef")),
+            ("S", "235 ok"),
+        ],
+        [b64(f"{USER} 0123456789abcdef0123456789abcdef")],
+    ),
+    (
+        "pop3-pass",
+        "pop3",
+        [
+            ("C", f"USER {USER}"),
+            ("S", "+OK"),
+            ("C", f"PASS {PASSWORD}"),
+            ("S", f"-ERR [AUTH] {PASSWORD} is wrong"),
+        ],
+        [PASSWORD],
+    ),
+    (
+        "pop3-apop",
+        "pop3",
+        [
+            ("C", f"APOP {USER} c4c9334bac560ecc979e58001b3e22fb"),
+            ("S", "+OK"),
+        ],
+        ["c4c9334bac560ecc979e58001b3e22fb"],
+    ),
+    (
+        "pop3-auth-plain-continuation",
+        "pop3",
+        [
+            ("C", "AUTH PLAIN"),
+            ("S", "+ "),
+            ("C", b64(f"\0{USER}\0{PASSWORD}")),
+            ("S", "+OK logged in"),
+        ],
+        secret_forms(USER, PASSWORD),
+    ),
 ]
 
 
@@ -1072,8 +1274,13 @@ def test_wire_log_is_silent_without_trace(
     with make_pop3(pop3_server) as handler:
         handler.list_messages()
     with SMTPTestServer() as server:
-        handler_smtp = SMTPProtocolHandler(server.host, server.port, encryption="none",
-                                           from_address=SENDER, pool=SMTPConnectionPool())
+        handler_smtp = SMTPProtocolHandler(
+            server.host,
+            server.port,
+            encryption="none",
+            from_address=SENDER,
+            pool=SMTPConnectionPool(),
+        )
         assert handler_smtp.send_message(**BASE_SEND).success
         handler_smtp.close()
     assert not [r for r in caplog.records if r.name == wire_log.__name__]
@@ -1163,7 +1370,7 @@ def _parse(raw: bytes, **options: Any) -> tuple[dict[str, Any], list[logging.Log
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record)
 
-    logger = logging.getLogger(parse_message.__module__)
+    logger = logging.getLogger("src.handlers.parser")
     keep, previous = Keep(logging.DEBUG), logger.level
     logger.addHandler(keep)
     logger.setLevel(logging.DEBUG)
@@ -1182,8 +1389,10 @@ def deep_multipart(depth: int) -> bytes:
         for level in range(depth)
     )
     closing = "".join(f"\r\n--b{level}--" for level in reversed(range(depth)))
-    return (f"Subject: deep\r\nMIME-Version: 1.0\r\n{opening}"
-            f"Content-Type: text/plain\r\n\r\nthe bottom{closing}\r\n").encode()
+    return (
+        f"Subject: deep\r\nMIME-Version: 1.0\r\n{opening}"
+        f"Content-Type: text/plain\r\n\r\nthe bottom{closing}\r\n"
+    ).encode()
 
 
 def many_parts(count: int) -> bytes:
@@ -1191,8 +1400,9 @@ def many_parts(count: int) -> bytes:
         f'--b\r\nContent-Type: application/octet-stream; name="p{i}.bin"\r\n\r\n{i}\r\n'
         for i in range(count)
     )
-    return (f'Subject: wide\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
-            f"{parts}--b--\r\n").encode()
+    return (
+        f'Subject: wide\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n{parts}--b--\r\n'
+    ).encode()
 
 
 def test_ten_thousand_levels_of_multipart_stop_at_the_depth_limit() -> None:
@@ -1230,9 +1440,11 @@ def test_part_header_blocks_and_nested_messages_are_bounded() -> None:
     nested = b"Subject: inner\r\n\r\nx\r\n"
     for _ in range(10_000):
         nested = b"Content-Type: message/rfc822\r\n\r\n" + nested
-    raw = (b'Subject: parts\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
-           b"--b\r\n" + part_headers + b"Content-Type: text/plain\r\n\r\nhello\r\n"
-           b"--b\r\n" + nested + b"\r\n--b--\r\n")
+    raw = (
+        b'Subject: parts\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\n" + part_headers + b"Content-Type: text/plain\r\n\r\nhello\r\n"
+        b"--b\r\n" + nested + b"\r\n--b--\r\n"
+    )
     result, _ = _parse(raw)
     assert result["subject"] == "parts"
     assert result["attachmentCount"] <= 2

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from fake_sleep import Sleeps
 
+from src.handlers._smtp.connection import SMTPConnection
 from src.handlers.smtp import (
     SMTPConnectionPool,
     SMTPDeliveryStatus,
@@ -25,7 +26,6 @@ from src.handlers.smtp import (
     SMTPProtocolHandler,
     shared_pool,
 )
-from src.handlers.smtp_connection import SMTPConnection
 from src.testing.scripted_server import ScriptedServer
 from src.testing.smtp_scripts import (
     SMTPDialogue,
@@ -754,7 +754,7 @@ def test_deadline_after_the_body_is_outcome_unknown(make_handler):
 def test_deliverability_check_refuses_a_null_mx_domain(start_server, make_handler):
     import dns.resolver
 
-    from src.handlers.deliverability import DeliverabilityChecker
+    from src.handlers._dns.deliverability import DeliverabilityChecker
     from src.testing.dns_server import LoopbackDNSServer
 
     zone = {
@@ -836,8 +836,9 @@ def test_attached_message_travels_as_message_rfc822_not_base64(start_server, mak
 def test_non_ascii_password_logs_in_with_utf8_plain(start_server, make_handler):
     password = "pässwörd-ünïcode"
     server = start_server("starttls", users={"jörg": password})
-    handler = make_handler(server.host, server.port, username="jörg", password=password,
-                           encryption="tls")
+    handler = make_handler(
+        server.host, server.port, username="jörg", password=password, encryption="tls"
+    )
     result = send_simple(handler)
     assert result.status is SMTPDeliveryStatus.SUCCESS, result.smtp_error
     assert server.wait_for_messages(1)[0].username == "jörg"

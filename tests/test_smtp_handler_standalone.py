@@ -28,6 +28,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from src.handlers._mime.builder import OutgoingMessage, build_message
+from src.handlers._smtp.connection import SMTPConnection, SMTPEncryption, TransactionOutcome
+from src.handlers._smtp.pool import ConnectionKey, PoolTimeoutError, SMTPConnectionPool
 from src.handlers.errors import (
     MailAuthenticationError,
     MailConnectionError,
@@ -42,7 +45,6 @@ from src.handlers.errors import (
     SMTPResponseError,
     SMTPSenderRefused,
 )
-from src.handlers.message_builder import OutgoingMessage, build_message
 from src.handlers.retry import (
     MAX_RETRIES,
     RETRY_DELAYS,
@@ -56,8 +58,6 @@ from src.handlers.smtp import (
     SMTPDeliveryStatus,
     SMTPProtocolHandler,
 )
-from src.handlers.smtp_connection import SMTPConnection, SMTPEncryption, TransactionOutcome
-from src.handlers.smtp_pool import ConnectionKey, PoolTimeoutError, SMTPConnectionPool
 from src.handlers.validation import SMTPMessageValidator, decode_attachments
 
 V = SMTPMessageValidator
@@ -274,8 +274,20 @@ def test_base64_with_line_breaks_is_decoded() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["Bcc", "bcc", "From", "To", "Cc", "Subject", "Reply-To", "Date", "Sender", "MIME-Version",
-     "Content-Type", "Content-Transfer-Encoding"],
+    [
+        "Bcc",
+        "bcc",
+        "From",
+        "To",
+        "Cc",
+        "Subject",
+        "Reply-To",
+        "Date",
+        "Sender",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+    ],
 )
 def test_reserved_custom_headers_are_refused(name: str) -> None:
     valid, error = V.validate_message(
@@ -467,9 +479,7 @@ def test_last_delay_repeats_and_never_allows_nothing() -> None:
         (ValueError("bug"), False),
     ],
 )
-def test_is_retryable_decides_from_the_kind_of_error(
-    error: BaseException, retryable: bool
-) -> None:
+def test_is_retryable_decides_from_the_kind_of_error(error: BaseException, retryable: bool) -> None:
     assert is_retryable(error) is retryable
     assert RetryPolicy().is_retryable(error) is retryable
 
@@ -489,9 +499,7 @@ def test_call_with_retry_records_delays_without_waiting() -> None:
         operation,
         RetryPolicy(),
         sleep=slept.append,
-        on_retry=lambda error, number, delay: notices.append(
-            (type(error).__name__, number, delay)
-        ),
+        on_retry=lambda error, number, delay: notices.append((type(error).__name__, number, delay)),
     )
     assert result == "done"
     assert slept == [1, 5]
@@ -844,9 +852,7 @@ def test_smtputf8_only_for_non_ascii_local_parts(
 
 
 def test_idn_domains_are_punycoded() -> None:
-    message = build(
-        from_address="Grüße <info@müller.de>", to_addresses=["Jürgen <user@bücher.de>"]
-    )
+    message = build(from_address="Grüße <info@müller.de>", to_addresses=["Jürgen <user@bücher.de>"])
     assert message.sender == "info@xn--mller-kva.de"
     assert message.recipients == ("user@xn--bcher-kva.de",)
     assert "bücher".encode() not in message.data
@@ -864,9 +870,7 @@ header_text = st.text(
 display_names = st.text(
     st.characters(exclude_categories=("Cs",), exclude_characters=_C0_BUT_TAB + "\t"),
     max_size=120,
-).filter(
-    lambda n: len(n.encode()) <= 45 or (n.isascii() and len(n) <= 150 and "=?" not in n)
-)
+).filter(lambda n: len(n.encode()) <= 45 or (n.isascii() and len(n) <= 150 and "=?" not in n))
 # The stdlib strips whitespace around filenames on reading (Message.get_filename).
 filenames = st.text(
     st.characters(exclude_categories=("Cs",), exclude_characters=_C0_BUT_TAB + "\t"),
@@ -891,8 +895,12 @@ def test_stdlib_parser_reads_back_what_was_built(
     attachments = [{"filename": filename, "content": content}]
     headers = {"X-Property": header_value}
     assert V.validate_message(
-        ["rcpt@example.com"], subject, text, attachments=attachments,
-        from_address=sender, custom_headers=headers,
+        ["rcpt@example.com"],
+        subject,
+        text,
+        attachments=attachments,
+        from_address=sender,
+        custom_headers=headers,
     ) == (True, None)
     message = build(
         from_address=sender,
@@ -1358,8 +1366,16 @@ def test_handler_rejects_hostnames_that_could_inject(mock_pool: Any, hostname: s
 
 @pytest.mark.parametrize(
     "options",
-    [{"port": 0}, {"port": 65536}, {"port": "587"}, {"port": True}, {"pool_size": 0},
-     {"timeout": 0}, {"from_address": "not-an-address"}, {"username": "user\r\nRSET"}],
+    [
+        {"port": 0},
+        {"port": 65536},
+        {"port": "587"},
+        {"port": True},
+        {"pool_size": 0},
+        {"timeout": 0},
+        {"from_address": "not-an-address"},
+        {"username": "user\r\nRSET"},
+    ],
 )
 def test_handler_rejects_bad_options(mock_pool: Any, options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -1452,9 +1468,7 @@ def test_missing_sender_is_invalid(mock_pool: Any) -> None:
     assert mock_pool.mock_calls == []
 
 
-def test_username_that_is_an_address_is_the_default_sender(
-    mock_pool: Any, connection: Any
-) -> None:
+def test_username_that_is_an_address_is_the_default_sender(mock_pool: Any, connection: Any) -> None:
     handler = make_handler(mock_pool, from_address=None, username="me@example.com")
     assert send(handler).status is SMTPDeliveryStatus.SUCCESS
     assert sent_messages(connection)[0].sender == "me@example.com"

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from src.handlers._smtp.connection import SMTPConnection
 from src.handlers.retry import RetryPolicy
 from src.handlers.smtp import (
     DeliveryResult,
@@ -35,7 +36,6 @@ from src.handlers.smtp import (
     SMTPDeliveryStatus,
     SMTPProtocolHandler,
 )
-from src.handlers.smtp_connection import SMTPConnection
 from src.testing.scripted_server import Conversation, ScriptedServer
 
 pytestmark = pytest.mark.soak

@@ -14,7 +14,9 @@ import ssl
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..handlers import wire_log
+from ..handlers._net import trace as wire_log
+from ..handlers._smtp.connect import SMTPEncryption
+from ..handlers._smtp.connection import SMTPConnection
 from ..handlers.errors import (
     MailAuthenticationError,
     POP3AuthenticationError,
@@ -22,8 +24,6 @@ from ..handlers.errors import (
 )
 from ..handlers.pop3 import POP3ProtocolHandler
 from ..handlers.retry import RetryPolicy
-from ..handlers.smtp_connect import SMTPEncryption
-from ..handlers.smtp_connection import SMTPConnection
 from .common import (
     ExitCode,
     add_connection_options,

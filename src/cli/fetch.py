@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..handlers._sync.uid_store import FileUIDStore
 from ..handlers.errors import MailHandlerError, POP3MessageTooLargeError, POP3UnsupportedError
 from ..handlers.pop3 import DEFAULT_MAX_MESSAGE_SIZE, POP3ProtocolHandler
 from ..handlers.retry import RetryPolicy
-from ..handlers.uid_store import FileUIDStore
 from .common import (
     CLIError,
     ExitCode,

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from ..handlers.durable import write_durably
+from ..handlers._sync.durable import write_durably
 from .common import CLIError, ExitCode
 
 

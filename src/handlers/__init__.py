@@ -6,6 +6,11 @@ underscore are private.
 
 import logging
 
+from ._mime.parser import ParseLimits, parse_message
+from ._smtp.connection import SMTPNotSupportedError
+from ._smtp.pool import PoolTimeoutError
+from ._sync.sync import SyncResult, sync_mailbox
+from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 from .errors import (
     MailAuthenticationError,
     MailConnectionError,
@@ -31,10 +36,7 @@ from .errors import (
     SMTPResponseError,
     SMTPSenderRefused,
 )
-from .message_parser import ParseLimits, parse_message
-from .pop3 import DEFAULT_MAX_MESSAGE_SIZE, POP3ProtocolHandler
-from .pop3_pool import POP3ConnectionPool
-from .pop3_sync import SyncResult, sync_mailbox
+from .pop3 import DEFAULT_MAX_MESSAGE_SIZE, POP3ConnectionPool, POP3ProtocolHandler
 from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy
 from .smtp import (
     DeliveryResult,
@@ -45,9 +47,6 @@ from .smtp import (
     SMTPProtocolHandler,
     shared_pool,
 )
-from .smtp_connection import SMTPNotSupportedError
-from .smtp_pool import PoolTimeoutError
-from .uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

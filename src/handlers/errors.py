@@ -94,8 +94,8 @@ class MailResponseError(MailHandlerError):
     def __init__(self, code: int | None, text: str, enhanced_code: str | None = None) -> None:
         self.code = code
         self.text = text
-        self.enhanced_code = enhanced_code if enhanced_code is not None else (
-            parse_enhanced_code(text)
+        self.enhanced_code = (
+            enhanced_code if enhanced_code is not None else (parse_enhanced_code(text))
         )
         super().__init__(f"{code} {text}" if code is not None else text)
 

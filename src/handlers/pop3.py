@@ -16,18 +16,17 @@ lost (the server only commits at ``QUIT``), and every later call raises
 
 A handler is not thread-safe: use one per thread, or a :class:`POP3ConnectionPool`.
 
-The handler is built in layers: :class:`~src.handlers.pop3_session.POP3Session` holds
+The handler is built in layers: :class:`~src.handlers._pop3.session.POP3Session` holds
 the session's state and plumbing (opening, login, one command, losing and ending the
-session), :class:`~src.handlers.pop3_mailbox.POP3Mailbox` adds the mailbox operations,
+session), :class:`~src.handlers._pop3.mailbox.POP3Mailbox` adds the mailbox operations,
 and this module adds the constructor, the session lifecycle and the making of clients
 from ``POP3`` and ``POP3_SSL``, looked up here on every connection so that tests can
-patch them in this module. Argument checks live in :mod:`~src.handlers.pop3_checks`.
+patch them in this module. Argument checks live in :mod:`~src.handlers._pop3.checks`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import poplib
 import ssl
 import time
@@ -36,8 +35,20 @@ from poplib import POP3, POP3_SSL
 from types import TracebackType
 from typing import Any, Final
 
-from . import wire_log
-from .credentials import Secret
+from ._auth.oauth2 import TokenProvider, TokenSource
+from ._auth.secret import Secret
+from ._mime.parser import ParseLimits
+from ._net import trace as wire_log
+from ._net.logs import get_logger
+from ._net.tls import resolve_context
+from ._pop3.checks import check_credentials, check_size_limit, oauth2_source
+from ._pop3.client import FastPOP3, FastPOP3_SSL, is_fast_client
+from ._pop3.connection import DEFAULT_CONNECT_RETRY, ClientFactory, POP3Connector
+from ._pop3.mailbox import POP3Mailbox
+from ._pop3.pool import SessionPool
+from ._pop3.session import Client
+from ._sync.sync import MessageCallback, SyncResult, sync_mailbox
+from ._sync.uid_store import UIDStore
 from .errors import (
     POP3AuthenticationError,
     POP3ConnectionError,
@@ -47,18 +58,7 @@ from .errors import (
     POP3TimeoutError,
     POP3UnsupportedError,
 )
-from .message_parser import ParseLimits
-from .oauth2 import TokenProvider, TokenSource
-from .pop3_checks import check_credentials, check_size_limit, oauth2_source
-from .pop3_client import FastPOP3, FastPOP3_SSL, is_fast_client
-from .pop3_connection import DEFAULT_CONNECT_RETRY, ClientFactory, POP3Connector
-from .pop3_mailbox import POP3Mailbox
-from .pop3_pool import POP3ConnectionPool
-from .pop3_session import Client
-from .pop3_sync import MessageCallback, SyncResult, sync_mailbox
 from .retry import Clock, RetryPolicy, Sleep
-from .tls import resolve_context
-from .uid_store import UIDStore
 
 __all__ = [
     "DEFAULT_CONNECT_RETRY",
@@ -77,7 +77,7 @@ __all__ = [
     "SyncResult",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger("pop3")
 
 #: Messages larger than this are refused unless ``max_message_size`` says otherwise.
 DEFAULT_MAX_MESSAGE_SIZE: Final = 50 * 1024 * 1024
@@ -97,8 +97,8 @@ class POP3ProtocolHandler(POP3Mailbox):
     ``deadline`` (seconds that opening a connection may take in all, retries included),
     ``max_message_size`` (bytes, ``None`` for no limit), ``include_raw`` and
     ``include_attachment_content`` (extras in the message dicts), ``parse_limits`` and
-    ``trace`` (log every command and status line to the ``src.handlers.wire_log``
-    logger at DEBUG, the password masked; see :mod:`src.handlers.wire_log`).
+    ``trace`` (log every command and status line to the ``src.handlers._net.trace``
+    logger at DEBUG, the password masked; see :mod:`src.handlers._net.trace`).
 
     ``oauth2_token`` (an OAuth2 access token, or a callable returning one) logs in with
     SASL ``AUTH XOAUTH2`` instead of USER/PASS, and ``password`` is then left out;
@@ -253,7 +253,7 @@ class POP3ProtocolHandler(POP3Mailbox):
     ) -> SyncResult:
         """Hand every message whose unique ID is not in ``store`` to ``handler_fn``.
 
-        See :func:`src.handlers.pop3_sync.sync_mailbox` for the guarantees.
+        See :func:`src.handlers._sync.sync.sync_mailbox` for the guarantees.
         """
         return sync_mailbox(self, store, handler_fn, delete_after=delete_after, prune=prune)
 
@@ -284,3 +284,41 @@ class POP3ProtocolHandler(POP3Mailbox):
             )
         plain_class: Any = FastPOP3 if POP3 is poplib.POP3 else POP3
         return lambda host, port, timeout: plain_class(host, port, timeout=timeout)
+
+
+class POP3ConnectionPool(SessionPool[POP3ProtocolHandler]):
+    """Hands out connected, logged-in :class:`POP3ProtocolHandler` objects.
+
+    At most ``pool_size`` handlers exist at once. ``encryption``, ``timeout``, ``clock``
+    and any other keyword option of :class:`POP3ProtocolHandler` (``ssl_context``,
+    ``retry``, ``max_message_size``, ...) are passed to every handler the pool creates;
+    ``clock`` also times blocking :meth:`acquire` calls. With ``oauth2_token`` the
+    handlers log in with XOAUTH2 and ``password`` is left out; all of them share the
+    one token or provider.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        username: str,
+        password: str | None = None,
+        pool_size: int = 3,
+        *,
+        encryption: str = "ssl",
+        timeout: float = 30,
+        clock: Clock = time.monotonic,
+        **handler_options: Any,
+    ) -> None:
+        super().__init__(
+            hostname,
+            port,
+            username,
+            password,
+            pool_size,
+            encryption=encryption,
+            timeout=timeout,
+            clock=clock,
+            factory=POP3ProtocolHandler,
+            **handler_options,
+        )

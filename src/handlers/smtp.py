@@ -9,7 +9,6 @@ body was sent but never confirmed is not resent, and the result says so.
 from __future__ import annotations
 
 import atexit
-import logging
 import ssl
 import threading
 import time
@@ -19,11 +18,17 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from . import wire_log
-from .addresses import check_address
-from .control_chars import find_control_character
-from .credentials import Secret
-from .deadline import Deadline
+from ._auth.oauth2 import TokenProvider, TokenSource, token_source_for
+from ._auth.secret import Secret
+from ._mime.addresses import check_address
+from ._mime.builder import OutgoingMessage, build_message
+from ._mime.control_chars import find_control_character
+from ._net import trace as wire_log
+from ._net.deadline import Deadline
+from ._net.logs import get_logger
+from ._smtp.connect import SMTPEncryption
+from ._smtp.connection import SMTPConnection, SMTPNotSupportedError, TransactionOutcome
+from ._smtp.pool import PoolTimeoutError, SMTPConnectionPool
 from .errors import (
     MailHandlerError,
     MailResponseError,
@@ -34,12 +39,7 @@ from .errors import (
     SMTPSenderRefused,
     parse_enhanced_code,
 )
-from .message_builder import OutgoingMessage, build_message
-from .oauth2 import TokenProvider, TokenSource, token_source_for
 from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy, Sleep
-from .smtp_connect import SMTPEncryption
-from .smtp_connection import SMTPConnection, SMTPNotSupportedError, TransactionOutcome
-from .smtp_pool import PoolTimeoutError, SMTPConnectionPool
 from .validation import SMTPMessageValidator, address_list, check_server_address
 
 __all__ = [
@@ -56,9 +56,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .deliverability import DeliverabilityChecker
+    from ._dns.deliverability import DeliverabilityChecker
 
-log = logging.getLogger(__name__)
+log = get_logger("smtp")
 
 
 class SMTPDeliveryStatus(Enum):
@@ -140,7 +140,7 @@ def _deliverability_checker(
     option: bool | DeliverabilityChecker,
 ) -> DeliverabilityChecker | None:
     if option is True:
-        from .deliverability import default_checker  # dnspython loads only when asked
+        from ._dns.deliverability import default_checker  # dnspython loads only when asked
 
         return default_checker
     return option or None
@@ -191,8 +191,8 @@ class SMTPProtocolHandler:
     password; needs ``username``, see docs/oauth2.md), ``oauth2_initial_response``
     (send the token with the AUTH command when the line fits; False always waits
     for the server's challenge), ``trace`` (log every command and reply of this
-    handler's sends to the ``src.handlers.wire_log`` logger at DEBUG, credentials
-    masked; see :mod:`src.handlers.wire_log`).
+    handler's sends to the ``src.handlers._net.trace`` logger at DEBUG, credentials
+    masked; see :mod:`src.handlers._net.trace`).
     """
 
     def __init__(

@@ -12,13 +12,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .addresses import check_mailbox, envelope_address, split_display_name
-from .attachments import Attachment, decode_attachments
-from .control_chars import find_control_character
+from ._mime.addresses import check_mailbox, envelope_address, split_display_name
+from ._mime.attachments import Attachment, decode_attachments
+from ._mime.control_chars import find_control_character
 from .errors import MailValidationError
 
 if TYPE_CHECKING:
-    from .deliverability import DeliverabilityChecker
+    from ._dns.deliverability import DeliverabilityChecker
 
 # decode_attachments, envelope_address and split_display_name live in .attachments and
 # .addresses now; they stay importable from here, where callers found them first.
@@ -49,9 +49,7 @@ def check_server_address(hostname: str, port: int) -> None:
             "hostname must not contain spaces or control characters", "hostname"
         )
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise MailValidationError(
-            f"port must be an integer from 1 to 65535 (got {port!r})", "port"
-        )
+        raise MailValidationError(f"port must be an integer from 1 to 65535 (got {port!r})", "port")
 
 
 def ensure_safe_command_argument(value: str, field: str) -> None:

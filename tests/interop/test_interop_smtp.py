@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from src.handlers.message_builder import build_message
+from src.handlers._mime.builder import build_message
 from src.handlers.smtp import SMTPDeliveryStatus
 
 from .mailstack import MailStack

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from src.handlers._sync.uid_store import FileUIDStore
 from src.handlers.errors import POP3ConnectionError
 from src.handlers.pop3 import POP3ProtocolHandler
-from src.handlers.uid_store import FileUIDStore
 
 from .mailstack import MailStack
 from .support import WireTap, delivered, pop3_handler, pop3_port, smtp_handler, token

@@ -1,0 +1,1 @@
+"""Secrets and OAuth2 token sources shared by SMTP and POP3."""

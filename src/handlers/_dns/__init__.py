@@ -1,0 +1,1 @@
+"""DNS: deliverability checks and RFC 6186 server discovery."""

@@ -1,0 +1,353 @@
+"""Walking a message's MIME tree: header sections split into fields, parts described,
+multiparts cut at their delimiters, leaves decoded into bodies and attachments.
+
+The walk uses an explicit stack and offsets into the one message, never copies of it, and
+:class:`ParseLimits` stops descent while splitting. It never raises on bad input; damage is
+logged (DEBUG for routine damage, WARNING when a limit cuts the message short).
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .._net.logs import get_logger
+from .headers import (
+    b64decode,
+    decode_body_text,
+    header_text,
+    parse_params,
+    safe_filename,
+)
+from .limits import ParseLimits
+
+# The logger this code used before it moved here: records about damaged messages keep
+# coming from the parser's logger, where callers listen for them.
+log = get_logger("parser")
+
+# --------------------------------------------------------------------------- headers
+
+
+class Headers:
+    """Header fields of one section, unfolded, as (lower-case name, raw value bytes)."""
+
+    __slots__ = ("_first", "fields")
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[str, bytes]] = []
+        self._first: dict[str, bytes] = {}
+
+    def add(self, name: str, value: bytes) -> None:
+        self.fields.append((name, value))
+        self._first.setdefault(name, value)
+
+    def first(self, name: str) -> bytes | None:
+        return self._first.get(name)
+
+    def all(self, name: str) -> list[bytes]:
+        return [value for key, value in self.fields if key == name]
+
+
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+_ENVELOPE = re.compile(rb"From [^\s:]")
+
+
+def _read_header_section(data: bytes, limit: int) -> tuple[Headers, bytes, list[str]]:
+    """Split ``data`` into its header fields and the bytes of its body.
+
+    Returns the defects found as short descriptions without any message content.
+    """
+    headers, body_start, defects = header_bounds(data, limit, 0, len(data))
+    return headers, data[body_start:], defects
+
+
+def header_bounds(data: bytes, limit: int, start: int, stop: int) -> tuple[Headers, int, list[str]]:
+    """Read the header section of the part ``data[start:stop]``; return where its body
+    starts instead of copying the body (a large attachment is not copied per level)."""
+    defects: list[str] = []
+    if _ENVELOPE.match(data, start, stop):
+        # An mbox envelope line that some servers leave in front of the headers.
+        newline = data.find(b"\n", start, stop)
+        start = stop if newline < 0 else newline + 1
+    for separator in (b"\n", b"\r\n"):
+        if data.startswith(separator, start, stop):
+            return Headers(), start + len(separator), defects
+    blank = _BLANK_LINE.search(data, start, stop)
+    end = stop if blank is None else blank.start()
+    body = stop if blank is None else blank.end()
+    if end - start > limit:
+        defects.append(f"header section longer than {limit} bytes; the excess is ignored")
+        cut = data.rfind(b"\n", start, min(start + limit, stop))
+        end = cut if cut > start else start + limit
+    headers, body_start = _parse_fields(data, start, end, defects)
+    return headers, body if body_start is None else body_start, defects
+
+
+def _parse_fields(
+    data: bytes, start: int, end: int, defects: list[str]
+) -> tuple[Headers, int | None]:
+    """Read the fields in ``data[start:end]``; also return where the body starts if a
+    line that is no header field shows the blank separator line was missing."""
+    headers = Headers()
+    name: str | None = None
+    pieces: list[bytes] = []
+    pos = start
+    section = data[start:end]
+    has_nul = b"\x00" in section
+    if has_nul:
+        defects.append("NUL bytes in header section dropped")
+    for line in section.split(b"\n") if section else ():
+        line_start = pos
+        pos += len(line) + 1
+        line = line.removesuffix(b"\r")
+        if has_nul:
+            line = line.replace(b"\x00", b"")
+        if line[:1] in (b" ", b"\t"):
+            if name is None:
+                defects.append("continuation line before the first header field")
+            else:
+                pieces.append(line)
+            continue
+        match = _FIELD_NAME.match(line)
+        if match is None and (name is None or b":" not in line):
+            defects.append("text without a header separator; treated as the body")
+            body_start: int | None = line_start
+            break
+        if match is None:
+            defects.append("malformed header field skipped")
+            continue
+        if name is not None:
+            headers.add(name, b"".join(pieces).strip())
+        name = match.group(1).decode("ascii").lower()
+        pieces = [line[match.end() :]]
+    else:
+        body_start = None
+    if name is not None:
+        headers.add(name, b"".join(pieces).strip())
+    return headers, body_start
+
+
+# ------------------------------------------------------------------ MIME tree
+
+_MIME_TYPE = re.compile(r"\s*([!#$%&'*+.^_`|~0-9a-z-]+)/([!#$%&'*+.^_`|~0-9a-z-]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    content_type: str
+    charset: str
+    boundary: bytes
+    transfer_encoding: str
+    disposition: str
+    filename: str
+
+    @property
+    def maintype(self) -> str:
+        return self.content_type.partition("/")[0]
+
+
+def _describe_part(headers: Headers, default_type: str) -> tuple[_Part, bool]:
+    """Read a part's MIME headers; the flag is False when its Content-Type was unusable."""
+    type_params = parse_params(headers.first("content-type"))
+    match = _MIME_TYPE.match(type_params.value) if type_params.value else None
+    content_type = f"{match.group(1)}/{match.group(2)}" if match else default_type
+    disposition = parse_params(headers.first("content-disposition"))
+    filename = disposition.text("filename") or type_params.text("name")
+    encoding = headers.first("content-transfer-encoding") or b""
+    boundary = type_params.plain.get("boundary")
+    part = _Part(
+        content_type=content_type,
+        charset=type_params.text("charset"),
+        boundary=(
+            boundary.encode("latin-1")
+            if boundary is not None
+            else type_params.extended.get("boundary", "").encode("utf-8", "replace")
+        ),
+        transfer_encoding=encoding.decode("latin-1").strip().strip('"').lower(),
+        disposition=disposition.value,
+        filename=safe_filename(filename) if filename else "",
+    )
+    return part, match is not None or not type_params.value
+
+
+def _split_multipart(
+    body: bytes, boundary: bytes, cap: int, begin: int = 0, stop: int | None = None
+) -> tuple[list[tuple[int, int]], bool]:
+    """Cut the multipart body ``body[begin:stop]`` at its delimiter lines into the
+    ``(start, stop)`` offsets of its parts; the flag says whether it was closed."""
+    stop = len(body) if stop is None else stop
+    delimiter = b"--" + boundary
+    parts: list[tuple[int, int]] = []
+    start = -1
+    pos = begin
+    while len(parts) < cap:
+        found = body.find(delimiter, pos, stop)
+        if found < 0:
+            break
+        pos = found + len(delimiter)
+        if found > begin and body[found - 1] != 0x0A:
+            continue
+        newline = body.find(b"\n", pos, stop)
+        tail = body[pos : stop if newline < 0 else newline].rstrip(b" \t\r")
+        if tail not in (b"", b"--"):
+            continue
+        if start >= 0:
+            parts.append((start, _end_without_newline(body, start, found)))
+        if tail == b"--":
+            return parts, True
+        start = pos = stop if newline < 0 else newline + 1
+    if start >= 0 and len(parts) < cap:
+        parts.append((start, stop))
+    return parts, False
+
+
+def _end_without_newline(data: bytes, start: int, stop: int) -> int:
+    # The line break before a delimiter belongs to the delimiter (RFC 2046).
+    if data.endswith(b"\r\n", start, stop):
+        return stop - 2
+    if data.endswith(b"\n", start, stop):
+        return stop - 1
+    return stop
+
+
+# A part waiting to be visited: headers (None until read), the message bytes and the
+# part's start and stop offsets in them (body start once headers are read), depth, the
+# set of body types already taken by the enclosing multipart/alternative, and the
+# default type. Parts are offsets into the one message, never copies of it.
+_Pending = tuple[Headers | None, bytes, int, int, int, set[str] | None, str]
+_ENCAPSULATED = frozenset({"message/rfc822", "message/global"})
+
+
+class Collector:
+    """Walks one message's MIME tree without recursion, gathering bodies and attachments."""
+
+    def __init__(self, number: object, limits: ParseLimits, keep_content: bool) -> None:
+        self.number = number
+        self.limits = limits
+        self.keep_content = keep_content
+        self.texts: list[str] = []
+        self.htmls: list[str] = []
+        self.attachments: list[dict[str, Any]] = []
+
+    def defect(self, level: int, what: str, *args: object) -> None:
+        log.log(level, "message %s: " + what, self.number, *args)
+
+    def walk(self, headers: Headers, body: bytes, start: int = 0) -> None:
+        """Visit the message whose headers were read and whose body is ``body[start:]``."""
+        stack: list[_Pending] = [(headers, body, start, len(body), 0, None, "text/plain")]
+        visited = 0
+        while stack:
+            part_headers, data, start, stop, depth, alternative, default_type = stack.pop()
+            visited += 1
+            if visited > self.limits.max_parts:
+                self.defect(logging.WARNING, "more than %d MIME parts; rest skipped", visited - 1)
+                return
+            if part_headers is None:
+                part_headers, start, defects = header_bounds(
+                    data, self.limits.max_header_bytes, start, stop
+                )
+                for defect in defects:
+                    self.defect(logging.DEBUG, "%s (part)", defect)
+            part, type_ok = _describe_part(part_headers, default_type)
+            if not type_ok:
+                self.defect(logging.DEBUG, "unusable Content-Type; read as %s", default_type)
+            if part.maintype == "multipart":
+                children = self._children(part, data, start, stop, depth, alternative)
+                if children is None:
+                    part = _Part("text/plain", part.charset, b"", "", "", "")
+                else:
+                    stack.extend(reversed(children))
+                    continue
+            if depth == 0:
+                # POP3 delivers lines, so the last line break ends the last line rather
+                # than adding content; dropping it matches how parts end at a delimiter.
+                stop = _end_without_newline(data, start, stop)
+            self._leaf(part, data, start, stop, alternative)
+
+    def _children(
+        self,
+        part: _Part,
+        data: bytes,
+        start: int,
+        stop: int,
+        depth: int,
+        alternative: set[str] | None,
+    ) -> list[_Pending] | None:
+        """The parts inside a multipart, or None when it has to be read as plain text."""
+        if not part.boundary:
+            self.defect(logging.DEBUG, "multipart without boundary; read as text")
+            return None
+        if depth >= self.limits.max_depth:
+            self.defect(logging.WARNING, "multipart nested deeper than %d; skipped", depth)
+            return []
+        chunks, closed = _split_multipart(
+            data, part.boundary, self.limits.max_parts + 1, start, stop
+        )
+        if not chunks:
+            self.defect(logging.DEBUG, "multipart without delimiter lines; read as text")
+            return None
+        if not closed:
+            self.defect(logging.DEBUG, "multipart without closing delimiter")
+        subtype = part.content_type.partition("/")[2]
+        inner_alternative = set() if subtype == "alternative" else alternative
+        inner_default = "message/rfc822" if subtype == "digest" else "text/plain"
+        return [
+            (None, data, begin, end, depth + 1, inner_alternative, inner_default)
+            for begin, end in chunks
+        ]
+
+    def _leaf(
+        self, part: _Part, data: bytes, start: int, stop: int, alternative: set[str] | None
+    ) -> None:
+        payload = self._transfer_decode(data, start, stop, part.transfer_encoding)
+        if part.content_type in _ENCAPSULATED:
+            self._attach(part.filename or self._message_filename(payload), part, payload)
+            return
+        if part.maintype == "text" and part.disposition != "attachment" and not part.filename:
+            subtype = part.content_type.partition("/")[2]
+            if alternative is not None:
+                if subtype in alternative or subtype not in ("plain", "html"):
+                    return  # another rendering of a body already taken
+                alternative.add(subtype)
+            if subtype == "plain":
+                self.texts.append(decode_body_text(payload, part.charset))
+                return
+            if subtype == "html":
+                self.htmls.append(decode_body_text(payload, part.charset))
+                return
+        self._attach(part.filename, part, payload)
+
+    def _attach(self, filename: str, part: _Part, payload: bytes) -> None:
+        attachment: dict[str, Any] = {
+            "filename": filename,
+            "contentType": part.content_type,
+            "size": len(payload),
+        }
+        if self.keep_content:
+            attachment["content"] = payload
+        self.attachments.append(attachment)
+
+    def _message_filename(self, payload: bytes) -> str:
+        headers, _, _ = _read_header_section(payload, self.limits.max_header_bytes)
+        subject = safe_filename(header_text(headers.first("subject")))
+        return f"{subject}.eml" if subject else "message.eml"
+
+    def _transfer_decode(self, data: bytes, start: int, stop: int, encoding: str) -> bytes:
+        """The decoded bytes of ``data[start:stop]`` (base64 is decoded in place)."""
+        if encoding == "base64":
+            with memoryview(data) as view:
+                decoded, clean = b64decode(view[start:stop])
+            if not clean:
+                self.defect(logging.DEBUG, "damaged base64 repaired")
+            return decoded
+        data = data[start:stop] if start or stop != len(data) else data
+        if encoding in ("", "7bit", "8bit", "binary"):
+            return data
+        if encoding == "quoted-printable":
+            return binascii.a2b_qp(data)
+        self.defect(logging.DEBUG, "unknown transfer encoding %r; left as is", encoding[:40])
+        return data

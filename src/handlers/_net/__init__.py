@@ -1,0 +1,1 @@
+"""Shared network pieces: TLS context, deadlines, fork safety, the protocol trace."""

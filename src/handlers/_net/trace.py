@@ -1,0 +1,268 @@
+"""Protocol tracing: the SMTP and POP3 dialogue as log records, with credentials masked.
+
+smtplib and poplib can show their dialogue (``set_debuglevel``), but they ``print`` it,
+bypassing logging, and they show AUTH payloads and POP3 passwords as sent. This
+library never switches that on. A handler created with ``trace=True`` instead logs
+each command and reply line to the ``src.handlers._net.trace`` logger at DEBUG, after a
+:class:`Redactor` has masked every credential:
+
+* SMTP ``AUTH <mechanism> <initial response>`` keeps only the mechanism, and every
+  client line that answers a ``334`` challenge is masked (PLAIN, both LOGIN lines,
+  CRAM-MD5, ...);
+* POP3 ``PASS`` and ``APOP`` lose their secret argument, ``AUTH`` its initial response,
+  and every client line that answers a ``+`` continuation is masked;
+* a server reply inside an authentication exchange has any masked payload, and the
+  pieces it decodes to, masked as well, in case the server echoes them.
+
+Message bodies are never logged, only their size. :func:`mask_secret` is the same
+masking for error texts built from server replies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any, Literal
+
+from .logs import get_logger
+
+log = get_logger("trace")
+
+MASK = "***"
+# Decoded pieces shorter than this are not masked in replies: masking one or two
+# letters would garble the reply and hide nothing worth hiding.
+_MIN_PIECE = 3
+_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]{4,}={0,2}")
+_PIECE_SEPARATORS = re.compile("[\x00\x01]")
+_LARGE_SEND = 4096
+
+Protocol = Literal["smtp", "pop3"]
+
+_tracing: ContextVar[bool] = ContextVar("mailhandlers_wire_trace", default=False)
+
+
+@contextlib.contextmanager
+def tracing(enabled: bool) -> Iterator[None]:
+    """Within the block, SMTP connections used by this thread (or task) log their lines."""
+    token = _tracing.set(enabled)
+    try:
+        yield
+    finally:
+        _tracing.reset(token)
+
+
+def tracing_enabled() -> bool:
+    """Whether the current context asked for SMTP tracing (see :func:`tracing`)."""
+    return _tracing.get()
+
+
+def _decoded_pieces(payload: str) -> list[str]:
+    """``payload`` and, if it is base64, the NUL/SOH-separated pieces it decodes to."""
+    pieces = [payload]
+    try:
+        decoded = base64.b64decode(payload, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return pieces
+    pieces.extend(p for p in _PIECE_SEPARATORS.split(decoded) if len(p) >= _MIN_PIECE)
+    return pieces
+
+
+def mask_secret(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` and any base64 token that decodes to something holding it
+    replaced by ``***`` (servers sometimes echo the AUTH payload in their refusal)."""
+    if not secret:
+        return text
+    text = text.replace(secret, MASK)
+    needle = secret.encode("utf-8", "surrogatepass")
+
+    def hide(match: re.Match[str]) -> str:
+        token = match.group()
+        try:
+            decoded = base64.b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            return token
+        return MASK if needle in decoded else token
+
+    return _BASE64_TOKEN.sub(hide, text)
+
+
+class Redactor:
+    """Follows one connection's dialogue and masks what must not be logged.
+
+    Feed it every line in order, whether or not it is logged. Once an authentication
+    command is seen, every client line is masked until a server reply other than a
+    challenge ends the exchange, so a reply it never sees can only hide more.
+    """
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+        self._in_exchange = False  # an AUTH/PASS/APOP exchange is under way
+        self._secrets: list[str] = []
+
+    def client_line(self, line: str) -> str:
+        """The loggable form of one command line the client sends."""
+        if self._in_exchange:
+            self._remember(line.strip())
+            return MASK
+        verb, _, rest = line.partition(" ")
+        upper = verb.upper()
+        if upper == "AUTH":
+            self._in_exchange = True
+            mechanism, _, initial = rest.partition(" ")
+            if initial:
+                self._remember(initial.strip())
+                return f"{verb} {mechanism} {MASK}"
+            return line
+        if self.protocol == "pop3" and upper == "PASS":
+            self._in_exchange = True
+            self._remember(rest)
+            return f"{verb} {MASK}"
+        if self.protocol == "pop3" and upper == "APOP":
+            self._in_exchange = True
+            name, _, digest = rest.partition(" ")
+            self._remember(digest)
+            return f"{verb} {name} {MASK}"
+        return line
+
+    def server_line(self, line: str, *, continuation: bool) -> str:
+        """The loggable form of one reply line; ``continuation`` marks a SASL challenge
+        (SMTP ``334``, POP3 ``+``)."""
+        for secret in self._secrets:
+            line = line.replace(secret, MASK)
+        if self._in_exchange and not continuation:
+            self._in_exchange = False
+            self._secrets.clear()
+        return line
+
+    def _remember(self, payload: str) -> None:
+        if payload:
+            self._secrets.extend(_decoded_pieces(payload))
+            self._secrets.sort(key=len, reverse=True)  # longest first: no partial leftovers
+
+
+def _lines(data: str | bytes) -> list[str]:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return [line for line in text.split("\r\n") if line]
+
+
+class WireTracer:
+    """Logs one connection's lines through a :class:`Redactor` while ``enabled()``."""
+
+    def __init__(self, protocol: Protocol, label: str, enabled: Callable[[], bool]) -> None:
+        self.redactor = Redactor(protocol)
+        self.label = label
+        self._enabled = enabled
+        self._prefix = protocol.upper()
+
+    def sent(self, data: str | bytes) -> None:
+        """Record command line(s) the client sends."""
+        if len(data) > _LARGE_SEND:
+            self.sent_data(len(data))
+            return
+        for line in _lines(data):
+            shown = self.redactor.client_line(line)
+            if self._enabled():
+                log.debug("%s %s >> %s", self._prefix, self.label, shown)
+
+    def sent_data(self, size: int) -> None:
+        """Record message data, by size only."""
+        if self._enabled():
+            log.debug("%s %s >> [%d bytes of message data]", self._prefix, self.label, size)
+
+    def received(self, line: str, *, continuation: bool = False) -> None:
+        """Record one reply line from the server."""
+        shown = self.redactor.server_line(line, continuation=continuation)
+        if self._enabled():
+            log.debug("%s %s << %s", self._prefix, self.label, shown)
+
+
+_ATTRIBUTE = "_mailhandlers_tracer"
+
+
+def tracer_of(client: object) -> WireTracer | None:
+    """The tracer attached to ``client``, if any."""
+    tracer = getattr(client, _ATTRIBUTE, None)
+    return tracer if isinstance(tracer, WireTracer) else None
+
+
+def watch_smtp(client: Any, label: str, enabled: Callable[[], bool] = tracing_enabled) -> None:
+    """Attach a tracer to an ``smtplib.SMTP`` client before it connects.
+
+    Every line smtplib sends or reads passes through the tracer; it is logged only
+    while ``enabled()`` is true, by default while the caller is inside
+    :func:`tracing`. Lines the connection writes to the socket itself are recorded
+    with :func:`sent` and :func:`sent_data`.
+    """
+    send, getreply = client.send, client.getreply
+    tracer = WireTracer("smtp", label, enabled)
+
+    def traced_send(data: str | bytes) -> None:
+        tracer.sent(data)
+        send(data)
+
+    def traced_getreply() -> tuple[int, bytes]:
+        code, text = getreply()
+        message = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        for line in message.split("\n") or [""]:
+            tracer.received(f"{code} {line}", continuation=code == 334)
+        return code, text
+
+    # Instance attributes shadow the methods, so smtplib's own calls go through them.
+    client.send = traced_send
+    client.getreply = traced_getreply
+    setattr(client, _ATTRIBUTE, tracer)
+
+
+def watch_pop3(client: Any, label: str, enabled: Callable[[], bool] = lambda: True) -> None:
+    """Attach a tracer to a connected poplib-style client (the greeting is logged now).
+
+    Only status lines are logged: multi-line data (messages, listings) is read
+    without passing through the hooked methods.
+    """
+    tracer = WireTracer("pop3", label, enabled)
+    welcome = getattr(client, "welcome", b"")
+    if welcome:
+        tracer.received(_text(welcome))
+    putcmd, send, getline = client._putcmd, client._send, client._getline
+
+    def traced_putcmd(line: str) -> None:
+        tracer.sent(line)
+        putcmd(line)
+
+    def traced_send(command: str) -> None:
+        tracer.sent(command)
+        send(command)
+
+    def traced_getline() -> tuple[bytes, int]:
+        line, octets = getline()
+        text = _text(line)
+        tracer.received(text, continuation=text == "+" or text.startswith("+ "))
+        return line, octets
+
+    client._putcmd = traced_putcmd
+    client._send = traced_send
+    client._getline = traced_getline
+    setattr(client, _ATTRIBUTE, tracer)
+
+
+def _text(line: bytes | str) -> str:
+    return line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+
+
+def sent(client: object, commands: list[str]) -> None:
+    """Record commands a connection wrote to the socket itself (pipelining)."""
+    tracer = tracer_of(client)
+    if tracer is not None:
+        for command in commands:
+            tracer.sent(command)
+
+
+def sent_data(client: object, size: int) -> None:
+    """Record message data a connection wrote to the socket itself, by size."""
+    tracer = tracer_of(client)
+    if tracer is not None:
+        tracer.sent_data(size)

@@ -1,0 +1,1 @@
+"""The SMTP session: connecting, logging in, transactions, the connection pool."""

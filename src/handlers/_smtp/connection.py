@@ -1,0 +1,399 @@
+"""One SMTP connection: checking its health, its commands, and one mail transaction.
+
+:meth:`SMTPConnection.open` connects, greets and secures the connection with the helpers
+in :mod:`.smtp_connect`, then logs in with :mod:`.smtp_auth`.
+
+This is the choke point between the handler and :mod:`smtplib`. It turns every
+smtplib and socket failure into the library's exception tree and records the facts
+retry decisions need: whether the message body was handed over completely before the
+connection failed (then the outcome is unknown and the message must not be resent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import smtplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from .._auth.oauth2 import TokenSource
+from .._mime.builder import OutgoingMessage
+from .._net import trace as wire_log
+from .._net.deadline import Deadline
+from .._net.logs import get_logger
+from .._net.tls import resolve_context
+from ..errors import (
+    MailConnectionError,
+    MailHandlerError,
+    MailProtocolError,
+    OutcomeUnknownError,
+    SMTPDataRefused,
+    SMTPRecipientsRefused,
+    SMTPSenderRefused,
+)
+from .auth import login
+from .connect import SMTPEncryption as SMTPEncryption  # still importable from here
+from .connect import (
+    close_quietly,
+    connect,
+    decode_reply,
+    default_local_hostname,
+    disconnected,
+    ehlo,
+    starttls,
+)
+
+log = get_logger("smtp")
+
+_DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
+
+
+class SMTPNotSupportedError(MailHandlerError):
+    """The server lacks an extension this message needs (SMTPUTF8, or a large enough SIZE)."""
+
+
+@dataclass
+class TransactionOutcome:
+    """What the server said about one message."""
+
+    code: int
+    text: str
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+class SMTPConnection:
+    """A connected, greeted, (optionally) encrypted and authenticated SMTP session.
+
+    Created by :meth:`open`; used by one thread at a time (the pool guarantees it).
+    Any failure mid-command marks it ``broken`` and it is never reused.
+    """
+
+    def __init__(self, client: smtplib.SMTP, key: object, clock: float) -> None:
+        self.client = client
+        self.key = key
+        self.created_at = clock
+        self.last_used = clock
+        self.pid = os.getpid()
+        self.broken = False
+        self.messages_sent = 0
+        self.generation = 0  # set by the pool that owns the connection
+        self.checked_out = False  # True while a caller holds it from the pool
+        # True once a message's final dot went out: from then on, a reply that does not
+        # arrive (or cannot be read) leaves the outcome unknown.
+        self.final_dot_sent = False
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        encryption: SMTPEncryption,
+        username: str | None,
+        password: str | None,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None,
+        local_hostname: str | None,
+        key: object = None,
+        clock: float | None = None,
+        deadline: Deadline | None = None,
+        oauth2: TokenSource | None = None,
+        oauth2_initial_response: bool = True,
+    ) -> SMTPConnection:
+        """Connect, greet, secure and authenticate; raise a library error on any failure.
+
+        With a ``deadline``, the whole opening (greeting, TLS, login) is cut short when
+        it passes, however slowly the server drips its replies. With ``oauth2`` the
+        login uses XOAUTH2 instead of the password (see :mod:`src.handlers._auth.oauth2`).
+        """
+        context = resolve_context(ssl_context) if encryption is not SMTPEncryption.NONE else None
+        name = local_hostname or default_local_hostname()
+        client = connect(host, port, encryption, timeout, context, name, deadline)
+        try:
+            ehlo(client)
+            if encryption is SMTPEncryption.STARTTLS:
+                assert context is not None
+                starttls(client, host, context)
+            if username:
+                login(
+                    client,
+                    username,
+                    password or "",
+                    oauth2=oauth2,
+                    oauth2_initial_response=oauth2_initial_response,
+                    encrypted=encryption is not SMTPEncryption.NONE,
+                    where=f"{host}:{port}",
+                )
+        except BaseException:
+            close_quietly(client)
+            raise
+        log.debug("opened SMTP connection to %s:%s (%s)", host, port, encryption.value)
+        return cls(client, key, time.monotonic() if clock is None else clock)
+
+    # ------------------------------------------------------------------ health
+
+    def is_dropped(self) -> bool:
+        """True if the server closed the connection or sent something unasked for.
+
+        Checked without a round trip: an idle SMTP connection must not be readable.
+        """
+        sock = self.client.sock
+        if sock is None or self.broken:
+            return True
+        try:
+            if not _readable(sock):
+                return False
+            if isinstance(sock, ssl.SSLSocket):
+                # TLS 1.3 session tickets make a socket readable without any
+                # application data; a non-blocking read tells them apart.
+                sock.setblocking(False)
+                try:
+                    sock.recv(1)  # data or EOF: either way the session is unusable
+                    return True
+                except ssl.SSLWantReadError:
+                    return False
+                finally:
+                    sock.setblocking(True)
+                    sock.settimeout(self.client.timeout)
+            return True
+        except (OSError, ValueError):
+            return True
+
+    def has_extension(self, name: str) -> bool:
+        """Whether the server advertised ``name`` in its EHLO reply."""
+        return self.client.has_extn(name)
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        """The EHLO extensions, lower-case name to parameters."""
+        return dict(self.client.esmtp_features)
+
+    # ------------------------------------------------------------------ commands
+
+    def _command(self, verb: str, args: str = "") -> tuple[int, str]:
+        try:
+            code, reply = self.client.docmd(verb, args)
+        except smtplib.SMTPServerDisconnected as error:
+            self.broken = True
+            raise disconnected(error) from None
+        except smtplib.SMTPResponseException as error:  # a reply over its bounds
+            # Caught before OSError, which smtplib's exceptions also are.
+            self.broken = True
+            raise MailProtocolError(
+                f"bad reply to {verb}: {decode_reply(error.smtp_error)}"
+            ) from None
+        except OSError as error:
+            self.broken = True
+            raise disconnected(error) from None
+        return self._check_reply(verb, code, decode_reply(reply))
+
+    def _read_reply(self, after: str) -> tuple[int, str]:
+        try:
+            code, reply = self.client.getreply()
+        except smtplib.SMTPServerDisconnected as error:
+            self.broken = True
+            raise disconnected(error) from None
+        except smtplib.SMTPResponseException as error:
+            self.broken = True
+            raise MailProtocolError(
+                f"bad reply to {after}: {decode_reply(error.smtp_error)}"
+            ) from None
+        return self._check_reply(after, code, decode_reply(reply))
+
+    def _check_reply(self, verb: str, code: int, text: str) -> tuple[int, str]:
+        if code < 200 or code > 599:
+            self.broken = True
+            raise MailProtocolError(f"unintelligible reply to {verb}: {text[:200]!r}")
+        if code == 421:
+            # The server is closing this connection; nothing more can be done on it.
+            self.broken = True
+        return code, text
+
+    def noop(self) -> bool:
+        """Send NOOP; True when the server answers 250."""
+        return self._command("NOOP")[0] == 250
+
+    def reset(self) -> None:
+        """Abort a half-done transaction with RSET; a failure marks the connection broken."""
+        try:
+            code, _ = self._command("RSET")
+        except MailHandlerError:
+            self.broken = True
+            return
+        if code != 250:
+            self.broken = True
+
+    def _send_bytes(self, data: bytes) -> None:
+        sock = self.client.sock
+        if sock is None:
+            self.broken = True
+            raise MailConnectionError("connection is closed")
+        try:
+            sock.sendall(data)
+        except OSError as error:
+            self.broken = True
+            raise disconnected(error) from None
+
+    # ------------------------------------------------------------------ transaction
+
+    def _mail_options(self, message: OutgoingMessage) -> list[str]:
+        options: list[str] = []
+        if message.smtputf8:
+            if not self.has_extension("smtputf8"):
+                raise SMTPNotSupportedError(
+                    "an address needs SMTPUTF8 (non-ASCII before the '@') and the server "
+                    "does not offer it"
+                )
+            options.append("SMTPUTF8")
+            if self.has_extension("8bitmime"):
+                options.append("BODY=8BITMIME")
+        if self.has_extension("size"):
+            limit = self.client.esmtp_features.get("size", "").strip()
+            if limit.isdigit() and int(limit) and len(message.data) > int(limit):
+                raise SMTPNotSupportedError(
+                    f"message is {len(message.data)} bytes; the server accepts at most {limit}"
+                )
+            options.append(f"SIZE={len(message.data)}")
+        return options
+
+    def send(self, message: OutgoingMessage) -> TransactionOutcome:
+        """Run MAIL, RCPT and DATA for ``message``; pipelined when the server allows.
+
+        Returns the outcome when the message was accepted for at least one recipient;
+        raises SMTPSenderRefused, SMTPRecipientsRefused, SMTPDataRefused, a connection
+        error (message not accepted) or OutcomeUnknownError (body sent, no reply).
+        """
+        options = " ".join(self._mail_options(message))
+        # smtplib encodes commands as ASCII unless told otherwise; SMTPUTF8 needs UTF-8.
+        self.client.command_encoding = "utf-8" if message.smtputf8 else "ascii"
+        mail_args = f"FROM:<{message.sender}>" + (f" {options}" if options else "")
+        rcpt_lines = [f"RCPT TO:<{r}>" for r in message.recipients]
+        if self.has_extension("pipelining"):
+            replies = self._pipelined_envelope(mail_args, rcpt_lines)
+        else:
+            replies = self._lockstep_envelope(mail_args, rcpt_lines)
+        outcome = self._judge_envelope(message, replies)
+        self.final_dot_sent = False
+        self._send_body(message.data)
+        self.final_dot_sent = True
+        code, text = self._final_reply()
+        if code != 250:
+            raise SMTPDataRefused(code, text)
+        self.messages_sent += 1
+        outcome.code, outcome.text = code, text
+        return outcome
+
+    def _lockstep_envelope(self, mail_args: str, rcpt_lines: list[str]) -> list[tuple[int, str]]:
+        replies = [self._command("MAIL", mail_args)]
+        if replies[0][0] != 250:
+            return replies
+        for line in rcpt_lines:
+            replies.append(self._command("RCPT", line[5:]))
+        if any(code in (250, 251) for code, _ in replies[1:]):
+            replies.append(self._command("DATA"))
+        return replies
+
+    def _pipelined_envelope(self, mail_args: str, rcpt_lines: list[str]) -> list[tuple[int, str]]:
+        # RFC 2920: MAIL, every RCPT and DATA go out in one write; replies come back in order.
+        commands = [f"MAIL {mail_args}", *rcpt_lines, "DATA"]
+        wire_log.sent(self.client, commands)
+        self._send_bytes(("\r\n".join(commands) + "\r\n").encode("utf-8"))
+        return [self._read_reply(command.split(" ", 1)[0]) for command in commands]
+
+    def _judge_envelope(
+        self, message: OutgoingMessage, replies: list[tuple[int, str]]
+    ) -> TransactionOutcome:
+        mail_code, mail_text = replies[0]
+        if mail_code != 250:
+            self._abort_after(replies, expected=1 + len(message.recipients) + 1)
+            raise SMTPSenderRefused(mail_code, mail_text, message.sender)
+        outcome = TransactionOutcome(code=0, text="")
+        for recipient, (code, text) in zip(message.recipients, replies[1:], strict=False):
+            if code in (250, 251):
+                outcome.accepted.append(recipient)
+            else:
+                outcome.refused[recipient] = (code, text)
+        if not outcome.accepted:
+            self._abort_after(replies, expected=1 + len(message.recipients) + 1)
+            code, text = min(outcome.refused.values())  # a 4xx (retryable) wins over 5xx
+            raise SMTPRecipientsRefused(code, text, outcome.refused)
+        data_code, data_text = replies[-1]
+        if data_code != 354:
+            self.reset()
+            raise SMTPDataRefused(data_code, data_text)
+        return outcome
+
+    def _abort_after(self, replies: list[tuple[int, str]], expected: int) -> None:
+        """Leave the connection clean after a refused envelope."""
+        if self.broken:
+            # A 421: the server is closing, and a lenient one might even take the
+            # empty message below. Say nothing more.
+            return
+        if len(replies) == expected and replies[-1][0] == 354:
+            # The server accepted DATA despite refusing the envelope: send an empty
+            # body's terminator so nothing is delivered, then reset.
+            self._send_bytes(b".\r\n")
+            self._read_reply("DATA")
+        self.reset()
+
+    def _send_body(self, data: bytes) -> None:
+        # Two C-speed scans decide whether the regex (ten times slower) is needed.
+        stuffing = data.startswith(b".") or b"\n." in data
+        payload = _DOT_AT_LINE_START.sub(b"..", data) if stuffing else data
+        if not payload.endswith(b"\r\n"):
+            payload += b"\r\n"
+        wire_log.sent_data(self.client, len(payload))
+        # A failure while sending is safe to retry: without the final dot the server
+        # discards the partial message.
+        self._send_bytes(payload + b".\r\n")
+
+    def _final_reply(self) -> tuple[int, str]:
+        try:
+            return self._read_reply("end of DATA")
+        except MailProtocolError as error:
+            raise OutcomeUnknownError(
+                "the whole message was sent but the server's reply to it could not be "
+                f"understood ({error}); it may or may not have been delivered"
+            ) from None
+        except MailConnectionError as error:
+            if error.reset_by_peer:
+                # A reset means our bytes were still unread when the server closed:
+                # it never saw the final dot, so it cannot have accepted the message.
+                raise
+            raise OutcomeUnknownError(
+                "the connection was lost after the whole message was sent and before the "
+                f"server confirmed it ({error}); it may or may not have been delivered"
+            ) from None
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, polite: bool = True) -> None:
+        """QUIT (if ``polite`` and healthy) and close the socket; never raises."""
+        if polite and not self.broken and self.pid == os.getpid():
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                self.client.docmd("QUIT")
+        close_quietly(self.client)
+        self.broken = True
+
+    def __repr__(self) -> str:
+        state = "broken" if self.broken else "open"
+        return f"<SMTPConnection {state} sent={self.messages_sent}>"
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _readable(sock: socket.socket) -> bool:
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))

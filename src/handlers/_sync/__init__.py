@@ -1,0 +1,1 @@
+"""UIDL incremental sync and the stores that remember handled UIDs."""

@@ -1,0 +1,152 @@
+"""Incremental POP3 sync: hand each message not seen before to the caller, once.
+
+:func:`sync_mailbox` lists the mailbox's unique IDs (``UIDL``), skips the ones in a
+:class:`~src.handlers._sync.uid_store.UIDStore`, and for every other message, oldest first:
+
+1. downloads and parses it;
+2. calls ``handler_fn(message)``, the message dict carrying its unique ID under
+   ``"uid"``;
+3. only if that returned, records the ID in the store (durably);
+4. only then, with ``delete_after=True``, marks the message for deletion.
+
+So a run interrupted at any point never loses a message and never hands one over
+twice, except in one window: if the process dies after ``handler_fn`` returned but
+before the store write finished, that message is handed over again next run.
+Make ``handler_fn`` idempotent if that matters (the ``uid`` is a natural key).
+
+Deletions are committed by the session's ``QUIT``. If it never comes, the messages
+stay on the server, are recognised as seen next run, and (with ``delete_after``) are
+marked again then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .._net.logs import get_logger
+from ..errors import POP3MessageTooLargeError
+from .uid_store import UIDStore
+
+log = get_logger("sync")
+
+
+class SyncMailbox(Protocol):
+    """What a sync needs of a mailbox; :class:`POP3ProtocolHandler` is one."""
+
+    def session(self) -> AbstractContextManager[Any]: ...
+
+    def list_uids(self) -> dict[int, str]: ...
+
+    def fetch_message(self, message_id: int) -> dict[str, Any] | None: ...
+
+    def delete_message(self, message_id: int) -> bool: ...
+
+
+#: Receives one parsed message dict (with ``"uid"`` added); raising marks it failed.
+MessageCallback = Callable[[dict[str, Any]], object]
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one sync run did."""
+
+    fetched: int = 0
+    """Messages downloaded and handled successfully."""
+    skipped: int = 0
+    """Messages whose unique ID was already in the store."""
+    deleted: int = 0
+    """Messages marked for deletion (handled now or in an earlier run)."""
+    failed: int = 0
+    """Messages not handled: refused, too large, or ``handler_fn`` raised."""
+    failed_uids: tuple[str, ...] = ()
+    """Unique IDs of the failed messages; they are tried again next run."""
+
+
+@dataclass
+class _Tally:
+    fetched: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+
+    def result(self) -> SyncResult:
+        failed = tuple(self.failed_uids)
+        return SyncResult(self.fetched, self.skipped, self.deleted, len(failed), failed)
+
+    def fail(self, uid: str) -> None:
+        self.failed_uids.append(uid)
+
+
+def sync_mailbox(
+    handler: SyncMailbox,
+    store: UIDStore,
+    handler_fn: MessageCallback,
+    *,
+    delete_after: bool = False,
+    prune: bool = True,
+) -> SyncResult:
+    """Hand every message whose unique ID is not in ``store`` to ``handler_fn``.
+
+    Uses the handler's open session, or a session of its own that ends with ``QUIT``
+    (committing deletions) when the run is over. With ``prune``, IDs of messages no
+    longer on the server are dropped from the store at the end, so it does not grow
+    forever. Raises :class:`~src.handlers.errors.POP3UnsupportedError` if the server
+    has no ``UIDL``; connection failures propagate, with everything handled so far
+    already recorded.
+    """
+    tally = _Tally()
+    with handler.session():
+        uids = handler.list_uids()
+        seen_once: set[str] = set()
+        for number in sorted(uids):
+            uid = uids[number]
+            if uid in seen_once:
+                continue  # a server repeating an ID; list_uids() already warned
+            seen_once.add(uid)
+            _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
+        if prune:
+            store.retain(seen_once)
+    result = tally.result()
+    log.debug("POP3 sync finished: %s", result)
+    return result
+
+
+def _sync_one(
+    handler: SyncMailbox,
+    store: UIDStore,
+    handler_fn: MessageCallback,
+    number: int,
+    uid: str,
+    delete_after: bool,
+    tally: _Tally,
+) -> None:
+    if uid in store:
+        tally.skipped += 1
+        if delete_after and handler.delete_message(number):
+            tally.deleted += 1
+        return
+    try:
+        message = handler.fetch_message(number)
+    except POP3MessageTooLargeError as error:
+        log.warning("POP3 sync: message %s not handled: %s", uid, error)
+        tally.fail(uid)
+        return
+    if message is None:
+        tally.fail(uid)
+        return
+    message["uid"] = uid
+    try:
+        handler_fn(message)
+    except Exception as error:
+        log.warning(
+            "POP3 sync: handler failed for message %s: %s: %s", uid, type(error).__name__, error
+        )
+        tally.fail(uid)
+        return
+    store.add(uid)
+    tally.fetched += 1
+    if delete_after and handler.delete_message(number):
+        tally.deleted += 1
