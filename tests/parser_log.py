@@ -7,8 +7,6 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from src.handlers._mime.parser import parse_message
-
 PARSER_LOGGER = logging.getLogger("src.handlers.parser")
 
 
