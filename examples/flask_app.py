@@ -56,7 +56,7 @@ from src.handlers import (
 )
 from src.handlers.errors import POP3MailboxBusyError
 from src.handlers.pop3 import POP3ProtocolHandler
-from src.handlers._sync.uid_store import MemoryUIDStore
+from src.handlers.pop3 import MemoryUIDStore
 
 JSONResponse = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
 

@@ -22,13 +22,13 @@ from src.handlers._dns.deliverability import (
     check_deliverability,
 )
 from src.handlers._dns.discovery import (
-    DNSLookupError,
-    DNSTimeoutError,
     MailServerSettings,
     discover_servers,
     order_srv_records,
 )
 from src.handlers.errors import (
+    DNSLookupError,
+    DNSTimeoutError,
     MailConnectionError,
     MailTimeoutError,
     MailValidationError,

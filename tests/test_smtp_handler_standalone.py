@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from src.handlers._mime.builder import OutgoingMessage, build_message
 from src.handlers._smtp.connection import SMTPConnection, SMTPEncryption, TransactionOutcome
-from src.handlers._smtp.pool import ConnectionKey, PoolTimeoutError, SMTPConnectionPool
+from src.handlers._smtp.pool import ConnectionKey, SMTPConnectionPool
 from src.handlers.errors import (
     MailAuthenticationError,
     MailConnectionError,
@@ -39,6 +39,7 @@ from src.handlers.errors import (
     MailTimeoutError,
     MailValidationError,
     OutcomeUnknownError,
+    PoolTimeoutError,
     POP3MailboxBusyError,
     SMTPDataRefused,
     SMTPRecipientsRefused,

@@ -1,6 +1,6 @@
 """``--verbose``: the library's debug log on stderr, with every secret masked.
 
-The log includes the protocol dialogue (:mod:`src.handlers._net.trace`), which masks
+The log includes the protocol dialogue (the ``src.handlers.trace`` logger), which masks
 credentials itself. As a second line of defence, the text of each record passes
 through a :class:`Redactor` before it is written: the password the command line
 read, and its base64 forms as AUTH PLAIN and AUTH LOGIN send it, become ``***``.

@@ -7,11 +7,12 @@ underscore are private.
 import logging
 
 from ._mime.parser import ParseLimits, parse_message
-from ._smtp.connection import SMTPNotSupportedError
-from ._smtp.pool import PoolTimeoutError
 from ._sync.sync import SyncResult, sync_mailbox
 from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 from .errors import (
+    ConfigurationError,
+    DNSLookupError,
+    DNSTimeoutError,
     MailAuthenticationError,
     MailConnectionError,
     MailHandlerError,
@@ -21,6 +22,7 @@ from .errors import (
     MailTimeoutError,
     MailValidationError,
     OutcomeUnknownError,
+    PoolTimeoutError,
     POP3AuthenticationError,
     POP3ConnectionError,
     POP3MailboxBusyError,
@@ -32,6 +34,7 @@ from .errors import (
     POP3TimeoutError,
     POP3UnsupportedError,
     SMTPDataRefused,
+    SMTPNotSupportedError,
     SMTPRecipientsRefused,
     SMTPResponseError,
     SMTPSenderRefused,
@@ -55,6 +58,9 @@ __all__ = [
     "MAX_RETRIES",
     "RETRYABLE_CODES",
     "RETRY_DELAYS",
+    "ConfigurationError",
+    "DNSLookupError",
+    "DNSTimeoutError",
     "DeliveryResult",
     "FileUIDStore",
     "MailAuthenticationError",

@@ -6,15 +6,22 @@ problems also derive from the built-in :class:`ConnectionError` and timeouts fro
 
     MailHandlerError
     ├── MailValidationError (ValueError)          bad input, nothing was sent
+    │   └── ConfigurationError                     a handler or pool setting is invalid
     ├── MailConnectionError (ConnectionError)      could not reach or lost the server
     │   ├── MailTimeoutError (TimeoutError)        no answer within the timeout/deadline
+    │   │   └── PoolTimeoutError                   no pooled connection became free in time
     │   ├── POP3ConnectionError                    spec name for POP3 connection failures
     │   │   └── POP3TimeoutError (TimeoutError)
+    │   ├── DNSLookupError                         DNS gave no usable answer
+    │   │   └── DNSTimeoutError (TimeoutError)
     │   └── OutcomeUnknownError                    body sent, final reply never came
     ├── MailSecurityError                          TLS unavailable, refused or unverifiable
     │   └── POP3SecurityError
     ├── MailProtocolError                          the server spoke garbage
     │   └── POP3ProtocolError
+    ├── SMTPNotSupportedError                      the server lacks an extension we need
+    ├── POP3MessageTooLargeError                   over the handler's max_message_size
+    ├── POP3PoolClosedError                        the POP3 pool was closed
     └── MailResponseError                          the server answered with an error reply
         ├── MailAuthenticationError                credentials refused
         │   └── POP3AuthenticationError
@@ -23,7 +30,8 @@ problems also derive from the built-in :class:`ConnectionError` and timeouts fro
         │   ├── SMTPRecipientsRefused
         │   └── SMTPDataRefused
         └── POP3ResponseError                      POP3 ``-ERR`` reply
-            └── POP3MailboxBusyError               [IN-USE] / [LOGIN-DELAY], retryable
+            ├── POP3MailboxBusyError               [IN-USE] / [LOGIN-DELAY], retryable
+            └── POP3UnsupportedError               an optional command (UIDL, TOP) refused
 
 Errors built from a server reply carry ``code`` (SMTP reply code, or ``None`` for
 POP3), ``text`` (the reply text) and ``enhanced_code`` (``"5.1.1"`` or the POP3
@@ -31,11 +39,16 @@ response code such as ``"IN-USE"``) as attributes. Whether an error may be retri
 is decided in :mod:`src.handlers.retry`, never by the raiser.
 
 No exception message ever contains a password, token or AUTH payload.
+
+Every exception survives a ``pickle`` round trip with its message and fields, so a
+process pool or a Celery result backend hands the caller the real error.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Any
 
 _ENHANCED_CODE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -46,8 +59,19 @@ def parse_enhanced_code(text: str) -> str | None:
     return ".".join(match.groups()) if match else None
 
 
+def _rebuild(cls: type[MailHandlerError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """Unpickle without calling the subclass's ``__init__`` (each takes its own arguments)."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
 class MailHandlerError(Exception):
     """Root of every exception raised by this library."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class MailValidationError(MailHandlerError, ValueError):
@@ -56,6 +80,20 @@ class MailValidationError(MailHandlerError, ValueError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class ConfigurationError(MailValidationError):
+    """A handler, pool or connection setting is invalid; raised before any I/O.
+
+    ``field`` names the setting and ``choices``, when the setting takes one of a fixed
+    set of values, lists them (also named in the message).
+    """
+
+    def __init__(self, message: str, field: str | None = None, choices: Iterable[str] = ()) -> None:
+        self.choices = tuple(choices)
+        if self.choices:
+            message = f"{message} (valid: {', '.join(map(repr, self.choices))})"
+        super().__init__(message, field)
 
 
 class MailConnectionError(MailHandlerError, ConnectionError):
@@ -72,6 +110,21 @@ class MailTimeoutError(MailConnectionError, TimeoutError):
     """The server did not answer within the configured timeout or deadline."""
 
 
+class PoolTimeoutError(MailTimeoutError):
+    """No connection became free within the pool's wait timeout."""
+
+
+class DNSLookupError(MailConnectionError):
+    """DNS gave no usable answer: every server failed (SERVFAIL) or none was reachable.
+
+    A :class:`MailConnectionError`, so it is retryable.
+    """
+
+
+class DNSTimeoutError(DNSLookupError, MailTimeoutError):
+    """DNS did not answer within the time budget."""
+
+
 class OutcomeUnknownError(MailConnectionError):
     """The message body was sent but the server's final reply never arrived.
 
@@ -86,6 +139,10 @@ class MailSecurityError(MailHandlerError):
 
 class MailProtocolError(MailHandlerError):
     """The server sent something that does not follow the protocol."""
+
+
+class SMTPNotSupportedError(MailHandlerError):
+    """The server lacks an extension this message needs (SMTPUTF8, or a large enough SIZE)."""
 
 
 class MailResponseError(MailHandlerError):
@@ -182,3 +239,36 @@ class POP3UnsupportedError(POP3ResponseError):
 
 class POP3PoolClosedError(MailHandlerError):
     """A handler was requested from a POP3 connection pool after ``close_all()``."""
+
+
+__all__ = [
+    "ConfigurationError",
+    "DNSLookupError",
+    "DNSTimeoutError",
+    "MailAuthenticationError",
+    "MailConnectionError",
+    "MailHandlerError",
+    "MailProtocolError",
+    "MailResponseError",
+    "MailSecurityError",
+    "MailTimeoutError",
+    "MailValidationError",
+    "OutcomeUnknownError",
+    "POP3AuthenticationError",
+    "POP3ConnectionError",
+    "POP3MailboxBusyError",
+    "POP3MessageTooLargeError",
+    "POP3PoolClosedError",
+    "POP3ProtocolError",
+    "POP3ResponseError",
+    "POP3SecurityError",
+    "POP3TimeoutError",
+    "POP3UnsupportedError",
+    "PoolTimeoutError",
+    "SMTPDataRefused",
+    "SMTPNotSupportedError",
+    "SMTPRecipientsRefused",
+    "SMTPResponseError",
+    "SMTPSenderRefused",
+    "parse_enhanced_code",
+]

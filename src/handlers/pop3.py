@@ -48,7 +48,7 @@ from ._pop3.mailbox import POP3Mailbox
 from ._pop3.pool import SessionPool
 from ._pop3.session import Client
 from ._sync.sync import MessageCallback, SyncResult, sync_mailbox
-from ._sync.uid_store import UIDStore
+from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 from .errors import (
     POP3AuthenticationError,
     POP3ConnectionError,
@@ -65,6 +65,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "POP3",
     "POP3_SSL",
+    "FileUIDStore",
+    "MemoryUIDStore",
     "POP3AuthenticationError",
     "POP3ConnectionError",
     "POP3ConnectionPool",
@@ -74,7 +76,11 @@ __all__ = [
     "POP3SecurityError",
     "POP3TimeoutError",
     "POP3UnsupportedError",
+    "ParseLimits",
+    "SQLiteUIDStore",
     "SyncResult",
+    "UIDStore",
+    "sync_mailbox",
 ]
 
 log = get_logger("pop3")

@@ -22,19 +22,21 @@ from ._auth.oauth2 import TokenProvider, TokenSource, token_source_for
 from ._auth.secret import Secret
 from ._mime.addresses import check_address
 from ._mime.builder import OutgoingMessage, build_message
-from ._mime.control_chars import find_control_character
 from ._net import trace as wire_log
+from ._net.control_chars import find_control_character
 from ._net.deadline import Deadline
 from ._net.logs import get_logger
 from ._smtp.connect import SMTPEncryption
-from ._smtp.connection import SMTPConnection, SMTPNotSupportedError, TransactionOutcome
-from ._smtp.pool import PoolTimeoutError, SMTPConnectionPool
+from ._smtp.connection import SMTPConnection, TransactionOutcome
+from ._smtp.pool import SMTPConnectionPool
 from .errors import (
     MailHandlerError,
     MailResponseError,
     MailTimeoutError,
     MailValidationError,
     OutcomeUnknownError,
+    PoolTimeoutError,
+    SMTPNotSupportedError,
     SMTPRecipientsRefused,
     SMTPSenderRefused,
     parse_enhanced_code,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._mime.addresses import check_mailbox, envelope_address, split_display_name
 from ._mime.attachments import Attachment, decode_attachments
-from ._mime.control_chars import find_control_character
+from ._net.control_chars import find_control_character
 from .errors import MailValidationError
 
 if TYPE_CHECKING:

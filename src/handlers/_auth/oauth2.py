@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Final
 
 from .._net.logs import get_logger
 from ..errors import MailAuthenticationError, MailValidationError
+from .secret import keyed_digest
 
 log = get_logger("oauth2")
 
@@ -278,15 +278,14 @@ class TokenSource:
     def pool_identity(self) -> Hashable:
         """What a connection pool key holds to tell credentials apart.
 
-        A fixed token is represented by its SHA-256 digest, so connections opened with
+        A fixed token is represented by its keyed digest, so connections opened with
         another token are not shared. A provider is represented by itself (compared
         as explained in :class:`_ProviderKey`), not by the token it returned last: a
         token refreshed by the same provider does not make warm connections, which
         stay logged in, unusable.
         """
         if self._static is not None:
-            digest = hashlib.sha256(self._static.encode("ascii")).hexdigest()
-            return ("oauth2-token", digest)
+            return ("oauth2-token", keyed_digest("oauth2-token", self._static))
         assert self._provider is not None
         return _ProviderKey(self._provider)
 

@@ -36,7 +36,11 @@ from dns.rdtypes.ANY.MX import MX
 from dns.rdtypes.IN.SRV import SRV
 
 from .._net.logs import get_logger
-from ..errors import MailConnectionError, MailTimeoutError, MailValidationError
+from ..errors import (
+    DNSLookupError,
+    DNSTimeoutError,
+    MailValidationError,
+)
 from . import resolver as _dns
 
 log = get_logger("dns")
@@ -46,17 +50,6 @@ Encryption = Literal["ssl", "tls"]
 Source = Literal["srv", "provider-defaults", "guess"]
 
 DEFAULT_TIMEOUT = 3.0
-
-
-class DNSLookupError(MailConnectionError):
-    """DNS gave no usable answer: every server failed (SERVFAIL) or none was reachable.
-
-    A :class:`~src.handlers.errors.MailConnectionError`, so it is retryable.
-    """
-
-
-class DNSTimeoutError(DNSLookupError, MailTimeoutError):
-    """DNS did not answer within the time budget."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .control_chars import find_control_character
+from .._net.control_chars import find_control_character
 
 # An address's local part reaches the wire as raw UTF-8 (SMTPUTF8), so characters
 # that text-based software treats as line breaks or controls are kept out of it.

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._net.control_chars import find_control_character
 from ..errors import MailValidationError
-from .control_chars import find_control_character
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 MAX_TOTAL_ATTACHMENT_BYTES = 100 * 1024 * 1024

@@ -33,6 +33,7 @@ from ..errors import (
     MailProtocolError,
     OutcomeUnknownError,
     SMTPDataRefused,
+    SMTPNotSupportedError,
     SMTPRecipientsRefused,
     SMTPSenderRefused,
 )
@@ -51,10 +52,6 @@ from .connect import (
 log = get_logger("smtp")
 
 _DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
-
-
-class SMTPNotSupportedError(MailHandlerError):
-    """The server lacks an extension this message needs (SMTPUTF8, or a large enough SIZE)."""
 
 
 @dataclass

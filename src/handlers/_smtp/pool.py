@@ -25,17 +25,13 @@ from .._auth.oauth2 import TokenProvider, TokenSource
 from .._net.deadline import Deadline
 from .._net.forksafe import forget_in_child
 from .._net.logs import get_logger
-from ..errors import MailConnectionError
+from ..errors import PoolTimeoutError
 from .connect import SMTPEncryption
 from .connection import SMTPConnection
 
 log = get_logger("smtp.pool")
 
 Clock = Callable[[], float]
-
-
-class PoolTimeoutError(MailConnectionError, TimeoutError):
-    """No connection became free within the pool's wait timeout."""
 
 
 @dataclass(frozen=True)
