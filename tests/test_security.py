@@ -41,7 +41,8 @@ from src.handlers._auth.oauth2 import encode_xoauth2
 from src.handlers._mime.parser import ParseLimits, parse_message
 from src.handlers._net import tls
 from src.handlers._net import trace as wire_log
-from src.handlers._net.trace import MASK, Redactor, mask_secret
+from src.handlers._net.masking import MASK, mask_secrets
+from src.handlers._net.trace import Redactor
 from src.handlers._smtp.connection import SMTPConnection, SMTPEncryption
 from src.handlers.errors import (
     MailAuthenticationError,
@@ -1260,11 +1261,22 @@ def test_redactor_masks_every_credential_line(
     assert redactor.server_line("250 2.1.0 OK", continuation=False) == "250 2.1.0 OK"
 
 
-def test_mask_secret_hides_the_password_and_payloads_that_contain_it() -> None:
+def test_mask_secrets_hides_the_password_and_payloads_that_contain_it() -> None:
     text = f"535 {PASSWORD} {b64(chr(0) + USER + chr(0) + PASSWORD)} {b64(PASSWORD)} {USER}"
-    masked = mask_secret(text, PASSWORD)
+    masked = mask_secrets(text, [PASSWORD])
     assert_no_secret([masked], secret_forms(USER, PASSWORD)[:4])
-    assert masked.endswith(USER) and mask_secret(text, None) == text
+    assert masked.endswith(USER) and mask_secrets(text, [None]) == text
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2, 3, 5])
+def test_mask_secrets_hides_an_oauth2_response_echoed_whole_or_cut(cut: int) -> None:
+    token = "ya29.a0AfH6SMB-secret-token-value_123"
+    response = b64(f"user={USER}\x01auth=Bearer {token}\x01\x01")
+    echoed = response[: len(response) - cut] if cut else response
+    for text in (f"-ERR [AUTH] invalid credentials: {echoed}", f"535 5.7.8 {echoed} refused"):
+        masked = mask_secrets(text, [token])
+        assert token not in masked and echoed not in masked
+        assert b64(token)[:-4] not in masked
 
 
 def test_wire_log_is_silent_without_trace(

@@ -3,7 +3,7 @@
 smtplib and poplib can show their dialogue (``set_debuglevel``), but they ``print`` it,
 bypassing logging, and they show AUTH payloads and POP3 passwords as sent. This
 library never switches that on. A handler created with ``trace=True`` instead logs
-each command and reply line to the ``src.handlers._net.trace`` logger at DEBUG, after a
+each command and reply line to the ``src.handlers.trace`` logger at DEBUG, after a
 :class:`Redactor` has masked every credential:
 
 * SMTP ``AUTH <mechanism> <initial response>`` keeps only the mechanism, and every
@@ -14,8 +14,8 @@ each command and reply line to the ``src.handlers._net.trace`` logger at DEBUG, 
 * a server reply inside an authentication exchange has any masked payload, and the
   pieces it decodes to, masked as well, in case the server echoes them.
 
-Message bodies are never logged, only their size. :func:`mask_secret` is the same
-masking for error texts built from server replies.
+Message bodies are never logged, only their size. Error texts built from server
+replies are masked with :func:`~.masking.mask_secrets`, the same function.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from contextvars import ContextVar
 from typing import Any, Literal
 
 from .logs import get_logger
+from .masking import MASK
 
 log = get_logger("trace")
 
-MASK = "***"
 # Decoded pieces shorter than this are not masked in replies: masking one or two
 # letters would garble the reply and hide nothing worth hiding.
 _MIN_PIECE = 3
@@ -69,25 +69,6 @@ def _decoded_pieces(payload: str) -> list[str]:
         return pieces
     pieces.extend(p for p in _PIECE_SEPARATORS.split(decoded) if len(p) >= _MIN_PIECE)
     return pieces
-
-
-def mask_secret(text: str, secret: str | None) -> str:
-    """``text`` with ``secret`` and any base64 token that decodes to something holding it
-    replaced by ``***`` (servers sometimes echo the AUTH payload in their refusal)."""
-    if not secret:
-        return text
-    text = text.replace(secret, MASK)
-    needle = secret.encode("utf-8", "surrogatepass")
-
-    def hide(match: re.Match[str]) -> str:
-        token = match.group()
-        try:
-            decoded = base64.b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            return token
-        return MASK if needle in decoded else token
-
-    return _BASE64_TOKEN.sub(hide, text)
 
 
 class Redactor:

@@ -20,8 +20,8 @@ from .._auth.oauth2 import (
     initial_response_fits,
     login_with_refresh,
 )
-from .._net import trace as wire_log
 from .._net.logs import get_logger
+from .._net.masking import mask_secrets
 from ..errors import MailAuthenticationError, MailProtocolError
 from .connect import decode_reply, disconnected
 
@@ -69,7 +69,7 @@ def login(
         _password_login(client, username, password)
     except smtplib.SMTPAuthenticationError as error:
         # A server may echo the AUTH payload (or the password) in its refusal.
-        text = wire_log.mask_secret(decode_reply(error.smtp_error), password)
+        text = mask_secrets(decode_reply(error.smtp_error), [password])
         raise MailAuthenticationError(error.smtp_code, text) from None
     except smtplib.SMTPNotSupportedError:
         raise MailAuthenticationError(
@@ -79,7 +79,7 @@ def login(
         raise disconnected(error) from None
     except smtplib.SMTPResponseException as error:
         # A server may echo the AUTH payload (or the password) in its refusal.
-        text = wire_log.mask_secret(decode_reply(error.smtp_error), password)
+        text = mask_secrets(decode_reply(error.smtp_error), [password])
         raise MailAuthenticationError(error.smtp_code, text) from None
     except OSError as error:
         raise disconnected(error) from None
