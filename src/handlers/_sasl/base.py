@@ -49,6 +49,28 @@ class Hidden:
         raise TypeError("a secret cannot be pickled")
 
 
+class _Vault:
+    """The secrets an exchange produced, kept out of reprs and pickles like :class:`Hidden`."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: list[str | bytes] = []
+
+    def add(self, item: str | bytes) -> None:
+        if item and item not in self._items:
+            self._items.append(item)
+
+    def items(self) -> tuple[str | bytes, ...]:
+        return tuple(self._items)
+
+    def __repr__(self) -> str:
+        return f"<{len(self._items)} secrets>"
+
+    def __reduce__(self) -> str:
+        raise TypeError("secrets cannot be pickled")
+
+
 class State(enum.Enum):
     """Where a mechanism's exchange stands."""
 
@@ -82,7 +104,7 @@ class Mechanism(ABC):
         #: Why the server refused, when it said so inside the mechanism.
         self.failure: SASLFailure | None = None
         self._challenges = 0
-        self._secrets: list[str | bytes] = []
+        self._secrets = _Vault()
 
     # -- driving the exchange --------------------------------------------------------
 
@@ -133,12 +155,12 @@ class Mechanism(ABC):
         """Every secret this exchange holds or produced: the password or token, and each
         response sent that contains one (SCRAM adds its client proof). Pass them to
         :func:`mask_secrets`, or use :meth:`mask`."""
-        return tuple(self._secrets)
+        return self._secrets.items()
 
     def mask(self, text: str) -> str:
         """``text`` (a server reply, an error, a trace line) with every form of this
         exchange's secrets masked."""
-        return mask_secrets(text, self._secrets)
+        return mask_secrets(text, self._secrets.items())
 
     def refusal(
         self, code: int | None, text: str, enhanced_code: str | None = None
@@ -156,7 +178,8 @@ class Mechanism(ABC):
     # -- for subclasses ----------------------------------------------------------------
 
     def _remember(self, *secrets: str | bytes) -> None:
-        self._secrets.extend(s for s in secrets if s and s not in self._secrets)
+        for secret in secrets:
+            self._secrets.add(secret)
 
     @abstractmethod
     def _first(self) -> bytes | None:
