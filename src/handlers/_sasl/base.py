@@ -13,18 +13,22 @@ A mechanism object does no I/O and knows no protocol. The protocol layer drives 
    of that success reply if the protocol carries any. SCRAM raises here if the server
    never proved that it knows the password.
 
-Any exception from ``respond`` means the exchange must be cancelled (``*``). When the
-server refuses, :meth:`Mechanism.refusal` builds the error from its reply, masked.
+An exception from any of them leaves the mechanism :attr:`State.FAILED`: the exchange
+must be cancelled (``*``) and the error raised. When the server refuses,
+:meth:`Mechanism.refusal` builds the error from its reply, masked.
 """
 
 from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, TypeVar
 
 from .errors import SASLAuthenticationError, SASLFailure, SASLProtocolError, SASLStateError
 from .masking import mask_secrets
+
+_T = TypeVar("_T")
 
 
 class Hidden:
@@ -80,6 +84,8 @@ class State(enum.Enum):
     RUNNING = "running"
     #: ``verify_final`` accepted the server's success; the login is complete.
     COMPLETE = "complete"
+    #: A step raised; the exchange must be cancelled and cannot go on.
+    FAILED = "failed"
 
 
 class Mechanism(ABC):
@@ -113,35 +119,18 @@ class Mechanism(ABC):
         if self.state is not State.START:
             raise SASLStateError(f"{self.name}: initial_response() must come first, once")
         self.state = State.RUNNING
-        return self._first()
+        return self._guarded(self._first)
 
     def respond(self, challenge: bytes) -> bytes:
         """The answer to one server challenge (the decoded bytes, possibly empty)."""
-        if self.state is State.COMPLETE:
-            raise SASLStateError(f"{self.name}: the exchange is already complete")
-        if self.state is State.START:
-            self.state = State.RUNNING
-            first = self._first()
-            if first is not None:
-                if challenge:
-                    raise SASLProtocolError(
-                        f"{self.name}: the server sent a challenge where the client speaks first"
-                    )
-                return first
-        self._challenges += 1
-        if self._challenges > self.max_challenges:
-            raise SASLProtocolError(
-                f"{self.name}: the server sent more than {self.max_challenges} "
-                "challenge(s); giving up"
-            )
-        return self._step(challenge)
+        self._check_open()
+        return self._guarded(lambda: self._respond(challenge))
 
     def verify_final(self, data: bytes | None = None) -> None:
         """Accept the server's success report; ``data`` is the additional data it
         carried, if any. Raises when the success cannot be trusted."""
-        if self.state is State.COMPLETE:
-            raise SASLStateError(f"{self.name}: verify_final() was already called")
-        self._finish(data)
+        self._check_open()
+        self._guarded(lambda: self._finish(data))
         self.state = State.COMPLETE
 
     @property
@@ -174,6 +163,39 @@ class Mechanism(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.state.value}>"
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.state is State.COMPLETE:
+            raise SASLStateError(f"{self.name}: the exchange is already complete")
+        if self.state is State.FAILED:
+            raise SASLStateError(f"{self.name}: the exchange already failed")
+
+    def _guarded(self, action: Callable[[], _T]) -> _T:
+        try:
+            return action()
+        except BaseException:
+            self.state = State.FAILED
+            raise
+
+    def _respond(self, challenge: bytes) -> bytes:
+        if self.state is State.START:
+            self.state = State.RUNNING
+            first = self._first()
+            if first is not None:
+                if challenge:
+                    raise SASLProtocolError(
+                        f"{self.name}: the server sent a challenge where the client speaks first"
+                    )
+                return first
+        self._challenges += 1
+        if self._challenges > self.max_challenges:
+            raise SASLProtocolError(
+                f"{self.name}: the server sent more than {self.max_challenges} "
+                "challenge(s); giving up"
+            )
+        return self._step(challenge)
 
     # -- for subclasses ----------------------------------------------------------------
 
