@@ -588,6 +588,9 @@ def test_plain_encoding() -> None:
         Plain("tim", "a\0b")
     with pytest.raises(SASLPrepError):
         Plain("", "x")
+    with pytest.raises(SASLPrepError) as caught:
+        Plain("u\udc80", "x")
+    assert caught.value.field == "username"
 
 
 def test_login_answers_two_prompts_then_stops() -> None:
@@ -662,7 +665,7 @@ def test_xoauth2_encoding_and_error_challenge() -> None:
     assert "no reason" in garbled.refusal(None, "refused").text
 
 
-@pytest.mark.parametrize("token", ["", "a b", "a\x01b", "a\nb"])
+@pytest.mark.parametrize("token", ["", "a b", "a\x01b", "a\nb", "a\udc80"])
 def test_bearer_tokens_that_cannot_be_framed_are_refused(token: str) -> None:
     with pytest.raises(SASLPrepError):
         OAuthBearer("u", token)

@@ -25,6 +25,10 @@ _BAD_FIELD = re.compile(r"[\x00-\x1f\x7f]")
 def _check(value: str, field: str, pattern: re.Pattern[str]) -> None:
     if pattern.search(value):
         raise SASLPrepError(f"the {field} contains characters the mechanism cannot frame", field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SASLPrepError(f"the {field} is not valid Unicode text", field) from None
 
 
 def parse_error_challenge(mechanism: str, challenge: bytes) -> SASLFailure:

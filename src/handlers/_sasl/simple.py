@@ -37,6 +37,8 @@ class Plain(Mechanism):
                 raise SASLPrepError(f"the {field} must not contain NUL", field)
         if not username:
             raise SASLPrepError("the username must not be empty", "username")
+        for field, value in parts.items():
+            _utf8(value, field)
         self._message = Hidden("\0".join(parts.values()))
         self._password = Hidden(password)
 
@@ -61,6 +63,8 @@ class Login(Mechanism):
         super().__init__("LOGIN")
         if not username:
             raise SASLPrepError("the username must not be empty", "username")
+        _utf8(username, "username")
+        _utf8(password, "password")
         self._username = username
         self._password = Hidden(password)
 
@@ -87,6 +91,8 @@ class CramMD5(Mechanism):
         super().__init__("CRAM-MD5")
         if not username:
             raise SASLPrepError("the username must not be empty", "username")
+        _utf8(username, "username")
+        _utf8(password, "password")
         self._username = username
         self._password = Hidden(password)
 
