@@ -25,6 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from src.handlers._sasl import (
+    CLEARTEXT,
+    SUPPORTED,
     ChannelBinding,
     CleartextRefusedError,
     CramMD5,
@@ -797,6 +799,16 @@ def test_only_an_unsupported_mechanism_allows_fallback() -> None:
 def test_create_mechanism(name: str, kind: type[Mechanism]) -> None:
     mechanism = create_mechanism(name, username="u", password="p", token="t")
     assert isinstance(mechanism, kind) and mechanism.name == name
+
+
+@pytest.mark.parametrize("name", sorted(SUPPORTED))
+def test_cleartext_flag_agrees_with_the_selection(name: str) -> None:
+    binding = ChannelBinding("tls-server-end-point", CB_DATA)
+    mechanism = create_mechanism(
+        name, username="u", password="p", token="t", channel_binding=binding
+    )
+    assert mechanism.cleartext == (name in CLEARTEXT)
+    assert mechanism.name == name
 
 
 def test_create_mechanism_needs_the_right_credential() -> None:
