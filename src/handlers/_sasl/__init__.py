@@ -9,6 +9,7 @@ form of a secret in what the server echoes.
 
 from __future__ import annotations
 
+from .._net.masking import MASK, base64_forms, mask_secrets
 from .base import Hidden, Mechanism, State
 from .channel_binding import ChannelBinding, tls_server_end_point
 from .errors import (
@@ -22,7 +23,6 @@ from .errors import (
     SASLServerVerificationError,
     SASLStateError,
 )
-from .masking import MASK, base64_forms, mask_secrets
 from .oauth import OAuthBearer, XOAuth2, parse_error_challenge
 from .saslprep import saslprep
 from .scram import MAX_ITERATIONS, MIN_ITERATIONS, SCRAM_HASHES, Scram, default_nonce

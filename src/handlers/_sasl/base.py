@@ -25,8 +25,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
+from .._net.masking import mask_secrets
 from .errors import SASLAuthenticationError, SASLFailure, SASLProtocolError, SASLStateError
-from .masking import mask_secrets
 
 _T = TypeVar("_T")
 
