@@ -10,7 +10,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from typing import Any
 
 import celery
@@ -29,13 +28,6 @@ from src.integrations.celery_tasks import (
 )
 from src.testing.pytest_plugin import MailAccount
 from src.testing.smtp_server import SMTPTestServer
-
-PLUGIN = "src.testing.pytest_plugin"
-# See tests/test_pytest_plugin.py: the installed entry point may have loaded it already.
-_AUTOLOADED = not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and any(
-    ep.value == PLUGIN for ep in entry_points(group="pytest11")
-)
-pytest_plugins = [] if _AUTOLOADED else [PLUGIN]
 
 SENDER = "app@example.test"
 QUICK_RETRIES = {"retry_delays": (0.01,), "max_retries": 1}

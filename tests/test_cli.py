@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from src.cli import demo
 from src.cli.main import main
 from src.cli.output import ProgressBar, format_table, to_json
 from src.cli.verbose import Redactor
@@ -743,6 +744,39 @@ def test_demo_sends_and_fetches_back(cli: CLI) -> None:
     assert "raw" not in fetched
 
 
+def test_demo_ends_with_a_one_line_verdict(cli: CLI) -> None:
+    run = cli("demo")
+    assert run.code == 0, run.err
+    assert run.out.endswith(
+        "\ndemo: OK — sent 1 message over STARTTLS+AUTH and fetched it back over POP3S, verified\n"
+    )
+    assert cli("demo", "--json").json["verdict"].startswith("demo: OK — ")
+
+
+def test_demo_says_failed_and_why_when_the_fetched_message_differs(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fetch = demo._fetch
+
+    def mangled_fetch(*args: Any) -> dict[str, Any] | None:
+        fetched = real_fetch(*args)
+        assert fetched is not None
+        return {**fetched, "subject": "Something else"}
+
+    monkeypatch.setattr(demo, "_fetch", mangled_fetch)
+    run = cli("demo")
+    assert run.code == 1
+    last = run.out.splitlines()[-1]
+    assert last.startswith("demo: FAILED — the fetched message's subject is 'Something else'")
+
+
+def test_demo_says_failed_when_nothing_arrives(cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo, "_fetch", lambda *args: None)
+    run = cli("demo", "--json")
+    assert run.code == 1
+    assert run.json["verdict"] == "demo: FAILED — the POP3 mailbox was empty"
+
+
 def _python_m_src(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "src", *argv],
@@ -763,4 +797,5 @@ def test_python_m_src_demo() -> None:
     assert done.returncode == 0, done.stderr
     assert '"status": "success"' in done.stdout
     assert '"subject": "Monthly report"' in done.stdout
+    assert done.stdout.splitlines()[-1].startswith("demo: OK — ")
     assert done.stderr == ""

@@ -58,6 +58,8 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert len(commands) >= 2
     first, second = commands[0].strip(), commands[1].strip()
     assert "quickstart" in first or " demo" in first
+    # The demo needs the servers, not the whole test tool chain.
+    assert "'.[testing]'" in first and "[test]" not in first
     assert second.endswith("python -m pytest")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert second in ci

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,13 +16,6 @@ from src.handlers.retry import RetryPolicy
 from src.testing.pop3_server import POP3TestServer
 from src.testing.pytest_plugin import MailAccount
 from src.testing.smtp_server import SMTPTestServer
-
-PLUGIN = "src.testing.pytest_plugin"
-# See tests/test_pytest_plugin.py: the installed entry point may have loaded it already.
-_AUTOLOADED = not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and any(
-    ep.value == PLUGIN for ep in entry_points(group="pytest11")
-)
-pytest_plugins = [] if _AUTOLOADED else [PLUGIN]
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flask_app.py"
 SENDER = "app@example.test"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 import tomllib
 from collections.abc import Iterator
 from email.message import EmailMessage
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +22,9 @@ from src.testing.pop3_server import POP3TestServer
 from src.testing.pytest_plugin import INSTALL_HINT, MailAccount
 from src.testing.smtp_server import ReceivedMessage, SMTPTestServer
 
+# tests/conftest.py opts this suite in to the plugin, as an application would.
 PLUGIN = "src.testing.pytest_plugin"
 ROOT = Path(__file__).resolve().parent.parent
-
-# Once mailhandlers is installed with its pytest11 entry point, pytest has loaded the
-# plugin already, and registering the same module again under its module name fails.
-_AUTOLOADED = not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and any(
-    ep.value == PLUGIN for ep in entry_points(group="pytest11")
-)
-pytest_plugins = ["pytester", *([] if _AUTOLOADED else [PLUGIN])]
 
 SENDER = "app@example.test"
 
@@ -300,9 +292,11 @@ def test_the_account_keeps_its_password_out_of_repr(mail_account: MailAccount) -
     assert mail_account.password not in repr(mail_account)
 
 
-def test_pyproject_declares_the_pytest11_entry_point() -> None:
+def test_the_plugin_is_opt_in_so_installing_mailhandlers_loads_nothing() -> None:
+    # An auto-loaded plugin would import ``src`` in every pytest run of every project
+    # in the environment, and break the ones that have a ``src`` package of their own.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert project["entry-points"]["pytest11"] == {"mailhandlers": PLUGIN}
+    assert "pytest11" not in project.get("entry-points", {})
     testing = " ".join(project["optional-dependencies"]["testing"])
     assert "aiosmtpd" in testing and "trustme" in testing
 
@@ -361,38 +355,36 @@ STRICT_INI = """
 
 
 @pytest.fixture
-def app_suite(pytester: pytest.Pytester) -> pytest.Pytester:
+def app_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    # An environment installed from 0.1.0 may still carry the auto-loaded entry point;
+    # the suite under test must see only what it opts in to.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makeini(STRICT_INI)
     pytester.makepyfile(test_app=APP_TESTS)
     return pytester
 
 
-def test_a_fresh_test_suite_gets_the_fixtures_from_the_plugin(
-    app_suite: pytest.Pytester,
-) -> None:
-    # The same module under its own name, so the installed entry point stays out.
-    result = app_suite.runpytest("-p", "no:mailhandlers", "-p", PLUGIN)
+def test_a_suite_that_does_not_opt_in_has_no_mail_fixtures(app_suite: pytest.Pytester) -> None:
+    result = app_suite.runpytest()
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines(["*fixture 'smtp_server' not found*"])
+
+
+def test_opting_in_on_the_command_line_gives_the_fixtures(app_suite: pytest.Pytester) -> None:
+    result = app_suite.runpytest("-p", PLUGIN)
     result.assert_outcomes(passed=3)
 
 
-def test_a_fresh_test_suite_gets_the_fixtures_through_an_entry_point(
-    app_suite: pytest.Pytester,
-) -> None:
-    # A distribution that only declares the entry point, as pip installs it.
-    dist_info = app_suite.mkdir("mailhandlers_probe-0.dist-info")
-    (dist_info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: mailhandlers-probe\nVersion: 0\n", encoding="utf-8"
-    )
-    (dist_info / "entry_points.txt").write_text(
-        f"[pytest11]\nmailhandlers = {PLUGIN}\n", encoding="utf-8"
-    )
-    result = app_suite.runpytest_subprocess()
+def test_opting_in_from_the_root_conftest_gives_the_fixtures(app_suite: pytest.Pytester) -> None:
+    app_suite.makeconftest(f"pytest_plugins = [{PLUGIN!r}]")
+    result = app_suite.runpytest()
     result.assert_outcomes(passed=3)
 
 
 def test_without_aiosmtpd_only_the_smtp_fixtures_fail_and_say_what_to_install(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makeini(STRICT_INI)
     pytester.makeconftest(
         """
@@ -416,7 +408,7 @@ def test_without_aiosmtpd_only_the_smtp_fixtures_fail_and_say_what_to_install(
             assert pop3_server.messages() == []
         """
     )
-    result = pytester.runpytest("-p", "no:mailhandlers", "-p", PLUGIN)
+    result = pytester.runpytest("-p", PLUGIN)
     result.assert_outcomes(passed=1, errors=1)
     expected = f"the smtp_server fixture needs aiosmtpd, which is not installed: {INSTALL_HINT}"
     assert expected in result.stdout.lines

@@ -24,10 +24,15 @@ from .verbose import Redactor
 DESCRIPTION = """\
 Start an SMTP and a POP3 server on loopback, send a text + HTML message with an
 attachment through SMTP, fetch it back through POP3, and print the DeliveryResult
-and the fetched message. Nothing leaves this machine."""
+and the fetched message, then a one-line verdict: "demo: OK — ..." (exit status 0)
+or "demo: FAILED — <why>" (exit status 1). Nothing leaves this machine."""
 
 USER = "demo"
+SUBJECT = "Monthly report"
+TEXT_BODY = "Hi Ada,\n\nthe report is attached.\n"
+HTML_BODY = "<p>Hi Ada,</p><p>the report is <b>attached</b>.</p>"
 REPORT_CSV = b"month,total\n2026-10,42\n2026-11,57\n"
+VERIFIED = "sent 1 message over STARTTLS+AUTH and fetched it back over POP3S, verified"
 
 
 def add_parser(commands: Any) -> None:
@@ -69,11 +74,40 @@ def run(args: argparse.Namespace, redactor: Redactor) -> int:
             on_message=lambda received: pop3.add_message(received.data, user=USER),
         ) as smtp:
             result = _send(smtp.host, smtp.port, password, certs.client_context(), args.verbose)
+            received = list(smtp.messages)
         fetched = _fetch(pop3.host, pop3.port, password, certs.client_context(), args.verbose)
         where = {"smtp": f"{smtp.host}:{smtp.port}", "pop3": f"{pop3.host}:{pop3.port}"}
-    _print(result, fetched, where, args.json)
-    round_trip = fetched is not None and fetched.get("messageIdHeader") == result.message_id
-    return ExitCode.OK if result.success and round_trip else ExitCode.FAILED
+    problem = _problem(result, received, fetched)
+    verdict = f"demo: OK — {VERIFIED}" if problem is None else f"demo: FAILED — {problem}"
+    _print(result, fetched, where, args.json, verdict)
+    return ExitCode.OK if problem is None else ExitCode.FAILED
+
+
+def _problem(
+    result: DeliveryResult, received: list[Any], fetched: dict[str, Any] | None
+) -> str | None:
+    """Why the round trip did not prove what the verdict claims, or None when it did."""
+    if not result.success:
+        return f"the send ended {result.status.value}: {result.smtp_error}"
+    if len(received) != 1:
+        return f"the SMTP server accepted {len(received)} messages, expected 1"
+    if not (received[0].secure and received[0].username == USER):
+        return "the SMTP server got the message without STARTTLS and AUTH"
+    if fetched is None:
+        return "the POP3 mailbox was empty"
+    expected = {
+        "messageIdHeader": result.message_id,
+        "subject": SUBJECT,
+        "textBody": TEXT_BODY,
+        "htmlBody": HTML_BODY,
+        "attachments": [
+            {"filename": "report.csv", "contentType": "text/csv", "size": len(REPORT_CSV)}
+        ],
+    }
+    for key, value in expected.items():
+        if fetched.get(key) != value:
+            return f"the fetched message's {key} is {fetched.get(key)!r}, expected {value!r}"
+    return None
 
 
 def _send(
@@ -94,9 +128,9 @@ def _send(
     with handler:
         return handler.send_message(
             to_addresses=["Ada Lovelace <ada@example.test>"],
-            subject="Monthly report",
-            text_body="Hi Ada,\n\nthe report is attached.\n",
-            html_body="<p>Hi Ada,</p><p>the report is <b>attached</b>.</p>",
+            subject=SUBJECT,
+            text_body=TEXT_BODY,
+            html_body=HTML_BODY,
             attachments=[{"filename": "report.csv", "content": REPORT_CSV}],
         )
 
@@ -119,10 +153,14 @@ def _fetch(
 
 
 def _print(
-    result: DeliveryResult, fetched: dict[str, Any] | None, where: dict[str, str], as_json: bool
+    result: DeliveryResult,
+    fetched: dict[str, Any] | None,
+    where: dict[str, str],
+    as_json: bool,
+    verdict: str,
 ) -> None:
     if as_json:
-        print_json({"delivery": result.to_dict(), "fetched": fetched})
+        print_json({"delivery": result.to_dict(), "fetched": fetched, "verdict": verdict})
         return
     print(f"1. Sent through SMTP at {where['smtp']} (STARTTLS, AUTH as {USER}).")
     print("   DeliveryResult.to_dict():")
@@ -131,3 +169,5 @@ def _print(
     print(f"2. Fetched back through POP3 at {where['pop3']} (TLS from the first byte).")
     print("   The message dict:")
     print(to_json(fetched))
+    print()
+    print(verdict)

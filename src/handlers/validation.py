@@ -12,7 +12,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._mime.addresses import check_mailbox, envelope_address, split_display_name
+from ._mime.addresses import (
+    check_mailbox,
+    check_message_id,
+    envelope_address,
+    split_display_name,
+)
 from ._mime.attachments import Attachment, decode_attachments
 from ._net.control_chars import find_control_character
 from .errors import MailValidationError
@@ -147,21 +152,13 @@ def check_custom_headers(headers: Mapping[str, str] | None) -> None:
                 "custom_headers",
             )
         check_header_value(value, f"custom_headers[{name!r}]")
-        if name.lower() == "message-id" and not _is_message_id(value):
-            raise MailValidationError(
-                "custom Message-ID must look like <unique@domain>", "custom_headers"
-            )
-
-
-def _is_message_id(value: str) -> bool:
-    value = value.strip()
-    return (
-        value.startswith("<")
-        and value.endswith(">")
-        and value.count("@") >= 1
-        and " " not in value
-        and value.isascii()
-    )
+        if name.lower() == "message-id":
+            problem = check_message_id(value)
+            if problem is not None:
+                raise MailValidationError(
+                    f"custom_headers[{name!r}] is not a Message-ID that can be sent: {problem}",
+                    "custom_headers",
+                )
 
 
 Verdict = tuple[bool, str | None]

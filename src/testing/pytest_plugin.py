@@ -1,7 +1,11 @@
 """pytest fixtures that start in-process mail servers for an application's tests.
 
-Installed with mailhandlers, this plugin is loaded by pytest through the
-``mailhandlers`` entry point, so a test only has to name a fixture::
+The plugin is opt-in: installing mailhandlers registers nothing with pytest. A test
+suite switches it on in its root ``conftest.py``::
+
+    pytest_plugins = ["src.testing.pytest_plugin"]
+
+or with ``pytest -p src.testing.pytest_plugin``. Then a test only has to name a fixture::
 
     def test_signup_sends_a_welcome_mail(smtp_server):
         signup("ada@example.test", smtp=(smtp_server.host, smtp_server.port))
@@ -23,8 +27,7 @@ and is stopped when the test ends):
 
 Importing this module costs next to nothing: the servers and their dependencies
 (``aiosmtpd``, ``trustme``, from the ``testing`` extra) load only when a test asks
-for a fixture, and a missing one fails that test with the install command. Disable
-the plugin with ``-p no:mailhandlers``.
+for a fixture, and a missing one fails that test with the install command.
 
 The plugin holds no assertions, so pytest is told not to rewrite it
 (PYTEST_DONT_REWRITE); that also keeps pytest from warning when a test suite

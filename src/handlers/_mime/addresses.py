@@ -27,6 +27,14 @@ _QUOTED_LOCAL = re.compile(r'"(?:[^"\\\x00-\x1f\x7f]|\\[^\x00-\x1f\x7f])*"')
 _LDH_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?")
 _NAME_ADDR = re.compile(r'^\s*(?:"((?:[^"\\]|\\.)*)"|([^<>"]*?))\s*<([^<>]*)>\s*$', re.S)
 
+# RFC 5322 msg-id without the obsolete forms: "<" dot-atom-text "@" (dot-atom-text or
+# a domain literal) ">", all ASCII. Anything looser is read back differently by readers.
+_ID_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]"
+_ID_DOT_ATOM = rf"{_ID_ATEXT}+(?:\.{_ID_ATEXT}+)*"
+_MESSAGE_ID = re.compile(rf"<{_ID_DOT_ATOM}@(?:{_ID_DOT_ATOM}|\[[\x21-\x5a\x5e-\x7e]*\])>")
+# "Message-ID: " plus the id must fit one header line of 998 octets.
+MAX_MESSAGE_ID_LENGTH = 998 - len("Message-ID: ")
+
 
 def split_display_name(value: str) -> tuple[str, str]:
     """Split ``'"Name" <user@example.com>'`` or ``'Name <u@e>'`` into (name, address).
@@ -128,6 +136,27 @@ def check_mailbox(value: str) -> str | None:
     if control is not None:
         return f"the address contains {control}"
     return check_address(split_display_name(value)[1])
+
+
+def check_message_id(value: str) -> str | None:
+    """Return why ``value`` cannot be sent as a Message-ID, or None when it can.
+
+    Surrounding whitespace is allowed (it is dropped); the rest must be
+    ``<left@right>`` in RFC 5322's strict form, at most :data:`MAX_MESSAGE_ID_LENGTH`
+    characters, so every reader parses back exactly this Message-ID.
+    """
+    if not isinstance(value, str):
+        return f"expected a string, got {type(value).__name__}"
+    value = value.strip(" ")
+    if len(value) > MAX_MESSAGE_ID_LENGTH:
+        return f"it is longer than {MAX_MESSAGE_ID_LENGTH} characters"
+    if _MESSAGE_ID.fullmatch(value) is None:
+        return (
+            "it must look like <left@right>: one '@', and on either side only letters, "
+            "digits, dots (not doubled, not at an end) and !#$%&'*+/=?^_`{|}~- "
+            "(or a [literal] after the '@'), nothing else around the '<>'"
+        )
+    return None
 
 
 def needs_smtputf8(address: str) -> bool:

@@ -18,6 +18,10 @@ from ..errors import MailValidationError
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 MAX_TOTAL_ATTACHMENT_BYTES = 100 * 1024 * 1024
 MAX_FILENAME_LENGTH = 255
+# RFC 6838 caps a media type's type and subtype names at 127 characters each.
+MAX_MEDIA_TYPE_NAME_LENGTH = 127
+# "Content-ID: <" id ">" must fit one header line of 998 octets.
+MAX_CONTENT_ID_LENGTH = 998 - len("Content-ID: <>")
 
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]*")
 _CONTENT_ID = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+")  # printable ASCII except '<' and '>'
@@ -39,9 +43,8 @@ class Attachment:
         return self.content_id is not None
 
 
-def _decode_base64(data: str | bytes) -> bytes:
-    raw = data.encode("ascii") if isinstance(data, str) else bytes(data)
-    raw = _WHITESPACE.sub(b"", raw)
+def _decode_base64(data: str) -> bytes:
+    raw = _WHITESPACE.sub(b"", data.encode("ascii"))
     return base64.b64decode(raw, validate=True)
 
 
@@ -54,8 +57,15 @@ def _attachment_content(item: Mapping[str, Any], where: str) -> bytes:
     data = item.get("data")
     if data is None:
         raise MailValidationError(f"{where} needs 'data' (base64 text) or 'content' (bytes)", where)
-    if not isinstance(data, str | bytes):
-        raise MailValidationError(f"{where}.data must be base64 text", where)
+    # Raw bytes that happen to be valid base64 ("abcd", or a base64 file read in
+    # binary) would decode quietly into something else, so bytes are never guessed at.
+    if isinstance(data, bytes | bytearray | memoryview):
+        raise MailValidationError(
+            f"{where}.data must be base64 text (a str); for raw bytes use the 'content' field",
+            where,
+        )
+    if not isinstance(data, str):
+        raise MailValidationError(f"{where}.data must be base64 text (a str)", where)
     try:
         return _decode_base64(data)
     except (binascii.Error, ValueError, UnicodeEncodeError):
@@ -84,6 +94,12 @@ def _attachment_content_type(item: Mapping[str, Any], filename: str, where: str)
         raise MailValidationError(
             f"{where}.contentType must look like 'type/subtype' with no parameters", where
         )
+    if any(len(name) > MAX_MEDIA_TYPE_NAME_LENGTH for name in content_type.split("/")):
+        raise MailValidationError(
+            f"{where}.contentType has a type or subtype longer than "
+            f"{MAX_MEDIA_TYPE_NAME_LENGTH} characters",
+            where,
+        )
     return content_type.lower()
 
 
@@ -97,15 +113,20 @@ def _attachment_content_id(item: Mapping[str, Any], where: str) -> str | None:
     # strip() would quietly drop a CR or LF at either end; refuse them like elsewhere.
     if find_control_character(content_id) is not None or _CONTENT_ID.fullmatch(bare) is None:
         raise MailValidationError(f"{where}.contentId has characters not allowed there", where)
+    if len(bare) > MAX_CONTENT_ID_LENGTH:
+        raise MailValidationError(
+            f"{where}.contentId is longer than {MAX_CONTENT_ID_LENGTH} characters", where
+        )
     return bare
 
 
 def decode_attachments(attachments: Sequence[Mapping[str, Any]] | None) -> list[Attachment]:
     """Validate attachment dicts and return them decoded; raise MailValidationError.
 
-    Each dict has ``filename`` and either ``data`` (base64 text, line breaks allowed)
-    or ``content`` (raw bytes); ``contentType`` is optional (guessed from the name)
-    and ``contentId`` makes the part inline.
+    Each dict has ``filename`` and either ``data`` (base64 text as a ``str``, line
+    breaks allowed; ``bytes`` there are refused) or ``content`` (raw bytes);
+    ``contentType`` is optional (guessed from the name) and ``contentId`` makes the
+    part inline.
     """
     if attachments is None:
         return []
