@@ -319,7 +319,6 @@ class _MTA(_PrivateServer):
         return self.stack.address(user)
 
 
-
 class OpenSMTPD(_MTA):
     """OpenSMTPD 6.8 with three listeners, configured as a small mail host would be.
 
@@ -348,18 +347,16 @@ class OpenSMTPD(_MTA):
     def _prepare(self) -> list[str]:
         d = self.directory
         paths = self._write_tls()
+        mail = self.stack.directory / "mail"
         tables = {
             "creds": "".join(f"{u} {_crypt(p)}\n" for u, p in sorted(self.users.items())),
             "recipients": "".join(f"{self.address(u)} mail\n" for u in sorted(self.users)),
-            "mailusers": (
-                f"mail {self.stack.mail_uid}:{self.stack.mail_gid}:{self.stack.directory / 'mail'}\n"
-            ),
+            "mailusers": f"mail {self.stack.mail_uid}:{self.stack.mail_gid}:{mail}\n",
         }
         for name, text in tables.items():
             (d / name).write_text(text)
             (d / name).chmod(0o640)
         hostname = f"{self.instance}.{self.domain}"
-        mail = self.stack.directory / "mail"
         conf = f"""\
 # Written by the interop tests: a private, loopback-only OpenSMTPD.
 pki testpki cert "{paths["cert"]}"
@@ -450,9 +447,7 @@ class Exim(_MTA):
         p = self.ports
         mail = self.stack.directory / "mail"
         local_parts = " : ".join(sorted(self.users))
-        password_of = (
-            "${lookup{${sg{%s}{@.*}}{}}}lsearch{" + str(passwords) + "}{$value}{:}}"
-        )
+        password_of = "${lookup{${sg{%s}{@.*}{}}}lsearch{" + str(passwords) + "}{$value}{:}}"
         conf = f"""\
 # Written by the interop tests: a private, loopback-only Exim.
 exim_path = {EXIM}
@@ -474,6 +469,9 @@ domainlist local_domains = {self.domain}
 smtp_accept_max_per_connection = ${{if eq{{$received_port}}{{{p["limited"]}}}\\
     {{{self.limited_messages}}}{{1000}}}}
 message_size_limit = {self.stack.message_size_limit}
+# By default Exim stops delivering at once after 10 messages in one connection and
+# leaves the rest to a queue runner, which this instance does not have.
+smtp_accept_queue_per_connection = 0
 acl_smtp_rcpt = acl_check_rcpt
 host_lookup =
 rfc1413_hosts =
@@ -638,9 +636,7 @@ class MailutilsPOP3(_PrivateServer):
         passwd = d / "passwd" / self.domain
         passwd.write_text("\n".join(lines) + "\n")
         passwd.chmod(0o600)
-        tls = (
-            f"tls {{ ssl-certificate-file {paths['cert']}; ssl-key-file {paths['key']}; }};"
-        )
+        tls = f"tls {{ ssl-certificate-file {paths['cert']}; ssl-key-file {paths['key']}; }};"
         conf = f"""\
 # Written by the interop tests: a private, loopback-only GNU Mailutils pop3d.
 mode daemon;
