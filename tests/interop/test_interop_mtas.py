@@ -240,5 +240,16 @@ def test_exim_none_mode_with_password_fails_before_any_auth(exim: Exim) -> None:
 def test_exim_per_connection_limit_is_handled(exim: Exim) -> None:
     """After ``smtp_accept_max_per_connection`` messages (1,000 by default, lowered on
     this listener) Exim answers the next MAIL FROM with ``421 too many messages in
-    this connection`` and closes the session."""
+    this connection`` and closes the session. The handler opens a new one and goes on.
+    """
+    mark = exim.log_mark()
     _send_many(exim, "limited", exim.limited_messages + 10)
+    exim.wait_for_log(mark, r"rejected MAIL command .*: too many messages in one connection")
+
+
+@pytest.mark.slow
+def test_exim_default_limit_of_1000_messages_per_connection(exim: Exim) -> None:
+    """The same with Exim's default limit: 1,010 messages through one handler (~12 s)."""
+    mark = exim.log_mark()
+    _send_many(exim, "plain", 1010)
+    exim.wait_for_log(mark, r"rejected MAIL command .*: too many messages in one connection")
