@@ -419,7 +419,9 @@ class Exim(_MTA):
       ``limited_messages`` instead of Exim's default 1,000, so the 421 that ends
       a busy session comes after a few messages rather than a thousand.
 
-    Exim advertises PIPELINING, CHUNKING and SMTPUTF8. It runs as the mail user
+    Exim advertises PIPELINING, CHUNKING and SMTPUTF8; mail to the non-ASCII address
+    ``utf8_local_part`` (``jörg@<domain>``) goes to the first user's (alice's) Maildir.
+    It runs as the mail user
     (``exim_user``), so it can write the stack's Maildirs; with ``-C`` it gives up
     root for its re-executions anyway.
     """
@@ -432,6 +434,7 @@ class Exim(_MTA):
     ) -> None:
         super().__init__(directory, stack, **options)
         self.limited_messages = limited_messages
+        self.utf8_local_part = "jörg"
 
     def _prepare(self) -> list[str]:
         d = self.directory
@@ -486,6 +489,13 @@ acl_check_rcpt:
   accept
 
 begin routers
+# A non-ASCII address (SMTPUTF8) that delivers to the first user's Maildir.
+utf8_alias:
+  driver = redirect
+  domains = +local_domains
+  local_parts = {self.utf8_local_part}
+  data = {self.address(min(self.users))}
+
 local_users:
   driver = accept
   domains = +local_domains
@@ -521,7 +531,7 @@ LOGIN:
     {{!eq{{$received_port}}{{{p["plain"]}}}}}{{!eq{{$received_port}}{{{p["limited"]}}}}}}}}}
 """
         config = d / "exim.conf"
-        config.write_text(conf)
+        config.write_text(conf, encoding="utf-8")
         config.chmod(0o644)
         checked = subprocess.run(
             [str(EXIM), "-C", str(config), "-bV"],

@@ -117,6 +117,26 @@ def test_mx_refuses_to_relay(mta: _MTA) -> None:
     assert text in (result.smtp_error or "")
 
 
+def test_non_ascii_address_needs_smtputf8(mta: _MTA) -> None:
+    """Exim offers SMTPUTF8 and delivers to jörg@ (an alias of alice); OpenSMTPD does
+    not offer it, so the handler refuses before sending anything."""
+    stack = mta.stack
+    marker = token()
+    recipient = f"jörg@{stack.domain}"
+    with _handler(mta, "plain", "none", None) as sender:
+        result = sender.send_message([recipient], f"Grüße {marker}", text_body=f"ü {marker}")
+    if isinstance(mta, OpenSMTPD):
+        assert result.status is SMTPDeliveryStatus.FAILED, result.to_dict()
+        assert not result.is_retryable and result.smtp_code is None
+        assert "SMTPUTF8" in (result.smtp_error or "")
+        return
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result.to_dict()
+    fetched = _fetch_back(stack, "alice", marker)
+    assert fetched["to"] == [recipient]
+    assert fetched["subject"] == f"Grüße {marker}"
+    stack.clear_mailbox("alice")
+
+
 def test_pool_reuses_one_session(mta: _MTA) -> None:
     stack = mta.stack
     marker = token()
