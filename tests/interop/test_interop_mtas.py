@@ -227,6 +227,7 @@ def test_exim_wrong_password_fails_once(exim: Exim, mode: str) -> None:
         result = sender.send_message([exim.address("alice")], "x", text_body="y")
     assert result.status is SMTPDeliveryStatus.FAILED, result.to_dict()
     assert result.smtp_code == 535 and not result.is_retryable and sleeps == []
+    assert "Incorrect authentication data" in (result.smtp_error or "")
     assert wrong not in repr(result.to_dict())
 
 
