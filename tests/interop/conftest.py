@@ -1,4 +1,5 @@
-"""Fixtures for the interoperability suite: a private Postfix + Dovecot per session.
+"""Fixtures for the interoperability suite: a private Postfix + Dovecot per session, and
+beside it, when a test asks, a private OpenSMTPD, Exim or GNU Mailutils pop3d.
 
 Every test collected under ``tests/interop`` is marked ``interop``, so
 ``pytest -m "not interop"`` leaves them out and ``pytest -m interop`` runs only them.
