@@ -1,4 +1,5 @@
-"""Fixtures for the interoperability suite: a private Postfix + Dovecot per session.
+"""Fixtures for the interoperability suite: a private Postfix + Dovecot per session, and
+beside it, when a test asks, a private OpenSMTPD, Exim or GNU Mailutils pop3d.
 
 Every test collected under ``tests/interop`` is marked ``interop``, so
 ``pytest -m "not interop"`` leaves them out and ``pytest -m interop`` runs only them.
@@ -12,13 +13,21 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from src.testing.tls import TestCertificates
 
+from .extra_servers import (
+    Exim,
+    MailutilsPOP3,
+    OpenSMTPD,
+    exim_available,
+    opensmtpd_available,
+    pop3d_available,
+)
 from .mailstack import MailStack, servers_available
 
 _HERE = Path(__file__).parent
@@ -54,4 +63,62 @@ def mail_stack(certs: TestCertificates) -> Iterator[MailStack]:
         with MailStack(directory, certs) as stack:
             yield stack
     finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _require(check: Callable[[], tuple[bool, str]]) -> None:
+    """Skip (or, under CI, fail) when an extra server cannot run here."""
+    available, reason = check()
+    if not available:
+        if _in_ci():
+            pytest.fail(f"interop tests must run in CI, but: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+def _server_directory(prefix: str) -> Path:
+    """A temporary directory the servers' unprivileged users can enter (see mail_stack)."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    directory.chmod(0o755)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def opensmtpd(mail_stack: MailStack) -> Iterator[OpenSMTPD]:
+    """A private OpenSMTPD delivering into the stack's Maildirs, for the session."""
+    _require(opensmtpd_available)
+    directory = _server_directory("opensmtpd-")
+    server = OpenSMTPD(directory, mail_stack)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def exim(mail_stack: MailStack) -> Iterator[Exim]:
+    """A private Exim delivering into the stack's Maildirs, for the session."""
+    _require(exim_available)
+    directory = _server_directory("exim-")
+    server = Exim(directory, mail_stack)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mailutils_pop3d(certs: TestCertificates) -> Iterator[MailutilsPOP3]:
+    """A private GNU Mailutils pop3d with mbox mailboxes of its own, for the session."""
+    _require(pop3d_available)
+    directory = _server_directory("pop3d-")
+    server = MailutilsPOP3(directory, certs)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
         shutil.rmtree(directory, ignore_errors=True)
