@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 
 from src.handlers.errors import POP3AuthenticationError, POP3ConnectionError
-from src.handlers.pop3 import POP3ProtocolHandler
+from src.handlers.pop3 import FileUIDStore, MemoryUIDStore, POP3ProtocolHandler
 from src.handlers.retry import is_retryable
-from src.handlers.pop3 import FileUIDStore, MemoryUIDStore
 
 from .extra_servers import MailutilsPOP3
 from .support import TIMEOUT, WireTap, token
