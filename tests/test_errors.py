@@ -59,7 +59,9 @@ EXAMPLES: dict[type[MailHandlerError], MailHandlerError] = {
         "http://127.0.0.1:3128", "407 Proxy Authentication Required", 407
     ),
     errors.OAuth2EndpointError: errors.OAuth2EndpointError(
-        "token endpoint https://127.0.0.1:8443/token failed: 503", "https://127.0.0.1:8443/token", 503
+        "token endpoint https://127.0.0.1:8443/token failed: 503",
+        "https://127.0.0.1:8443/token",
+        503,
     ),
     errors.OAuth2TokenError: errors.OAuth2TokenError(
         "microsoft", "invalid_grant", "AADSTS70008: the refresh token has expired", 400

@@ -14,8 +14,8 @@ problems also derive from the built-in :class:`ConnectionError` and timeouts fro
     │   │   └── POP3TimeoutError (TimeoutError)
     │   ├── DNSLookupError                         DNS gave no usable answer
     │   │   └── DNSTimeoutError (TimeoutError)
-    │   ├── ProxyError                             the proxy was unreachable or refused the tunnel
-    │   ├── OAuth2EndpointError                    the OAuth2 token endpoint was unreachable or failed
+    │   ├── ProxyError                             a proxy unreachable or refusing the tunnel
+    │   ├── OAuth2EndpointError                    a token endpoint unreachable or failing
     │   └── OutcomeUnknownError                    body sent, final reply never came
     ├── MailSecurityError                          TLS unavailable, refused or unverifiable
     │   └── POP3SecurityError
