@@ -6,7 +6,15 @@ underscore are private.
 
 import logging
 
+from ._auth.providers import (
+    OAuth2TokenProvider,
+    google_tokens,
+    microsoft_app_tokens,
+    microsoft_tokens,
+)
 from ._mime.parser import ParseLimits, parse_message
+from ._net.connect import Proxy, open_connection
+from ._net.tls import client_certificate_context
 from ._sync.sync import SyncResult, sync_mailbox
 from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 from .errors import (
@@ -78,6 +86,7 @@ __all__ = [
     "MemoryUIDStore",
     "OAuth2EndpointError",
     "OAuth2TokenError",
+    "OAuth2TokenProvider",
     "OutcomeUnknownError",
     "POP3AuthenticationError",
     "POP3ConnectionError",
@@ -93,6 +102,7 @@ __all__ = [
     "POP3UnsupportedError",
     "ParseLimits",
     "PoolTimeoutError",
+    "Proxy",
     "ProxyAuthenticationError",
     "ProxyError",
     "RetryPolicy",
@@ -109,6 +119,11 @@ __all__ = [
     "SQLiteUIDStore",
     "SyncResult",
     "UIDStore",
+    "client_certificate_context",
+    "google_tokens",
+    "microsoft_app_tokens",
+    "microsoft_tokens",
+    "open_connection",
     "parse_message",
     "shared_pool",
     "sync_mailbox",
