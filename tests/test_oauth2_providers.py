@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from fake_sleep import Sleeps
 
 from src.handlers._auth.providers import (
     MICROSOFT_APP_SCOPE,
@@ -34,6 +35,7 @@ from src.handlers._auth.providers import (
 from src.handlers._net.secret import Secret
 from src.handlers.errors import (
     ConfigurationError,
+    MailConnectionError,
     MailProtocolError,
     MailSecurityError,
     OAuth2EndpointError,
@@ -700,3 +702,72 @@ def test_a_revoked_grant_fails_the_login_without_retrying(
         assert not result.success and not result.is_retryable
         assert len(endpoint.requests) == 1
         assert REFRESH not in str(result.to_dict()) and CLIENT_SECRET not in str(result.to_dict())
+
+
+def test_an_unreachable_token_endpoint_is_retried_by_the_smtp_handler(
+    certs: TestCertificates, client_ssl_context: ssl.SSLContext, sleeps: Sleeps
+) -> None:
+    smtp = SMTPTestServer(
+        tls="starttls", ssl_context=certs.server_context(), oauth2_tokens={USER: "none-yet"}
+    )
+    assert smtp.oauth2 is not None
+    verifier = smtp.oauth2
+    with (
+        TokenEndpointServer(
+            ssl_context=certs.server_context(),
+            on_issue=lambda token, grant: verifier.tokens.__setitem__(USER, token),
+        ) as endpoint,
+        smtp,
+    ):
+        endpoint.add_client(CLIENT_ID, CLIENT_SECRET)
+        endpoint.add_refresh_token(REFRESH, client_id=CLIENT_ID)
+        endpoint.fail_next(503, {"error": "server_error"})
+        tokens = google_tokens(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            REFRESH,
+            token_url=endpoint.url,
+            ssl_context=client_ssl_context,
+        )
+        mailer = SMTPProtocolHandler(
+            smtp.host,
+            smtp.port,
+            USER,
+            encryption="tls",
+            oauth2_token=tokens,
+            pool=SMTPConnectionPool(),
+            ssl_context=client_ssl_context,
+            sleep=sleeps,
+        )
+        try:
+            result = mailer.send_message(["bob@example.com"], "1", text_body="first")
+        finally:
+            mailer.close()
+        assert result.success and result.retry_count == 1
+        assert len(sleeps) == 1 and len(endpoint.requests) == 2
+
+
+def test_an_unreachable_token_endpoint_reaches_the_pop3_caller_as_a_connection_error(
+    certs: TestCertificates, client_ssl_context: ssl.SSLContext, sleeps: Sleeps
+) -> None:
+    url = f"https://127.0.0.1:{_closed_port()}/token"
+    tokens = google_tokens(
+        CLIENT_ID, CLIENT_SECRET, REFRESH, token_url=url, ssl_context=client_ssl_context
+    )
+    with POP3TestServer(
+        tls="implicit", ssl_context=certs.server_context(), oauth2_tokens={USER: "x"}
+    ) as pop3:
+        inbox = POP3ProtocolHandler(
+            pop3.host,
+            pop3.port,
+            USER,
+            encryption="ssl",
+            oauth2_token=tokens,
+            ssl_context=client_ssl_context,
+            sleep=sleeps,
+        )
+        with pytest.raises(MailConnectionError) as caught:
+            inbox.get_mailbox_stat()
+        assert is_retryable(caught.value)
+        assert len(sleeps) >= 1  # the handler's own retries ran
+        assert CLIENT_SECRET not in str(caught.value) and REFRESH not in str(caught.value)
