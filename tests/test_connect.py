@@ -247,7 +247,7 @@ def test_without_happy_eyeballs_attempts_run_one_after_another(echo: EchoServer)
     starter = Starter(hang={"::1"})
     try:
         started = time.monotonic()
-        with pytest.raises(MailTimeoutError, match=r"within 0\.5s"):
+        with pytest.raises(MailTimeoutError, match=r"within 0\.5s") as caught:
             open_connection(
                 "dual.example.test",
                 25,
@@ -258,6 +258,7 @@ def test_without_happy_eyeballs_attempts_run_one_after_another(echo: EchoServer)
             )
         assert time.monotonic() - started < 2
         assert [host for host, _ in starter.started] == ["::1"]
+        assert "([::1]:1 no answer; 1 more address not tried)" in str(caught.value)
     finally:
         starter.close()
 
@@ -277,6 +278,10 @@ def test_every_attempt_hanging_is_a_timeout_within_the_limit() -> None:
             )
         assert time.monotonic() - started < 2
         assert len(starter.started) == 2
+        assert str(caught.value) == (
+            "could not connect to dual.example.test:25 within 0.4s "
+            "([::1]:1 no answer; 127.0.0.1:2 no answer)"
+        )
         assert is_retryable(caught.value)
     finally:
         starter.close()
@@ -520,3 +525,30 @@ def test_without_python_socks_a_proxy_is_a_configuration_error(
     monkeypatch.setitem(sys.modules, "python_socks", None)
     with pytest.raises(ConfigurationError, match=r"mailhandlers\[proxy\]"):
         open_connection("mail.example.test", 25, timeout=1, proxy="socks5://127.0.0.1:1080")
+
+
+@pytest.mark.parametrize(("scheme", "sent"), [("socks4", "127.0.0.1"), ("socks5", "::1")])
+def test_a_proxy_that_does_not_resolve_gets_an_address_from_the_resolver(
+    proxy: ProxyTestServer, echo: EchoServer, scheme: str, sent: str
+) -> None:
+    proxy.hosts[sent] = echo.port
+    resolver = resolver_for(v6(25), v4(25))
+    url = proxy.url(scheme)
+    chosen = Proxy.from_url(url)
+    if scheme == "socks5":
+        chosen = Proxy("socks5", chosen.host, chosen.port, remote_dns=False)
+    sock = open_connection("mail.example.test", 25, timeout=5, proxy=chosen, resolver=resolver)
+    assert roundtrip(sock) == b"ping\r\n"
+    assert proxy.requests[0].host == sent
+
+
+def test_socks4_needs_an_ipv4_address(proxy: ProxyTestServer) -> None:
+    with pytest.raises(DNSLookupError, match="SOCKS4"):
+        open_connection(
+            "v6only.example.test",
+            25,
+            timeout=5,
+            proxy=proxy.url("socks4"),
+            resolver=resolver_for(v6(25)),
+        )
+    assert proxy.connections == 0

@@ -227,10 +227,10 @@ def _connect_through(
     extra: dict[str, Any] = {"local_addr": source_address} if source_address else {}
     try:
         sock = client.connect(host, port, timeout=timeout, **extra)
-    except SocksTimeoutError as error:
+    except SocksTimeoutError:
         raise MailTimeoutError(
             f"proxy {proxy.address} did not connect to {target} within {timeout:g}s"
-        ) from error
+        ) from None
     except SocksConnectionError as error:
         reason = error.strerror or _reason(error.__cause__) or "unreachable"
         raise ProxyError(
@@ -352,7 +352,8 @@ def _race(
                     # RFC 8305 section 5: a failure starts the next attempt at once.
                     next_start = clock()
         finally:
-            for sock in pending:
+            for sock, address in pending.items():
+                failures.append(f"{_show(address)} no answer")
                 sock.close()
     return winner, failures
 
@@ -372,10 +373,13 @@ def open_connection(
 ) -> socket.socket:
     """Open a TCP connection to ``host:port`` and return the connected socket.
 
-    ``timeout`` bounds the whole connect (name resolution aside), every attempt and
-    the proxy's handshake included, and becomes the returned socket's timeout.
+    Directly, ``timeout`` bounds the whole connect (name resolution aside), every
+    attempt included; through a proxy it bounds connecting to the proxy and each read
+    and write of its handshake. It becomes the returned socket's timeout.
     ``source_address`` is bound before connecting, as in
-    :func:`socket.create_connection`. ``proxy`` is a :class:`Proxy` or a proxy URL.
+    :func:`socket.create_connection`. ``proxy`` is a :class:`Proxy` or a proxy URL;
+    a proxy that does not resolve names itself (SOCKS4, or ``remote_dns=False``) is
+    given the first address ``resolver`` returns.
 
     Directly, every address of ``host`` is tried as RFC 8305 describes (see the
     module); with ``happy_eyeballs=False`` the addresses are tried one after another,
@@ -397,16 +401,11 @@ def open_connection(
     if not (math.isfinite(attempt_delay) and attempt_delay >= 0):
         raise ConfigurationError("attempt_delay must be a number of seconds >= 0", "attempt_delay")
     if proxy is not None:
+        if not proxy.remote_dns and not _is_ip(host):
+            host = _resolve_for_proxy(proxy, host, port, resolver)
         return _connect_through(proxy, host, port, seconds, source_address)
 
-    try:
-        addresses = list(resolver(host, port))
-    except socket.gaierror as error:
-        raise DNSLookupError(f"could not resolve {host}: {_error_text(error)}") from None
-    except OSError as error:
-        raise DNSLookupError(f"could not resolve {host}: {_error_text(error)}") from None
-    if not addresses:
-        raise DNSLookupError(f"{host} has no IPv4 or IPv6 address")
+    addresses = _resolve(host, port, resolver)
     ordered = interleave(addresses) if happy_eyeballs else list(addresses)
     sock, failures = _race(
         ordered,
@@ -422,10 +421,41 @@ def open_connection(
         return sock
     target = f"[{host}]:{port}" if _is_ipv6(host) else f"{host}:{port}"
     tried = "; ".join(failures)
-    if len(failures) < len(ordered):
-        detail = f" ({tried})" if tried else ""
-        raise MailTimeoutError(f"could not connect to {target} within {seconds:g}s{detail}")
+    untried = len(ordered) - len(failures)
+    if untried:
+        tried += f"; {untried} more address{'es' if untried > 1 else ''} not tried"
+    if untried or any(failure.endswith(" no answer") for failure in failures):
+        raise MailTimeoutError(f"could not connect to {target} within {seconds:g}s ({tried})")
     raise MailConnectionError(f"could not connect to {target}: {tried}")
+
+
+def _resolve(host: str, port: int, resolver: Resolver) -> list[Address]:
+    try:
+        addresses = list(resolver(host, port))
+    except OSError as error:  # socket.gaierror included
+        raise DNSLookupError(f"could not resolve {host}: {_error_text(error)}") from None
+    if not addresses:
+        raise DNSLookupError(f"{host} has no IPv4 or IPv6 address")
+    return addresses
+
+
+def _resolve_for_proxy(proxy: Proxy, host: str, port: int, resolver: Resolver) -> str:
+    """The address to hand a proxy that does not resolve names (SOCKS4, or SOCKS5 with
+    ``remote_dns=False``): the first the resolver gives, IPv4 only for SOCKS4."""
+    addresses = _resolve(host, port, resolver)
+    if proxy.kind == "socks4":
+        addresses = [a for a in addresses if a[0] == socket.AF_INET]
+        if not addresses:
+            raise DNSLookupError(f"{host} has no IPv4 address, which SOCKS4 needs")
+    return str(addresses[0][1][0])
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_ipv6(host: str) -> bool:
