@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import select
 import socket
 import threading
 import time
@@ -552,3 +553,56 @@ def test_socks4_needs_an_ipv4_address(proxy: ProxyTestServer) -> None:
             resolver=resolver_for(v6(25)),
         )
     assert proxy.connections == 0
+
+
+@contextlib.contextmanager
+def blackhole(host: str) -> Iterator[int]:
+    """A listener that never accepts and whose queue is full, so a new connection to it
+    hangs in the handshake (the kernel drops its SYNs); skips the test where the
+    system does not behave so."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind((host, 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        for _ in range(16):  # until a connect no longer completes
+            filler = socket.socket(family, socket.SOCK_STREAM)
+            fillers.append(filler)
+            filler.setblocking(False)
+            filler.connect_ex((host, port))
+            _, writable, _ = select.select([], [filler], [], 0.2)
+            if not writable:
+                break
+        else:
+            pytest.skip("this system accepts connections beyond a full listen queue")
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+@needs_ipv6
+def test_an_ipv6_address_that_never_answers_costs_one_attempt_delay(echo: EchoServer) -> None:
+    with blackhole("::1") as silent_port:
+        resolver = resolver_for(v6(silent_port), v4(echo.port))
+        started = time.monotonic()
+        sock = open_connection("dual.example.test", 25, timeout=5, resolver=resolver)
+        elapsed = time.monotonic() - started
+    assert sock.family == socket.AF_INET
+    assert roundtrip(sock) == b"ping\r\n"
+    assert 0.2 <= elapsed < 2  # the 250 ms delay, not the 5 s timeout
+
+
+@needs_ipv6
+def test_without_happy_eyeballs_a_silent_ipv6_address_costs_the_whole_timeout(
+    echo: EchoServer,
+) -> None:
+    with blackhole("::1") as silent_port:
+        resolver = resolver_for(v6(silent_port), v4(echo.port))
+        with pytest.raises(MailTimeoutError, match="no answer; 1 more address not tried"):
+            open_connection(
+                "dual.example.test", 25, timeout=0.5, resolver=resolver, happy_eyeballs=False
+            )
