@@ -21,6 +21,7 @@ import contextlib
 import errno
 import ipaddress
 import math
+import os
 import selectors
 import socket
 import time
@@ -176,7 +177,7 @@ class Proxy:
             parts.hostname,
             port,
             username or None,
-            Secret(password) if password is not None and username else None,
+            Secret(password) if password else None,
             remote_dns,
         )
 
@@ -232,7 +233,7 @@ def _connect_through(
             f"proxy {proxy.address} did not connect to {target} within {timeout:g}s"
         ) from None
     except SocksConnectionError as error:
-        reason = error.strerror or _reason(error.__cause__) or "unreachable"
+        reason = _reason(error.__cause__) or "unreachable"
         raise ProxyError(
             f"could not reach proxy {proxy.address}: {reason}", proxy.address
         ) from None
@@ -280,7 +281,7 @@ def _start_attempt(address: Address, source_address: tuple[str, int] | None) -> 
             sock.bind(source_address)
         code = sock.connect_ex(sockaddr)
         if code and code not in _IN_PROGRESS:
-            raise OSError(code, errno.errorcode.get(code, "connect failed"))
+            raise OSError(code, os.strerror(code))
     except BaseException:
         sock.close()
         raise
@@ -317,8 +318,8 @@ def _race(
     winner: socket.socket | None = None
     with selectors.DefaultSelector() as selector:
         try:
-            # Each pass starts an attempt or handles at least one event, and every
-            # wait is bounded by the deadline, so the loop ends within `timeout`.
+            # Every pass starts an attempt or waits at most until the next start or
+            # the deadline, and each address starts once, so the loop ends in time.
             while winner is None and (waiting or pending):
                 now = clock()
                 if now >= deadline:
@@ -347,7 +348,7 @@ def _race(
                         log.debug("connected to %s", _show(address))
                         continue
                     if code:
-                        failures.append(f"{_show(address)} {_error_text(OSError(code, ''))}")
+                        failures.append(f"{_show(address)} {os.strerror(code)}")
                     sock.close()
                     # RFC 8305 section 5: a failure starts the next attempt at once.
                     next_start = clock()
