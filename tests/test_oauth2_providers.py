@@ -771,3 +771,25 @@ def test_an_unreachable_token_endpoint_reaches_the_pop3_caller_as_a_connection_e
         assert is_retryable(caught.value)
         assert len(sleeps) >= 1  # the handler's own retries ran
         assert CLIENT_SECRET not in str(caught.value) and REFRESH not in str(caught.value)
+
+
+def test_an_unreachable_endpoint_near_expiry_keeps_the_current_token(
+    google: OAuth2TokenProvider,
+    endpoint: TokenEndpointServer,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = google()
+    clock.now += 3599 - 30  # inside the 60 s skew, not expired yet
+    endpoint.fail_next(503, {"error": "server_error"})
+    with caplog.at_level(logging.WARNING):
+        assert google() == first
+    assert "using the current access token for ada@example.org" in caplog.text
+    endpoint.fail_next(400, {"error": "invalid_grant"})
+    with pytest.raises(OAuth2TokenError):  # a dead grant is reported at once
+        google()
+    clock.now += 30  # now expired
+    endpoint.fail_next(503, {"error": "server_error"})
+    with pytest.raises(OAuth2EndpointError):
+        google()
+    assert google() != first  # the endpoint is back

@@ -18,8 +18,10 @@ environment: the body holds the client secret and the refresh token.
 
 One provider object stands for one account: create it once and share it between
 threads, handlers and pools. Only one refresh runs at a time; other threads wait
-for it, for at most ``wait_timeout`` seconds. In a child made by ``os.fork()`` the
-cached token and the lock are forgotten, so the child refreshes on its own.
+for it, for at most ``wait_timeout`` seconds. When the endpoint cannot be reached
+during the ``refresh_skew`` window, the current token is used until it expires. In
+a child made by ``os.fork()`` the cached token and the lock are forgotten, so the
+child refreshes on its own.
 
 Failures: a refusal by the endpoint (``invalid_grant`` for a revoked or expired
 refresh token, ``invalid_client`` for a wrong secret, ...) raises
@@ -192,7 +194,11 @@ class OAuth2TokenProvider:
                         self.endpoint,
                     )
                 if self._round != seen and self._failure is not None:
+                    fallback = self._still_valid(self._failure)
+                    if fallback is not None:
+                        return fallback
                     raise copy.copy(self._failure)
+        requested_at = self._clock()
         try:
             token, lifetime, refresh_token = self._request()
         except MailHandlerError as error:
@@ -201,7 +207,17 @@ class OAuth2TokenProvider:
                 self._round += 1
                 self._refreshing = False
                 self._lock.notify_all()
-            raise
+                fallback = self._still_valid(error)
+            if fallback is None:
+                raise
+            log.warning(
+                "%s token endpoint failed (%s); using the current access token for %s "
+                "until it expires",
+                self.provider,
+                type(error).__name__,
+                self.account or "the account",
+            )
+            return fallback
         except BaseException:
             with self._lock:
                 self._refreshing = False
@@ -209,10 +225,10 @@ class OAuth2TokenProvider:
                 self._lock.notify_all()
             raise
         with self._lock:
-            now = self._clock()
+            # Counted from the request, not the answer: the token's life began before.
             self._token = Secret(token)
-            self._expires_at = now + lifetime
-            self._refresh_at = now + lifetime - min(self._skew, lifetime / 2)
+            self._expires_at = requested_at + lifetime
+            self._refresh_at = requested_at + lifetime - min(self._skew, lifetime / 2)
             self._failure = None
             self._round += 1
             self._refreshing = False
@@ -238,6 +254,13 @@ class OAuth2TokenProvider:
             int(lifetime),
         )
         return token
+
+    def _still_valid(self, failure: MailHandlerError) -> str | None:
+        """The cached token if a refresh failed only for now (the endpoint could not be
+        reached) while the token has not expired yet; called under the lock."""
+        if not isinstance(failure, OAuth2EndpointError) or self._token is None:
+            return None
+        return self._token.reveal() if self._clock() < self._expires_at else None
 
     def invalidate(self, token: str) -> None:
         """Drop ``token`` if it is the cached one (a server refused it): the next call
