@@ -52,6 +52,20 @@ EXAMPLES: dict[type[MailHandlerError], MailHandlerError] = {
     errors.POP3MessageTooLargeError: errors.POP3MessageTooLargeError(3, 9_000_000, 1_000_000),
     errors.POP3UnsupportedError: errors.POP3UnsupportedError("UIDL not supported"),
     errors.POP3PoolClosedError: errors.POP3PoolClosedError("the pool has been closed"),
+    errors.ProxyError: errors.ProxyError(
+        "proxy socks5://127.0.0.1:1080 refused: connection refused", "socks5://127.0.0.1:1080", 5
+    ),
+    errors.ProxyAuthenticationError: errors.ProxyAuthenticationError(
+        "http://127.0.0.1:3128", "407 Proxy Authentication Required", 407
+    ),
+    errors.OAuth2EndpointError: errors.OAuth2EndpointError(
+        "token endpoint https://127.0.0.1:8443/token failed: 503",
+        "https://127.0.0.1:8443/token",
+        503,
+    ),
+    errors.OAuth2TokenError: errors.OAuth2TokenError(
+        "microsoft", "invalid_grant", "AADSTS70008: the refresh token has expired", 400
+    ),
 }
 
 

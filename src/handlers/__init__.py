@@ -6,7 +6,15 @@ underscore are private.
 
 import logging
 
+from ._auth.providers import (
+    OAuth2TokenProvider,
+    google_tokens,
+    microsoft_app_tokens,
+    microsoft_tokens,
+)
 from ._mime.parser import ParseLimits, parse_message
+from ._net.connect import Proxy, open_connection
+from ._net.tls import client_certificate_context
 from ._sync.sync import SyncResult, sync_mailbox
 from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 from .errors import (
@@ -21,6 +29,8 @@ from .errors import (
     MailSecurityError,
     MailTimeoutError,
     MailValidationError,
+    OAuth2EndpointError,
+    OAuth2TokenError,
     OutcomeUnknownError,
     PoolTimeoutError,
     POP3AuthenticationError,
@@ -33,6 +43,8 @@ from .errors import (
     POP3SecurityError,
     POP3TimeoutError,
     POP3UnsupportedError,
+    ProxyAuthenticationError,
+    ProxyError,
     SMTPDataRefused,
     SMTPNotSupportedError,
     SMTPRecipientsRefused,
@@ -72,6 +84,9 @@ __all__ = [
     "MailTimeoutError",
     "MailValidationError",
     "MemoryUIDStore",
+    "OAuth2EndpointError",
+    "OAuth2TokenError",
+    "OAuth2TokenProvider",
     "OutcomeUnknownError",
     "POP3AuthenticationError",
     "POP3ConnectionError",
@@ -87,6 +102,9 @@ __all__ = [
     "POP3UnsupportedError",
     "ParseLimits",
     "PoolTimeoutError",
+    "Proxy",
+    "ProxyAuthenticationError",
+    "ProxyError",
     "RetryPolicy",
     "SMTPConnectionPool",
     "SMTPDataRefused",
@@ -101,6 +119,11 @@ __all__ = [
     "SQLiteUIDStore",
     "SyncResult",
     "UIDStore",
+    "client_certificate_context",
+    "google_tokens",
+    "microsoft_app_tokens",
+    "microsoft_tokens",
+    "open_connection",
     "parse_message",
     "shared_pool",
     "sync_mailbox",

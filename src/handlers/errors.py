@@ -14,6 +14,8 @@ problems also derive from the built-in :class:`ConnectionError` and timeouts fro
     │   │   └── POP3TimeoutError (TimeoutError)
     │   ├── DNSLookupError                         DNS gave no usable answer
     │   │   └── DNSTimeoutError (TimeoutError)
+    │   ├── ProxyError                             a proxy unreachable or refusing the tunnel
+    │   ├── OAuth2EndpointError                    a token endpoint unreachable or failing
     │   └── OutcomeUnknownError                    body sent, final reply never came
     ├── MailSecurityError                          TLS unavailable, refused or unverifiable
     │   └── POP3SecurityError
@@ -24,7 +26,9 @@ problems also derive from the built-in :class:`ConnectionError` and timeouts fro
     ├── POP3PoolClosedError                        the POP3 pool was closed
     └── MailResponseError                          the server answered with an error reply
         ├── MailAuthenticationError                credentials refused
-        │   └── POP3AuthenticationError
+        │   ├── POP3AuthenticationError
+        │   ├── ProxyAuthenticationError           the proxy refused its credentials
+        │   └── OAuth2TokenError                   the token endpoint refused the grant
         ├── SMTPResponseError                      SMTP reply code >= 400
         │   ├── SMTPSenderRefused
         │   ├── SMTPRecipientsRefused
@@ -185,6 +189,82 @@ class SMTPDataRefused(SMTPResponseError):
     """DATA, or the message after it, was refused."""
 
 
+class ProxyError(MailConnectionError):
+    """A proxy could not be reached, or would not open the tunnel to the server.
+
+    ``proxy`` names the proxy as ``scheme://host:port`` (never its credentials);
+    ``reply_code`` is the proxy's reply code (SOCKS reply or HTTP status), if any.
+    A :class:`MailConnectionError`, so it is retryable.
+    """
+
+    def __init__(self, message: str, proxy: str, reply_code: int | None = None) -> None:
+        super().__init__(message, proxy, reply_code)
+        self.proxy = proxy
+        self.reply_code = reply_code
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ProxyAuthenticationError(MailAuthenticationError):
+    """The proxy refused the user name and password it was given (or needs some).
+
+    ``proxy`` names the proxy as ``scheme://host:port``; ``status`` is the HTTP status
+    (407) for an HTTP proxy, ``None`` for SOCKS. Not retryable.
+    """
+
+    def __init__(self, proxy: str, text: str, status: int | None = None) -> None:
+        super().__init__(None, text)
+        self.args = (proxy, text, status)
+        self.proxy = proxy
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"proxy {self.proxy} refused the login: {self.text}"
+
+
+class OAuth2EndpointError(MailConnectionError):
+    """An OAuth2 token endpoint could not be reached, timed out or failed (5xx, 429).
+
+    ``endpoint`` is the endpoint's ``scheme://host/path``; ``status`` the HTTP status,
+    when one came. A :class:`MailConnectionError`, so it is retryable.
+    """
+
+    def __init__(self, message: str, endpoint: str, status: int | None = None) -> None:
+        super().__init__(message, endpoint, status)
+        self.endpoint = endpoint
+        self.status = status
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class OAuth2TokenError(MailAuthenticationError):
+    """An OAuth2 token endpoint refused to issue a token.
+
+    ``error`` is the provider's OAuth error code (``"invalid_grant"`` when a refresh
+    token was revoked or expired, ``"invalid_client"`` for a wrong client secret);
+    ``status`` the HTTP status; ``provider`` names the provider. The message holds the
+    provider's description but never a secret. Not retryable: a new grant is needed.
+    """
+
+    def __init__(
+        self, provider: str, error: str, description: str | None = None, status: int | None = None
+    ) -> None:
+        text = f"{provider} token endpoint refused the grant: {error}"
+        if description:
+            text += f" ({description})"
+        super().__init__(None, text)
+        self.args = (provider, error, description, status)
+        self.provider = provider
+        self.error = error
+        self.description = description
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class POP3ConnectionError(MailConnectionError):
     """A POP3 server could not be reached or the session broke."""
 
@@ -253,6 +333,8 @@ __all__ = [
     "MailSecurityError",
     "MailTimeoutError",
     "MailValidationError",
+    "OAuth2EndpointError",
+    "OAuth2TokenError",
     "OutcomeUnknownError",
     "POP3AuthenticationError",
     "POP3ConnectionError",
@@ -265,6 +347,8 @@ __all__ = [
     "POP3TimeoutError",
     "POP3UnsupportedError",
     "PoolTimeoutError",
+    "ProxyAuthenticationError",
+    "ProxyError",
     "SMTPDataRefused",
     "SMTPNotSupportedError",
     "SMTPRecipientsRefused",

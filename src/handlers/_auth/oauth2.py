@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .._net.logs import get_logger
-from ..errors import MailAuthenticationError, MailValidationError
+from ..errors import MailAuthenticationError, MailHandlerError, MailValidationError
 from .secret import keyed_digest
 
 log = get_logger("oauth2")
@@ -306,13 +306,18 @@ class TokenSource:
         """The token to log in with: the fixed one, or a fresh call to the provider.
 
         Raises :class:`_TokenUnavailable` when the provider fails or returns
-        something that cannot be sent.
+        something that cannot be sent; a :class:`MailHandlerError` the provider raises
+        (as the built-in Google and Microsoft providers do) passes through unchanged.
         """
         if self._static is not None:
             return self._static
         assert self._provider is not None
         try:
             token = self._provider()
+        except MailHandlerError:
+            # The library's own providers raise typed errors that hold no secret and
+            # say whether a retry may help (an unreachable token endpoint may).
+            raise
         except Exception as error:
             raise _TokenUnavailable(
                 f"the OAuth2 token provider raised {type(error).__name__}"
@@ -353,7 +358,7 @@ def login_with_refresh(
     retry policy), and only if the provider returns a different token; the provider's
     ``invalidate(token)``, if it has one, hears of the refusal first. ``refused``
     builds the error raised when the provider fails; ``where`` names the server in
-    the log.
+    the log. A :class:`MailHandlerError` raised by the provider propagates as it is.
     """
     token = _token(source, refused)
     failure = _attempt(attempt, token)

@@ -23,6 +23,7 @@ LOGGER_NAMES = (
     "parser",
     "oauth2",
     "dns",
+    "connect",
     "deadline",
     "trace",
 )

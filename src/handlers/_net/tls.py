@@ -4,14 +4,25 @@ Building a default ``ssl.SSLContext`` costs tens of milliseconds of CPU and most
 megabyte, so the library builds one verifying context per process and reuses it.
 Certificates and host names are always verified unless the caller passes their own
 context.
+
+A server that wants to know who the client is (mutual TLS) asks for a client
+certificate; :func:`client_certificate_context` builds a verifying context that
+presents one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import ssl
+import tempfile
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
-from ..errors import MailSecurityError
+from ..errors import ConfigurationError, MailSecurityError
+from .secret import Secret
 
 #: OpenSSL's reasons when the first bytes from the server are not a TLS record, as
 #: when implicit TLS ('ssl') meets a server that greets in plain text.
@@ -64,3 +75,95 @@ def describe_tls_failure(error: BaseException, hostname: str) -> str:
 def tls_error(error: BaseException, hostname: str) -> MailSecurityError:
     """Wrap a handshake failure in the library's security error."""
     return MailSecurityError(describe_tls_failure(error, hostname))
+
+
+#: A PEM file's path, or the PEM text itself as bytes.
+PEMSource = str | os.PathLike[str] | bytes
+
+
+def client_certificate_context(
+    cert: PEMSource,
+    key: PEMSource | None = None,
+    *,
+    password: Secret | str | None = None,
+    context: ssl.SSLContext | None = None,
+) -> ssl.SSLContext:
+    """A verifying client context that presents a client certificate.
+
+    ``cert`` is the certificate (followed by any intermediate certificates) and
+    ``key`` its private key, each as a file path or as PEM bytes; without ``key`` the
+    key is read from ``cert``. ``password`` decrypts an encrypted key; give it as a
+    :class:`Secret` to keep it out of reprs.
+
+    Without ``context`` a new context is built like the shared default (system CAs,
+    TLS 1.2 or newer, certificates and host names verified). A ``context`` of your
+    own (trusting a private CA, say) gets the certificate loaded into it and is
+    returned; it must verify the server, and it cannot be the process-wide default
+    context, which every other connection uses too.
+
+    Raises :class:`ConfigurationError` when a file is missing, the key does not match
+    the certificate or cannot be decrypted; the message never holds the password.
+    """
+    if context is None:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    elif context is _default_context:
+        raise ConfigurationError(
+            "the shared default context cannot carry a client certificate: pass "
+            "context=None for a new one",
+            "ssl_context",
+        )
+    elif context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
+        raise ConfigurationError(
+            "a client certificate is only loaded into a context that verifies the server "
+            "(verify_mode CERT_REQUIRED and check_hostname on)",
+            "ssl_context",
+        )
+    secret = Secret(password) if isinstance(password, str) else password
+    with _pem_paths(cert, key) as (cert_path, key_path):
+        try:
+            context.load_cert_chain(
+                cert_path,
+                key_path,
+                password=(lambda: secret.reveal()) if secret is not None else None,
+            )
+        except FileNotFoundError as error:
+            raise ConfigurationError(
+                f"client certificate file not found: {error.filename}", "client_cert"
+            ) from None
+        except ssl.SSLError as error:
+            reason = getattr(error, "reason", None) or "not a usable certificate and key"
+            raise ConfigurationError(
+                f"the client certificate and key could not be loaded: {reason}", "client_cert"
+            ) from None
+        except (OSError, ValueError, TypeError) as error:
+            raise ConfigurationError(
+                f"the client certificate and key could not be loaded: {type(error).__name__}",
+                "client_cert",
+            ) from None
+    return context
+
+
+@contextlib.contextmanager
+def _pem_paths(cert: PEMSource, key: PEMSource | None) -> Iterator[tuple[str, str | None]]:
+    """File paths for ``load_cert_chain``; PEM bytes go to private temporary files,
+    removed as soon as they are loaded (OpenSSL reads only from files)."""
+    directory: str | None = None
+    try:
+
+        def path_of(source: PEMSource, name: str) -> str:
+            nonlocal directory
+            if not isinstance(source, bytes):
+                return os.fspath(source)
+            if directory is None:
+                directory = tempfile.mkdtemp(prefix="mailhandlers-")
+            target = Path(directory, name)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(source)
+            return str(target)
+
+        yield path_of(cert, "cert.pem"), (path_of(key, "key.pem") if key is not None else None)
+    finally:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
