@@ -25,6 +25,8 @@ LOGGER_NAMES = (
     "dns",
     "deadline",
     "trace",
+    "ratelimit",
+    "dkim",
 )
 
 
