@@ -68,7 +68,6 @@ _NEVER_SIGN = {
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def _domain_ok(value: str) -> bool:
@@ -121,6 +120,7 @@ class DKIMSigner:
     _key: bytes = field(init=False, repr=False, compare=False)
     _canonicalize: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
     _dkim: Any = field(init=False, repr=False, compare=False)
+    _plan: tuple[tuple[bytes, int], ...] = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -163,6 +163,10 @@ class DKIMSigner:
             (header_canonicalization.encode(), body_canonicalization.encode()),
         )
         setattr_(self, "_dkim", _load_dkimpy(algorithm))
+        # (name, signed how many times more than it occurs), worked out once.
+        plan = [(h.encode(), int(h in self.oversigned_headers)) for h in self.signed_headers]
+        plan += [(h.encode(), 1) for h in self.oversigned_headers if h not in self.signed_headers]
+        setattr_(self, "_plan", tuple(plan))
         # Sign a tiny message now, so a key dkimpy cannot use fails here, not per send.
         try:
             self.signature(b"From: a@" + self.domain.encode() + b"\r\n\r\n")
@@ -212,16 +216,14 @@ class DKIMSigner:
     def headers_to_sign(self, message: bytes) -> list[bytes]:
         """The ``h=`` list for ``message``: the signed headers it has, each as often as
         it occurs, and the oversigned ones once more."""
-        counts = _header_counts(message)
+        return self._include(_header_counts(message))
+
+    def _include(self, counts: dict[bytes, int]) -> list[bytes]:
         names: list[bytes] = []
-        for header in self.signed_headers:
-            wanted = header.encode()
-            extra = 1 if header in self.oversigned_headers else 0
-            names.extend([wanted] * (counts.get(wanted, 0) + extra))
-        for header in self.oversigned_headers:
-            if header not in self.signed_headers:
-                wanted = header.encode()
-                names.extend([wanted] * (counts.get(wanted, 0) + 1))
+        for name, extra in self._plan:
+            times = counts.get(name, 0) + extra
+            if times:
+                names.extend([name] * times)
         return names
 
     def signature(self, message: bytes) -> bytes:
@@ -230,16 +232,22 @@ class DKIMSigner:
         The line breaks match the message's (CRLF unless it uses bare LF). Raises
         :class:`MailValidationError` when the message cannot be signed (no From).
         """
-        include = self.headers_to_sign(message)
-        if include.count(b"from") <= self.oversigned_headers.count("from"):
-            raise MailValidationError("the message cannot be DKIM-signed: it has no From", "dkim")
-        crlf = b"\r\n" in message[:4096] or b"\n" not in message[:4096]
-        linesep = b"\r\n" if crlf else b"\n"
+        first_break = message.find(b"\n")
+        linesep = b"\n" if first_break > 0 and message[first_break - 1] != 13 else b"\r\n"
         dkim = self._dkim
         try:
             signer = dkim.DKIM(
                 message, signature_algorithm=self.algorithm.encode(), linesep=linesep
             )
+            # dkimpy has split the header block already; count names from its list.
+            counts: dict[bytes, int] = {}
+            for name, _ in signer.headers:
+                key = name.lower()
+                counts[key] = counts.get(key, 0) + 1
+            if not counts.get(b"from"):
+                raise MailValidationError(
+                    "the message cannot be DKIM-signed: it has no From", "dkim"
+                )
             return bytes(
                 signer.sign(
                     self.selector.encode(),
@@ -247,7 +255,7 @@ class DKIMSigner:
                     self._key,
                     identity=self.identity.encode() if self.identity else None,
                     canonicalize=self._canonicalize,
-                    include_headers=include,
+                    include_headers=self._include(counts),
                 )
             )
         except dkim.DKIMException as exc:
@@ -260,11 +268,10 @@ class DKIMSigner:
 
 def _header_counts(message: bytes) -> dict[bytes, int]:
     """How often each header name (lower-cased) occurs in the message's header block."""
-    end = _HEADER_END.search(message)
-    head = message[: end.start()] if end else message
+    ends = [i for i in (message.find(b"\n\r\n"), message.find(b"\n\n")) if i >= 0]
+    head = message[: min(ends) + 1] if ends else message
     counts: dict[bytes, int] = {}
-    for match in _HEADER_NAME.finditer(head):
-        name = match.group(1).lower()
+    for name in _HEADER_NAME.findall(head.lower()):
         counts[name] = counts.get(name, 0) + 1
     return counts
 
