@@ -20,6 +20,9 @@ Choices worth knowing when reading test results:
   127.0.0.2, with clients connecting from 127.0.0.1) enforces TLS before login.
 * The ``plain`` listener is shaped like a domain's inbound MX on port 25: no TLS
   required (STARTTLS offered), no AUTH, and mail only for the stack's own domain.
+* The ``accepting`` listener is submission that takes mail for unknown local
+  recipients; virtual(8) then bounces it (5.1.1), so the sender gets a delivery
+  status notification (and, with ``NOTIFY=SUCCESS``, one for each delivery).
 * Users in ``Layout.locked_sessions`` get ``pop3_lock_session = yes`` (through
   passwd-file userdb fields): a second POP3 login waits up to Dovecot's fixed 10 s
   for the first session to end, then gets ``-ERR [IN-USE]``. Everyone else may
@@ -286,7 +289,7 @@ postlog    unix-dgram n - n - 1 postlogd
 
 
 def postfix_master_cf(layout: Layout) -> str:
-    """``master.cf``: three submission listeners, one MX-like plain listener, and the
+    """``master.cf``: four submission listeners, one MX-like plain listener, and the
     internal services."""
     submission = [
         "smtpd_tls_security_level=encrypt",
@@ -298,6 +301,13 @@ def postfix_master_cf(layout: Layout) -> str:
         "submission": submission,
         "smtps": [*submission, "smtpd_tls_wrappermode=yes"],
         "limited": [*submission, f"message_size_limit={layout.limited_message_size}"],
+        # Like a server that checks recipients only at delivery: unknown local
+        # recipients are accepted at RCPT and bounced afterwards, with a DSN to the sender.
+        "accepting": [
+            *submission,
+            "smtpd_reject_unlisted_recipient=no",
+            "smtpd_recipient_restrictions=permit",
+        ],
         # Like a domain's MX: plain text allowed, no AUTH, local recipients only.
         "plain": [
             "smtpd_tls_security_level=may",

@@ -63,7 +63,7 @@ _ACCOUNTS = ("postfix", "dovecot", "dovenull")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _DOMAIN = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)+")
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
-_PORT_NAMES = ("submission", "smtps", "limited", "plain", "pop3", "pop3s")
+_PORT_NAMES = ("submission", "smtps", "limited", "plain", "pop3", "pop3s", "accepting")
 _PORT_ATTEMPTS = 3
 _IN_USE = "Address already in use"
 _POLL = 0.05
@@ -153,6 +153,8 @@ class MailStack:
     * ``smtp_plain_port``: like a domain's MX on port 25: plain text is fine
       (STARTTLS is offered, not required), there is no AUTH, and only mail for the
       stack's own domain is taken.
+    * ``smtp_accepting_port``: like submission, but mail for unknown local recipients
+      is accepted and bounced afterwards (a DSN to the sender, 5.1.1).
     * ``pop3_port``: POP3 with STLS. ``pop3s_port``: POP3 behind implicit TLS.
 
     ``users`` maps account names to passwords (log in with the name or the full
@@ -280,6 +282,13 @@ class MailStack:
     def smtp_plain_port(self) -> int:
         """Plain SMTP like a domain's MX: no AUTH, STARTTLS optional, local mail only."""
         return self._port("plain")
+
+    @property
+    def smtp_accepting_port(self) -> int:
+        """Submission (STARTTLS, AUTH) that accepts mail for unknown local recipients and
+        bounces it after the transaction, so the sender gets a delivery status
+        notification, as from a server that checks recipients only at delivery."""
+        return self._port("accepting")
 
     @property
     def pop3_port(self) -> int:
@@ -545,6 +554,7 @@ class MailStack:
                 Probe("smtps", self.host, self._ports["smtps"], b"220", tls),
                 Probe("limited", self.host, self._ports["limited"], b"220"),
                 Probe("plain", self.host, self._ports["plain"], b"220"),
+                Probe("accepting", self.host, self._ports["accepting"], b"220"),
             ],
         )
 
