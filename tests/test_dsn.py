@@ -343,6 +343,39 @@ def test_hostile_nesting_is_bounded() -> None:
     assert parse_delivery_report(raw) is None
 
 
+_BOUNCE_HEAD = b"From: MAILER-DAEMON@x.example\r\nSubject: Undeliverable\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"-" * 60_000,
+        b"--\r\n" * 20_000,
+        b"a" * 60_000 + b"@b",
+        b"".join(b"<u%d@b.example>: 550 5.1.1 gone\r\n" % n for n in range(3000)),
+        b"".join(b"  u%d@b.example\r\n" % n for n in range(3000)) + b"permanent error",
+        b"5.5.5." * 10_000,
+        b" " * 60_000 + b"x",
+        b"----- Original message -----\r\nMessage-ID: " + b"<" * 60_000,
+    ],
+    ids=[
+        "dashes",
+        "dash-lines",
+        "long-local-part",
+        "codes",
+        "bare-addresses",
+        "digits",
+        "spaces",
+        "brackets",
+    ],
+)
+def test_hostile_text_bounces_take_linear_time(body: bytes) -> None:
+    started = time.perf_counter()
+    report = parse_delivery_report(_BOUNCE_HEAD + body)
+    assert time.perf_counter() - started < 5
+    assert report is None or len(report.recipients) <= MAX_RECIPIENTS
+
+
 @FUZZ
 @given(st.binary(max_size=4000))
 def test_never_raises_on_bytes(raw: bytes) -> None:

@@ -337,14 +337,33 @@ _BOUNCE_SUBJECT = re.compile(
     r"could not be delivered|delayed mail|warning: could not send",
     re.I,
 )
-# Where a text bounce stops explaining and starts quoting the original message.
-_QUOTE_START = re.compile(
-    r"^[ \t]*(?:-{2,}.*(?:original message|copy of the message|returned message|"
-    r"undelivered message|message headers|below this line)|"
-    r"original message headers:|"
-    r"-{3,} ?(?:the )?(?:original|returned) message.*)",
-    re.I | re.M,
+# Where a text bounce stops explaining and starts quoting the original message: a line
+# of dashes naming the copy, or Exim's and Exchange's header-block titles.
+_QUOTE_WORDS = (
+    "original message",
+    "copy of the message",
+    "returned message",
+    "undelivered message",
+    "message headers",
+    "below this line",
 )
+_QUOTE_TITLES = ("original message headers:",)
+
+
+def _quote_start(text: str) -> int | None:
+    """Offset of the line where quoting starts, or None. Plain substring tests on each
+    line, so hostile lines (thousands of dashes) cost linear time."""
+    offset = 0
+    for line in text.split("\n"):
+        head = line.lstrip(" \t")[:200].lower()
+        if (head.startswith("--") and any(word in head for word in _QUOTE_WORDS)) or (
+            head.startswith(_QUOTE_TITLES)
+        ):
+            return offset
+        offset += len(line) + 1
+    return None
+
+
 _ADDRESS_LINE = re.compile(
     rf"^[ \t]*<?(?P<address>{_ADDRESS})>?[ \t]*(?::|$|[ \t]+(?=\())(?P<rest>.*)$", re.M
 )
@@ -382,9 +401,7 @@ def _looks_like_bounce(message: email.message.Message) -> bool:
     )
 
 
-def _text_recipients(
-    explanation: str, overall: str, failed_header: list[str]
-) -> list[RecipientReport]:
+def _text_recipients(explanation: str, failed_header: list[str]) -> list[RecipientReport]:
     """Recipients found in the explaining text of a bounce, each with its block of text.
 
     A recipient's block runs from its address line to the next address line; the codes
@@ -397,36 +414,43 @@ def _text_recipients(
         if matches and matches[-1].group("address").lower() == match.group("address").lower():
             continue
         matches.append(match)
-    found: dict[str, RecipientReport] = {}
+        if len(matches) > MAX_RECIPIENTS * 2:
+            break
+    # What the explanation as a whole says, worked out once (not once per recipient).
     overall_status = _status(explanation)
-    for index, match in enumerate(matches[: MAX_RECIPIENTS * 2]):
+    overall_code = _smtp_code(explanation)
+    overall_action = _action_from_status(overall_status, explanation)
+    has_reasons = overall_status is not None or bool(
+        _FAILED_WORDS.search(explanation) or _DELAYED_WORDS.search(explanation)
+    )
+    overall_text = _text(explanation)[:500]
+    found: dict[str, RecipientReport] = {}
+    for index, match in enumerate(matches):
         address = match.group("address").rstrip(".")
+        key = address.lower()
         end = matches[index + 1].start() if index + 1 < len(matches) else len(explanation)
-        block = explanation[match.start() : end]
-        block = _QUOTE_START.split(block, maxsplit=1)[0]
-        detail = _text(match.group("rest") + " " + block[match.end() - match.start() :])
+        block = explanation[match.end() : end]
+        detail = _text(match.group("rest") + " " + block)
         status = _status(detail)
         code = _smtp_code(detail)
-        if status is None and code is None and address.lower() not in failed_header:
+        if status is None and code is None:
             # An address with no reason beside it; count it only if the text names
             # reasons elsewhere (one list of addresses, then one explanation).
-            if overall_status is None and not (
-                _FAILED_WORDS.search(overall) or _DELAYED_WORDS.search(overall)
-            ):
+            if not has_reasons and key not in failed_header:
                 continue
-            status = overall_status
-            detail = detail or _text(overall)
-        elif status is None and code is not None:
-            status = None
-        key = address.lower()
+            action = overall_action
+            status, code = overall_status, overall_code
+            detail = detail or overall_text
+        else:
+            action = _action_from_status(status, detail)
         if key in found and found[key].status is not None:
             continue
         found[key] = RecipientReport(
             recipient=address,
-            action=_action_from_status(status, overall if status is None else detail),
+            action=action,
             status=status,
             diagnostic=detail or None,
-            smtp_code=code if code is not None else _smtp_code(overall),
+            smtp_code=code,
         )
         if len(found) >= MAX_RECIPIENTS:
             break
@@ -436,8 +460,8 @@ def _text_recipients(
                 recipient=address,
                 action=DeliveryAction.FAILED,
                 status=overall_status,
-                diagnostic=_text(overall)[:500] or None,
-                smtp_code=_smtp_code(overall),
+                diagnostic=overall_text or None,
+                smtp_code=overall_code,
             )
     return list(found.values())
 
@@ -449,15 +473,15 @@ def _text_report(
     if text_part is None:
         return [], None
     text = _decoded_text(text_part).replace("\r\n", "\n")
-    quote = _QUOTE_START.search(text)
-    explanation = text[: quote.start()] if quote else text
-    quoted = text[quote.start() :] if quote else ""
+    quote = _quote_start(text)
+    explanation = text if quote is None else text[:quote]
+    quoted = "" if quote is None else text[quote:]
     failed_header = [
         address.lower()
         for value in message.get_all("X-Failed-Recipients", [])
         for address in re.findall(_ADDRESS, _text(value))
     ]
-    recipients = _text_recipients(explanation, explanation, failed_header)
+    recipients = _text_recipients(explanation, failed_header)
     return recipients, _header_block_id(quoted) if quoted else None
 
 
