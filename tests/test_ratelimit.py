@@ -308,3 +308,28 @@ def test_redis_store_shares_the_bucket_between_limiters(redis_url: str) -> None:
         two.acquire(KEY, deadline=time.monotonic() + 0.01)
     one.observe_reply(KEY, 421)
     assert one.current_rate(KEY) == 2.5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_starts_with_free_slots_and_the_same_rate(clock: FakeClock) -> None:
+    rl = limiter(clock, per_second=4, max_connections=1)
+    rl.observe_reply(KEY, 421)
+    held = rl.connection(KEY)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once, never running pytest's teardown
+        try:
+            ok = rl.open_connections(KEY) == 0 and rl.current_rate(KEY) == 2
+            with rl.connection(KEY, deadline=clock()):
+                pass
+            os.write(write, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 2) == b"ok"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert rl.open_connections(KEY) == 1  # the parent's slot is still held
+    held.release()

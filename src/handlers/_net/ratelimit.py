@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
+from .forksafe import forget_in_child
 from .logs import get_logger
 
 __all__ = [
@@ -171,6 +172,11 @@ class _MemoryStore:
         self._lock = threading.Lock()
         # key -> (tokens, time of that count); tokens below zero are reservations.
         self._buckets: dict[str, tuple[float, float]] = {}
+        forget_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # A thread of the parent may have held the lock at the fork; it never exists here.
+        self._lock = threading.Lock()
 
     def reserve(
         self, key: str, rate: float, burst: float, now: float, latest: float | None
@@ -312,6 +318,7 @@ class RateLimiter:
         self._store: RateStore = store if store is not None else _MemoryStore()
         self._lock = threading.Lock()
         self._states: dict[str, _KeyState] = {}
+        forget_in_child(self)
 
     def __repr__(self) -> str:
         with self._lock:
@@ -320,6 +327,14 @@ class RateLimiter:
                 for key, s in self._states.items()
             ]
         return f"<RateLimiter [{'; '.join(parts)}]>"
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's connections and waiting threads are not the child's: start the
+        # counts afresh under a new lock; the rates (and any slowing down) carry over.
+        self._lock = threading.Lock()
+        for state in self._states.values():
+            state.connections = state.waiters = 0
+            state.cond = None
 
     def limit(self, key: Hashable) -> RateLimit:
         """The configured limits of ``key``."""
