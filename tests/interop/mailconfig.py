@@ -65,6 +65,7 @@ class Layout:
     instance_name: str  # also in the greetings, to recognise our own servers
     ports: Mapping[str, int] = field(default_factory=dict)
     locked_sessions: frozenset[str] = frozenset()
+    milters: str = ""  # smtpd_milters, e.g. "inet:127.0.0.1:8891"; empty for none
 
     @property
     def logs(self) -> Path:
@@ -260,6 +261,19 @@ smtpd_relay_restrictions = permit_sasl_authenticated, reject
 smtpd_recipient_restrictions =
     check_recipient_access texthash:{etc / "full_mailboxes"},
     reject_unlisted_recipient, permit
+""" + _milter_settings(layout)
+
+
+def _milter_settings(layout: Layout) -> str:
+    """Mail filters (an OpenDKIM verifier, say) for mail that smtpd accepts; a filter
+    that cannot be reached makes smtpd answer 451 rather than let mail through unchecked."""
+    if not layout.milters:
+        return ""
+    return f"""
+smtpd_milters = {layout.milters}
+non_smtpd_milters =
+milter_default_action = tempfail
+milter_protocol = 6
 """
 
 

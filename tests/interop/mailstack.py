@@ -164,6 +164,9 @@ class MailStack:
     ``locked_sessions`` (by default carol) allow one POP3 session at a time: a second
     login waits up to 10 s for the first to end, then gets ``-ERR [IN-USE]``.
     Everyone else may hold concurrent sessions, as Dovecot allows by default.
+
+    ``milters`` is Postfix's ``smtpd_milters`` (say ``"inet:127.0.0.1:8891"`` for an
+    OpenDKIM verifier the test runs); mail is refused with 451 while a filter is down.
     """
 
     def __init__(
@@ -180,6 +183,7 @@ class MailStack:
         limited_message_size: int = 64 * 1024,
         mail_user: str = "mail",
         startup_timeout: float = 30.0,
+        milters: str = "",
     ) -> None:
         self._servers: list[Server] = []
         self._ports: dict[str, int] = {}
@@ -210,6 +214,7 @@ class MailStack:
         self.message_size_limit = message_size_limit
         self.limited_message_size = limited_message_size
         self.startup_timeout = startup_timeout
+        self.milters = milters
         try:
             account = pwd.getpwnam(mail_user)
         except KeyError:
@@ -231,6 +236,8 @@ class MailStack:
             raise ValueError("full_mailboxes must name existing users")
         if not self.locked_sessions <= self.users.keys():
             raise ValueError("locked_sessions must name existing users")
+        if any(ch in self.milters for ch in "\r\n"):
+            raise ValueError("milters is one line of Postfix's smtpd_milters syntax")
         if not 0 < self.limited_message_size < self.message_size_limit:
             raise ValueError("need 0 < limited_message_size < message_size_limit")
 
@@ -446,6 +453,7 @@ class MailStack:
             instance_name=self._instance,
             ports=dict(self._ports),
             locked_sessions=self.locked_sessions,
+            milters=self.milters,
         )
 
     def _check_reachable(self) -> None:
