@@ -342,6 +342,14 @@ def test_bad_settings_are_refused(keys: Keys, options: dict[str, Any], field: st
     assert "PRIVATE KEY" not in str(caught.value)
 
 
+def test_signers_are_frozen_values(keys: Keys) -> None:
+    one, two = _signer(keys, "rsa-sha256"), _signer(keys, "rsa-sha256")
+    assert one == two and hash(one) == hash(two)
+    assert one != _signer(keys, "ed25519-sha256")
+    with pytest.raises(AttributeError):
+        one.domain = "other.example"  # type: ignore[misc]
+
+
 def test_message_without_from_cannot_be_signed(keys: Keys) -> None:
     with pytest.raises(MailValidationError) as caught:
         _signer(keys, "rsa-sha256").sign(b"To: b@example.test\r\n\r\nhi\r\n")

@@ -110,14 +110,14 @@ class DKIMSigner:
 
     domain: str
     selector: str
-    private_key: Secret = field(repr=False)
+    private_key: Secret = field(repr=False, compare=False)
     algorithm: Algorithm = "rsa-sha256"
     header_canonicalization: Canonicalization = "relaxed"
     body_canonicalization: Canonicalization = "relaxed"
     signed_headers: tuple[str, ...] = DEFAULT_SIGNED_HEADERS
     oversigned_headers: tuple[str, ...] = ("from",)
     identity: str | None = None
-    _key: bytes = field(init=False, repr=False, compare=False)
+    _key: bytes = field(init=False, repr=False)  # equal keys make equal signers
     _canonicalize: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
     _dkim: Any = field(init=False, repr=False, compare=False)
     _plan: tuple[tuple[bytes, int], ...] = field(init=False, repr=False, compare=False)
