@@ -59,8 +59,8 @@ _QUIET_PERIODS_TO_UNLIMITED = 10
 class RateLimitTimeout(TimeoutError):
     """The permit could not be had before the deadline.
 
-    ``retry_after`` is how many seconds from now a message token will be free (0 when
-    it was a connection slot that was missing).
+    ``retry_after`` is a hint for when to try again: one token interval at the current
+    rate when a message token was missing, 0 when it was a connection slot.
     """
 
     def __init__(self, key: str, retry_after: float) -> None:
