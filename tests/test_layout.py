@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "_dns": 2,
     "retry": 2,
     "validation": 3,
+    "_dkim": 3,
     "_smtp": 4,
     "_pop3": 4,
     "_sync": 5,

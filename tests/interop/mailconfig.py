@@ -20,6 +20,9 @@ Choices worth knowing when reading test results:
   127.0.0.2, with clients connecting from 127.0.0.1) enforces TLS before login.
 * The ``plain`` listener is shaped like a domain's inbound MX on port 25: no TLS
   required (STARTTLS offered), no AUTH, and mail only for the stack's own domain.
+* The ``accepting`` listener is submission that takes mail for unknown local
+  recipients; virtual(8) then bounces it (5.1.1), so the sender gets a delivery
+  status notification (and, with ``NOTIFY=SUCCESS``, one for each delivery).
 * Users in ``Layout.locked_sessions`` get ``pop3_lock_session = yes`` (through
   passwd-file userdb fields): a second POP3 login waits up to Dovecot's fixed 10 s
   for the first session to end, then gets ``-ERR [IN-USE]``. Everyone else may
@@ -62,6 +65,7 @@ class Layout:
     instance_name: str  # also in the greetings, to recognise our own servers
     ports: Mapping[str, int] = field(default_factory=dict)
     locked_sessions: frozenset[str] = frozenset()
+    milters: str = ""  # smtpd_milters, e.g. "inet:127.0.0.1:8891"; empty for none
 
     @property
     def logs(self) -> Path:
@@ -257,6 +261,19 @@ smtpd_relay_restrictions = permit_sasl_authenticated, reject
 smtpd_recipient_restrictions =
     check_recipient_access texthash:{etc / "full_mailboxes"},
     reject_unlisted_recipient, permit
+""" + _milter_settings(layout)
+
+
+def _milter_settings(layout: Layout) -> str:
+    """Mail filters (an OpenDKIM verifier, say) for mail that smtpd accepts; a filter
+    that cannot be reached makes smtpd answer 451 rather than let mail through unchecked."""
+    if not layout.milters:
+        return ""
+    return f"""
+smtpd_milters = {layout.milters}
+non_smtpd_milters =
+milter_default_action = tempfail
+milter_protocol = 6
 """
 
 
@@ -286,7 +303,7 @@ postlog    unix-dgram n - n - 1 postlogd
 
 
 def postfix_master_cf(layout: Layout) -> str:
-    """``master.cf``: three submission listeners, one MX-like plain listener, and the
+    """``master.cf``: four submission listeners, one MX-like plain listener, and the
     internal services."""
     submission = [
         "smtpd_tls_security_level=encrypt",
@@ -298,6 +315,13 @@ def postfix_master_cf(layout: Layout) -> str:
         "submission": submission,
         "smtps": [*submission, "smtpd_tls_wrappermode=yes"],
         "limited": [*submission, f"message_size_limit={layout.limited_message_size}"],
+        # Like a server that checks recipients only at delivery: unknown local
+        # recipients are accepted at RCPT and bounced afterwards, with a DSN to the sender.
+        "accepting": [
+            *submission,
+            "smtpd_reject_unlisted_recipient=no",
+            "smtpd_recipient_restrictions=permit",
+        ],
         # Like a domain's MX: plain text allowed, no AUTH, local recipients only.
         "plain": [
             "smtpd_tls_security_level=may",

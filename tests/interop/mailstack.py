@@ -63,7 +63,7 @@ _ACCOUNTS = ("postfix", "dovecot", "dovenull")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _DOMAIN = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)+")
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
-_PORT_NAMES = ("submission", "smtps", "limited", "plain", "pop3", "pop3s")
+_PORT_NAMES = ("submission", "smtps", "limited", "plain", "pop3", "pop3s", "accepting")
 _PORT_ATTEMPTS = 3
 _IN_USE = "Address already in use"
 _POLL = 0.05
@@ -153,6 +153,8 @@ class MailStack:
     * ``smtp_plain_port``: like a domain's MX on port 25: plain text is fine
       (STARTTLS is offered, not required), there is no AUTH, and only mail for the
       stack's own domain is taken.
+    * ``smtp_accepting_port``: like submission, but mail for unknown local recipients
+      is accepted and bounced afterwards (a DSN to the sender, 5.1.1).
     * ``pop3_port``: POP3 with STLS. ``pop3s_port``: POP3 behind implicit TLS.
 
     ``users`` maps account names to passwords (log in with the name or the full
@@ -162,6 +164,9 @@ class MailStack:
     ``locked_sessions`` (by default carol) allow one POP3 session at a time: a second
     login waits up to 10 s for the first to end, then gets ``-ERR [IN-USE]``.
     Everyone else may hold concurrent sessions, as Dovecot allows by default.
+
+    ``milters`` is Postfix's ``smtpd_milters`` (say ``"inet:127.0.0.1:8891"`` for an
+    OpenDKIM verifier the test runs); mail is refused with 451 while a filter is down.
     """
 
     def __init__(
@@ -178,6 +183,7 @@ class MailStack:
         limited_message_size: int = 64 * 1024,
         mail_user: str = "mail",
         startup_timeout: float = 30.0,
+        milters: str = "",
     ) -> None:
         self._servers: list[Server] = []
         self._ports: dict[str, int] = {}
@@ -208,6 +214,7 @@ class MailStack:
         self.message_size_limit = message_size_limit
         self.limited_message_size = limited_message_size
         self.startup_timeout = startup_timeout
+        self.milters = milters
         try:
             account = pwd.getpwnam(mail_user)
         except KeyError:
@@ -229,6 +236,8 @@ class MailStack:
             raise ValueError("full_mailboxes must name existing users")
         if not self.locked_sessions <= self.users.keys():
             raise ValueError("locked_sessions must name existing users")
+        if any(ch in self.milters for ch in "\r\n"):
+            raise ValueError("milters is one line of Postfix's smtpd_milters syntax")
         if not 0 < self.limited_message_size < self.message_size_limit:
             raise ValueError("need 0 < limited_message_size < message_size_limit")
 
@@ -280,6 +289,13 @@ class MailStack:
     def smtp_plain_port(self) -> int:
         """Plain SMTP like a domain's MX: no AUTH, STARTTLS optional, local mail only."""
         return self._port("plain")
+
+    @property
+    def smtp_accepting_port(self) -> int:
+        """Submission (STARTTLS, AUTH) that accepts mail for unknown local recipients and
+        bounces it after the transaction, so the sender gets a delivery status
+        notification, as from a server that checks recipients only at delivery."""
+        return self._port("accepting")
 
     @property
     def pop3_port(self) -> int:
@@ -437,6 +453,7 @@ class MailStack:
             instance_name=self._instance,
             ports=dict(self._ports),
             locked_sessions=self.locked_sessions,
+            milters=self.milters,
         )
 
     def _check_reachable(self) -> None:
@@ -545,6 +562,7 @@ class MailStack:
                 Probe("smtps", self.host, self._ports["smtps"], b"220", tls),
                 Probe("limited", self.host, self._ports["limited"], b"220"),
                 Probe("plain", self.host, self._ports["plain"], b"220"),
+                Probe("accepting", self.host, self._ports["accepting"], b"220"),
             ],
         )
 

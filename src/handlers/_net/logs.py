@@ -26,6 +26,8 @@ LOGGER_NAMES = (
     "connect",
     "deadline",
     "trace",
+    "ratelimit",
+    "dkim",
 )
 
 
