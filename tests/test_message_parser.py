@@ -236,7 +236,8 @@ def test_not_a_message() -> None:
     assert_well_formed(result)
     assert result["from"] == ""
     assert result["subject"] == ""
-    assert result["textBody"].startswith("%PDF-1.4\n%\ufffd")
+    # No charset declared: UTF-8 fails, Windows-1252 reads every byte (no U+FFFD).
+    assert result["textBody"].startswith("%PDF-1.4\n%âãÏÓ")
 
 
 def test_malformed_headers() -> None:
@@ -504,3 +505,77 @@ def test_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
 @given(mutated_data_file())
 def test_never_raises_on_mutated_data_files(raw: bytes) -> None:
     _check_never_fails(raw)
+
+
+# ----------------------------------------------------------------- real-world decoding rules
+
+
+def headers_only(*lines: bytes) -> dict[str, Any]:
+    return parse_message(b"\r\n".join([*lines, b"", b"body"]), 1)
+
+
+def test_raw_8bit_byte_inside_encoded_word_uses_the_words_charset() -> None:
+    result = headers_only(b"Subject: Die Hasen und die =?iso-8859-1?Q?Fr\xf6sche?=")
+    assert result["subject"] == "Die Hasen und die Frösche"
+
+
+@pytest.mark.parametrize(
+    ("charset", "body", "text"),
+    [
+        (None, "Grüße".encode("cp1252"), "Grüße"),
+        (None, "Grüße".encode(), "Grüße"),
+        ("x-unknown-charset", "Grüße".encode("cp1252"), "Grüße"),
+        ("us-ascii", "Grüße".encode(), "Grüße"),
+        ("utf-8", "Grüße".encode("cp1252"), "Gr\ufffd\ufffde"),
+        ("iso-8859-1", b"\x80 \x81", "€ \x81"),
+        ("iso-8859-8-i", "שלום".encode("iso8859_8"), "שלום"),
+        ("x-mac-roman", "café".encode("mac_roman"), "café"),
+        ("x-mac-cyrillic", "Привет".encode("mac_cyrillic"), "Привет"),
+        ("iso-2022-jp", b"\x1b$B-b\x1b(B1", "№1"),
+        ("iso-2022-jp", "日本".encode("iso2022_jp"), "日本"),
+        ("shift_jis", "①".encode("cp932"), "①"),
+    ],
+)
+def test_body_charset_rule(charset: str | None, body: bytes, text: str) -> None:
+    declared = b"" if charset is None else b"; charset=" + charset.encode()
+    raw = b"Subject: x\r\nContent-Type: text/plain" + declared + b"\r\n\r\n" + body
+    assert parse_message(raw, 1)["textBody"] == text
+
+
+def test_headers_use_the_same_charset_rule() -> None:
+    result = headers_only(
+        b"Subject: =?x-mac-roman?Q?caf=8E?= =?iso-2022-jp?B?GyRCLWIbKEI=?= \x80uro"
+    )
+    assert result["subject"] == "café№ €uro"
+
+
+def test_rfc5322_appendix_a_addresses() -> None:
+    result = headers_only(
+        b"From: Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>",
+        b"To: A Group(Some people):Chris Jones <c@(Chris's host.)public.example>,",
+        b"    joe@example.org, John <jdoe@one.test> (my dear friend); (the end of the group)",
+        b"Cc:(Empty list)(start)Hidden recipients  :(nobody(that I know))  ;",
+    )
+    assert result["from"] == "pete@silly.test"
+    assert result["to"] == ["c@public.example", "joe@example.org", "jdoe@one.test"]
+    assert result["cc"] == []
+
+
+def test_obsolete_whitespace_around_dots_in_addresses() -> None:
+    result = headers_only(b"To: Mary Smith <@node.test:mary@example.net>, , jdoe@test  . example")
+    assert result["to"] == ["mary@example.net", "jdoe@test.example"]
+
+
+def test_colon_inside_encoded_word_is_no_group() -> None:
+    result = headers_only(
+        b'To: "test" <test@test.com>,',
+        b"\t=?utf-8?Q?date=3E2017-08-20T10:08:28.617=3C/pr?=",
+        b"Cc: =?utf-8?Q?Sales:_Team?= sales@example.com, =?utf-8?Q?a:b?= <ab@example.com>",
+    )
+    assert result["to"] == ["test@test.com"]
+    assert result["cc"] == ["sales@example.com", "ab@example.com"]
+
+
+def test_quoted_local_part_is_kept_whole() -> None:
+    result = headers_only(b'To: "john doe"@example.com, "Doe, Jane" <jane@example.com>')
+    assert result["to"] == ['"john doe"@example.com', "jane@example.com"]

@@ -1,0 +1,1 @@
+"""MIME: building outgoing messages, reading fetched ones, address and attachment checks."""

@@ -1,0 +1,137 @@
+"""The bare addresses of an RFC 5322 address list, read on its raw syntax. Never raises.
+
+The list is split before anything in it is decoded, so a comma, colon or angle bracket
+inside a quoted string, a comment or an RFC 2047 encoded word is never syntax. Comments
+(nested ones too) are dropped, group names are not addresses, an obsolete source route
+is ignored, and the obsolete whitespace around the dots and the ``@`` of an address is
+removed (``jdoe@test . example`` is ``jdoe@test.example``).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["address_list"]
+
+_ENCODED_WORD = re.compile(r"=\?[^?\s]{1,80}\?[bBqQ]\?[^?]*\?=")
+_ATOM_END = re.compile(r'[\s"(),:;<>@.\[\]]|=\?')
+_AROUND_SEPARATOR = re.compile(r"\s*([.@])\s*")
+# Whitespace inside a quoted string survives the joins below as this character.
+_QUOTED_SPACE = "\x00"
+
+
+def _skip_comment(text: str, pos: int) -> int:
+    """The position after the comment that opens at ``text[pos]`` (nesting counted)."""
+    depth = 0
+    length = len(text)
+    while pos < length:
+        char = text[pos]
+        if char == "\\":
+            pos += 2
+            continue
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return pos + 1
+        pos += 1
+    return length
+
+
+def _quoted(text: str, pos: int) -> tuple[str, int]:
+    """The quoted string that opens at ``text[pos]`` (quotes kept) and where it ends."""
+    out = ['"']
+    pos += 1
+    length = len(text)
+    while pos < length:
+        char = text[pos]
+        if char == "\\" and pos + 1 < length:
+            out.append(text[pos : pos + 2])
+            pos += 2
+            continue
+        pos += 1
+        if char == '"':
+            break
+        out.append(_QUOTED_SPACE if char in " \t" else char)
+    out.append('"')
+    return "".join(out), pos
+
+
+def _addr_spec(tokens: list[str]) -> str:
+    """An address from the tokens of an entry or an angle-addr (comments already gone)."""
+    text = "".join(tokens)
+    text = _AROUND_SEPARATOR.sub(r"\1", text)
+    words = text.split()
+    if not words:
+        return ""
+    if len(words) == 1:
+        found = words[0]
+    else:
+        with_at = [word for word in words if "@" in word]
+        found = with_at[-1] if with_at else ""
+    return found.replace(_QUOTED_SPACE, " ")
+
+
+def address_list(text: str) -> list[str]:
+    """Bare addresses of an address-list header value (names, comments, groups dropped).
+
+    Entries that yield no address, or only an undecoded encoded word, are left out.
+    """
+    found: list[str] = []
+    words: list[str] = []
+    angle: list[str] | None = None
+    in_angle = False
+    pos = 0
+    length = len(text)
+    last_close = text.rfind(">")
+
+    def finish() -> None:
+        address = _addr_spec(angle if angle is not None else words)
+        if angle is not None and address.startswith("@") and ":" in address:
+            address = address.split(":", 1)[1]  # obsolete source route
+        if address and "=?" not in address and not address.startswith("@"):
+            found.append(address)
+
+    while pos < length:
+        char = text[pos]
+        if char == "(":
+            pos = _skip_comment(text, pos)
+            continue
+        if char == '"':
+            quoted, pos = _quoted(text, pos)
+            (angle if in_angle and angle is not None else words).append(quoted)
+            continue
+        if in_angle and angle is not None:
+            if char == ">":
+                in_angle = False
+            elif char in ",;" and pos > last_close:
+                in_angle = False  # an angle-addr never closed: end it here
+                continue
+            elif not char.isspace():
+                angle.append(char)
+            pos += 1
+            continue
+        if char == "<":
+            angle, in_angle = [], True
+        elif char in ",;":
+            finish()
+            words, angle = [], None
+        elif char == ":":
+            if angle is None:
+                words = []  # a group's display name, not an address
+        elif char == "=" and text.startswith("=?", pos):
+            match = _ENCODED_WORD.match(text, pos)
+            end = match.end() if match else pos + 2
+            words.append(text[pos:end])
+            pos = end
+            continue
+        else:
+            match = _ATOM_END.search(text, pos + 1)
+            end = match.start() if match else length
+            words.append(text[pos:end])
+            pos = end
+            continue
+        pos += 1
+    finish()
+    return found
