@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,8 @@ def test_html_alternative() -> None:
     assert result["htmlBody"] == (
         "<html><body><p>Your order of one café table has shipped.</p></body></html>"
     )
-    # text/enriched is another rendering of the same body, not an attachment.
-    assert result["attachments"] == []
+    # Only text/plain and text/html are bodies; every other leaf is an attachment.
+    assert result["attachments"] == [{"filename": "", "contentType": "text/enriched", "size": 23}]
     assert result["receivedAt"] == 1674565200000  # Date: 08:00 -0500
 
 
@@ -161,22 +162,44 @@ def test_broken_encodings() -> None:
     contents = {a["filename"]: a["content"] for a in result["attachments"]}
     assert contents["bad-padding.bin"] == bytes(range(6))
     assert contents["garbage.bin"] == b""
-    assert contents["uu.bin"] == b"begin 644 uu.bin"  # unknown encodings stay as sent
+    assert contents["uu.bin"] == b""  # a uuencoded part with no data lines
 
 
-def test_deep_nesting_stops_at_default_depth() -> None:
-    with parser_log() as records:
-        result = parse("deep_nesting.eml")
+def test_deep_nesting_is_followed_by_default() -> None:
+    result = parse("deep_nesting.eml")
     assert result["textBody"].startswith("text at level 0\nlevel 1\n")
+    assert result["textBody"].endswith("level 29\ndeepest text")
+
+
+def test_deep_nesting_stops_at_a_lowered_limit() -> None:
+    with parser_log() as records:
+        result = parse("deep_nesting.eml", limits=ParseLimits(max_depth=20))
     assert "level 19" in result["textBody"]
     assert "level 20" not in result["textBody"]
     assert "deepest text" not in result["textBody"]
     assert any(r.levelno == logging.WARNING and "deeper" in r.getMessage() for r in records)
 
 
-def test_deep_nesting_with_raised_limit() -> None:
-    result = parse("deep_nesting.eml", limits=ParseLimits(max_depth=40))
-    assert result["textBody"].endswith("level 29\ndeepest text")
+def nested(levels: int, leaf: bytes) -> bytes:
+    """A message whose only text is ``leaf``, ``levels`` multiparts down."""
+    head = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (i, i) for i in range(levels)
+    )
+    tail = b"".join(b"\n--b%d--\n" % i for i in reversed(range(levels)))
+    return b"From: a@example.com\n" + head + b"Content-Type: text/plain\n\n" + leaf + tail
+
+
+@pytest.mark.parametrize("levels", [40, 99])
+def test_text_many_levels_down_is_kept(levels: int) -> None:
+    assert parse_message(nested(levels, b"deep text"), 1)["textBody"] == "deep text"
+
+
+def test_nesting_beyond_the_limit_is_cheap() -> None:
+    raw = nested(5000, b"too deep")
+    started = time.perf_counter()
+    result = parse_message(raw, 1)
+    assert time.perf_counter() - started < 1.0
+    assert result["textBody"] == ""
 
 
 def test_many_parts_stops_at_part_limit() -> None:
@@ -442,7 +465,7 @@ def test_message_text_never_logged() -> None:
 
 def test_parse_limits_defaults_and_immutability() -> None:
     limits = ParseLimits()
-    assert (limits.max_depth, limits.max_parts) == (20, 500)
+    assert (limits.max_depth, limits.max_parts) == (100, 500)
     assert limits.max_header_bytes >= 64 * 1024
     with pytest.raises(FrozenInstanceError):
         limits.max_depth = 1  # type: ignore[misc]
@@ -579,3 +602,112 @@ def test_colon_inside_encoded_word_is_no_group() -> None:
 def test_quoted_local_part_is_kept_whole() -> None:
     result = headers_only(b'To: "john doe"@example.com, "Doe, Jane" <jane@example.com>')
     assert result["to"] == ['"john doe"@example.com', "jane@example.com"]
+
+
+UU_BLUEBALL = b"""begin 644 dot.bin
+#86)C
+`
+end
+"""
+
+
+def test_uuencoded_part_is_decoded() -> None:
+    raw = (
+        b"From: a@example.com\nContent-Type: multipart/mixed; boundary=b\n\n--b\n"
+        b"Content-Type: text/plain\n\nsee attached\n--b\n"
+        b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: x-uuencode\n\n"
+        + UU_BLUEBALL
+        + b"--b--\n"
+    )
+    result = parse_message(raw, 1, include_attachment_content=True)
+    assert result["attachments"] == [
+        {
+            "filename": "dot.bin",
+            "contentType": "application/octet-stream",
+            "size": 3,
+            "content": b"abc",
+        }
+    ]
+
+
+def test_uuencoded_block_in_plain_text_becomes_an_attachment() -> None:
+    raw = b"From: a@example.com\n\nHello\n\n" + UU_BLUEBALL + b"\nBye\n"
+    result = parse_message(raw, 1, include_attachment_content=True)
+    assert result["textBody"] == "Hello\n\n\nBye"
+    assert result["attachments"] == [
+        {
+            "filename": "dot.bin",
+            "contentType": "application/octet-stream",
+            "size": 3,
+            "content": b"abc",
+        }
+    ]
+
+
+def test_begin_line_without_end_stays_text() -> None:
+    raw = b"From: a@example.com\n\nbegin 644 plan.txt\nis a sentence\n"
+    result = parse_message(raw, 1)
+    assert result["textBody"] == "begin 644 plan.txt\nis a sentence"
+    assert result["attachments"] == []
+
+
+APPLE_MAIL = b"""From: a@example.com
+Content-Type: multipart/alternative; boundary=alt
+
+--alt
+Content-Type: text/plain
+
+Hello  This could be a signature
+--alt
+Content-Type: multipart/mixed; boundary=mix
+
+--mix
+Content-Type: text/html
+
+<p>Hello</p>
+--mix
+Content-Type: image/png; name=a.png
+Content-Disposition: inline; filename=a.png
+
+PNG
+--mix
+Content-Type: text/html
+
+<p>This could be</p>
+--mix
+Content-Type: image/png; name=b.png
+Content-Disposition: inline; filename=b.png
+
+PNG
+--mix
+Content-Type: text/html
+
+<p>a signature</p>
+--mix--
+--alt--
+"""
+
+
+def test_html_fragments_of_the_chosen_alternative_are_joined() -> None:
+    result = parse_message(APPLE_MAIL, 1)
+    assert result["textBody"] == "Hello  This could be a signature"
+    assert result["htmlBody"] == "<p>Hello</p>\n<p>This could be</p>\n<p>a signature</p>"
+    assert [a["filename"] for a in result["attachments"]] == ["a.png", "b.png"]
+
+
+def test_other_renderings_in_an_alternative_are_not_bodies_twice() -> None:
+    raw = APPLE_MAIL.replace(b"--alt--", b"--alt\nContent-Type: text/html\n\n<p>again</p>\n--alt--")
+    assert "again" not in parse_message(raw, 1)["htmlBody"]
+
+
+def test_calendar_invitation_in_alternative_is_an_attachment() -> None:
+    raw = (
+        b"From: a@example.com\nContent-Type: multipart/alternative; boundary=b\n\n"
+        b"--b\nContent-Type: text/plain\n\nMeeting\n"
+        b"--b\nContent-Type: text/html\n\n<p>Meeting</p>\n"
+        b"--b\nContent-Type: text/calendar; method=REQUEST\n\nBEGIN:VCALENDAR\nEND:VCALENDAR\n"
+        b"--b--\n"
+    )
+    result = parse_message(raw, 1)
+    assert result["textBody"] == "Meeting"
+    assert result["attachments"] == [{"filename": "", "contentType": "text/calendar", "size": 29}]

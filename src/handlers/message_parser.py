@@ -49,7 +49,7 @@ class ParseLimits:
             that are read; the rest of that section is ignored.
     """
 
-    max_depth: int = 20
+    max_depth: int = 100
     max_parts: int = 500
     max_header_bytes: int = 256 * 1024
 
