@@ -135,7 +135,10 @@ def decode_undeclared(raw: bytes) -> str:
         return raw.decode("ascii")
     try:
         return raw.decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
+        if exc.end == len(raw) and exc.reason == "unexpected end of data":
+            # UTF-8 cut off inside its last character (a truncated name or subject).
+            return raw[: exc.start].decode("utf-8") + "\ufffd"
         return raw.decode("latin-1").translate(_LATIN1_TO_CP1252)
 
 
@@ -169,7 +172,7 @@ def _iso2022jp_as_cp932(raw: bytes) -> str:
     """ISO-2022-JP with the vendor rows (NEC specials such as "№", IBM extensions) that
     Japanese mailers send: each JIS X 0208 pair is mapped to Shift_JIS and read with
     Windows-31J, as mail clients do."""
-    out = bytearray()
+    out: list[str] = []
     mode = b"(B"
     pieces = _JIS_SWITCH.split(raw)
     for index, piece in enumerate(pieces):
@@ -177,20 +180,23 @@ def _iso2022jp_as_cp932(raw: bytes) -> str:
             mode = piece
             continue
         if mode in (b"$@", b"$B", b"$(D"):
+            sjis = bytearray()
             for pos in range(0, len(piece) - 1, 2):
                 first, second = piece[pos], piece[pos + 1]
                 if not (0x21 <= first <= 0x7E and 0x21 <= second <= 0x7E):
-                    out += piece[pos : pos + 2]
+                    sjis += b"??"
                     continue
                 lead = ((first - 0x21) >> 1) + 0x81
                 if lead > 0x9F:
                     lead += 0x40
                 trail = second + 0x1F + (second >= 0x60) if first % 2 else second + 0x7E
-                out += bytes((lead, trail))
+                sjis += bytes((lead, trail))
+            out.append(sjis.decode("cp932", "replace"))
             if len(piece) % 2:
-                out += piece[-1:]
+                out.append("\ufffd")
         elif mode == b"(I":
-            out += bytes(byte | 0x80 if 0x21 <= byte <= 0x5F else byte for byte in piece)
+            kana = bytes(byte | 0x80 if 0x21 <= byte <= 0x5F else byte for byte in piece)
+            out.append(kana.decode("cp932", "replace"))
         else:
-            out += piece
-    return out.decode("cp932", "replace")
+            out.append(piece.decode("ascii", "replace"))
+    return "".join(out)
