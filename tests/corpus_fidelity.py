@@ -17,6 +17,7 @@ import mimetypes
 import re
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
 from pathlib import Path
@@ -27,7 +28,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from src.handlers._mime.tnef import tnef_files  # noqa: E402
-from src.handlers.message_parser import parse_message  # noqa: E402
+from src.handlers.message_parser import ParseLimits, parse_message  # noqa: E402
+from src.handlers.mime_walk import Collector, header_bounds  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "mail-corpus"
 FIELDS = (
@@ -110,6 +112,7 @@ class Reference:
         self.htmls: list[str] = []
         self.attachments: list[tuple[str, str, int | None]] = []
         self.skipped: list[str] = []
+        self.leaves = 0
         self._visit(message, None)
 
     def _visit(self, part: Message, alternative: tuple[dict[str, int], int] | None) -> None:
@@ -124,6 +127,7 @@ class Reference:
                 for child in payload:
                     self._visit(child, alternative)
             return
+        self.leaves += 1
         if part.get_content_maintype() == "multipart":
             ctype = "text/plain"
         filename = part.get_filename()
@@ -178,7 +182,7 @@ class Reference:
                 line = line.rstrip()
                 if line and line != "`":
                     count = (ord(line[0]) - 32) & 0x3F
-                    data += binascii.a2b_uu(line[: 1 + (count + 2) // 3 * 4])
+                    data += binascii.a2b_uu(line[: (count * 4 + 5) // 3])
             name = _safe_name(begin.group(1).strip())
             guessed = mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
             self.attachments.append((name, guessed, len(data)))
@@ -270,6 +274,40 @@ def _same(field: str, mine: Any, theirs: Any) -> bool:
         and m[1] == t[1]
         and (t[2] is None or m[2] == t[2])
         for m, t in zip(mine, theirs, strict=True)
+    )
+
+
+@dataclass(frozen=True)
+class LeafCount:
+    """How the parser placed the leaf parts of one message, and how many the stdlib sees."""
+
+    leaves: int
+    texts: int
+    htmls: int
+    attachments: int
+    renderings: int
+    stdlib_leaves: int
+
+    @property
+    def placed(self) -> int:
+        """Leaves that became a body, an attachment, or a known second rendering."""
+        return self.texts + self.htmls + self.attachments + self.renderings
+
+
+def leaf_count(raw: bytes) -> LeafCount:
+    """Count the leaves the parser's walk visits and where each one went."""
+    limits = ParseLimits()
+    headers, body_start, _ = header_bounds(raw, limits.max_header_bytes, 0, len(raw))
+    collector = Collector(0, limits, False)
+    collector.walk(headers, raw, body_start)
+    stdlib = Reference(email.message_from_bytes(raw, policy=policy.default))
+    return LeafCount(
+        leaves=collector.leaves,
+        texts=len(collector.texts),
+        htmls=len(collector.htmls),
+        attachments=len(collector.attachments) - collector.extracted,
+        renderings=collector.renderings,
+        stdlib_leaves=stdlib.leaves,
     )
 
 

@@ -241,6 +241,11 @@ class Collector:
         self.texts: list[str] = []
         self.htmls: list[str] = []
         self.attachments: list[dict[str, Any]] = []
+        # Bookkeeping that shows no leaf is lost: every leaf visited is a body, an
+        # attachment, or another rendering of a body an alternative already has.
+        self.leaves = 0
+        self.renderings = 0
+        self.extracted = 0
 
     def defect(self, level: int, what: str, *args: object) -> None:
         log.log(level, "message %s: " + what, self.number, *args)
@@ -325,6 +330,7 @@ class Collector:
         stop: int,
         alternative: _Alternative | None,
     ) -> None:
+        self.leaves += 1
         payload = self._transfer_decode(data, start, stop, part.transfer_encoding)
         filename = part.filename
         if part.transfer_encoding in _UUENCODE:
@@ -343,12 +349,14 @@ class Collector:
             if alternative is not None:
                 claims, branch = alternative
                 if claims.setdefault(subtype, branch) != branch:
-                    return  # another rendering of a body that a sibling branch gave
+                    self.renderings += 1  # of a body that a sibling branch gave
+                    return
             if subtype == "html":
                 self.htmls.append(decode_body_text(payload, part.charset))
                 return
             payload, blocks = split_blocks(payload)
             self.texts.append(decode_body_text(payload, part.charset))
+            self.extracted += len(blocks)
             for name, content in blocks:
                 name = safe_filename(name)
                 guessed = mimetypes.guess_type(name, strict=False)[0]
@@ -357,6 +365,7 @@ class Collector:
         self._attach(filename, part.content_type, payload)
         if part.content_type in _TNEF or filename.lower() == "winmail.dat":
             for inner in tnef_files(payload):
+                self.extracted += 1
                 self._attach(safe_filename(inner.filename), inner.content_type, inner.data)
 
     def _attach(self, filename: str, content_type: str, payload: bytes) -> None:

@@ -69,7 +69,7 @@ def _addr_spec(tokens: list[str]) -> str:
         found = words[0]
     else:
         with_at = [word for word in words if "@" in word]
-        found = with_at[-1] if with_at else ""
+        found = with_at[0] if with_at else ""
     return found.replace(_QUOTED_SPACE, " ")
 
 
@@ -88,8 +88,9 @@ def address_list(text: str) -> list[str]:
 
     def finish() -> None:
         address = _addr_spec(angle if angle is not None else words)
-        if angle is not None and address.startswith("@") and ":" in address:
-            address = address.split(":", 1)[1]  # obsolete source route
+        if angle is not None and ":" in address:
+            address = address.rpartition(":")[2]  # obsolete source route
+        address = address.strip(",;")
         if address and "=?" not in address and not address.startswith("@"):
             found.append(address)
 

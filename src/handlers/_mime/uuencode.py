@@ -29,7 +29,7 @@ def _decode_lines(lines: list[bytes]) -> bytes:
             # length byte announces.
             count = (line[0] - 32) & 0x3F
             try:
-                out += binascii.a2b_uu(line[: 1 + (count + 2) // 3 * 4])
+                out += binascii.a2b_uu(line[: (count * 4 + 5) // 3])
             except (binascii.Error, ValueError):
                 continue
     return bytes(out)
