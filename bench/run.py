@@ -40,7 +40,7 @@ START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
 STACK_GROUPS = ("tls", "pop3", "pop3-delay", "pop3-rss", "sync")
 #: The ``bench`` extra of pyproject.toml (used as is if the extra is not declared yet).
 BENCH_REQUIREMENTS = ("aiosmtplib>=3.0", "Django>=4.2", "trustme>=1.1")
-GROUPS = ("smtp", "build", "tls", "delay", "pop3", "pop3-delay", "pop3-rss", "sync")
+GROUPS = ("smtp", "build", "tls", "delay", "pop3", "pop3-delay", "pop3-rss", "sync", "parse")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class Plan:
     huge_size: int
     sync_mailbox: int
     sync_new: int
+    corpus_rounds: int
 
 
 FULL = Plan(
@@ -82,6 +83,7 @@ FULL = Plan(
     huge_size=25 * 1024 * 1024,
     sync_mailbox=10_000,
     sync_new=10,
+    corpus_rounds=5,
 )
 SMOKE = Plan(
     repetitions=1,
@@ -100,6 +102,7 @@ SMOKE = Plan(
     huge_size=2 * 1024 * 1024,
     sync_mailbox=200,
     sync_new=10,
+    corpus_rounds=1,
 )
 
 
@@ -964,6 +967,68 @@ def group_sync(plan: Plan, report: Report) -> None:
     )
 
 
+# The shared corpus of real-world mail, next to the project (see its README.md).
+CORPUS = ROOT.parent / "shared" / "mail-corpus"
+
+
+def group_parse(plan: Plan, report: Report) -> None:
+    """Parsing the real-world corpus: ``parse_message`` against the stdlib doing the same
+    work (``policy.default`` parse, ``get_body`` for text and HTML, ``iter_attachments``
+    with decoded contents: ``peers.stdlib_parse``), no network involved."""
+    from bench import peers
+    from src.handlers.message_parser import parse_message
+
+    manifest = CORPUS / "MANIFEST.json"
+    if not manifest.is_file():
+        report.note("parse: the shared mail corpus is not next to the project; skipped")
+        return
+    names = [entry["file"] for entry in json.loads(manifest.read_text(encoding="utf-8"))]
+    messages = [(CORPUS / name).read_bytes() for name in names]
+    count = len(messages) * plan.corpus_rounds
+
+    def ours() -> None:
+        for _ in range(plan.corpus_rounds):
+            for number, raw in enumerate(messages, 1):
+                parse_message(raw, number)
+
+    def stdlib() -> None:
+        for _ in range(plan.corpus_rounds):
+            for number, raw in enumerate(messages, 1):
+                # A few corpus messages make the stdlib raise; the work until then counts.
+                with contextlib.suppress(Exception):
+                    peers.stdlib_parse(raw, number)
+
+    samples: dict[str, list[float]] = {"ours": [], "stdlib": []}
+    cases = {"ours": ours, "stdlib": stdlib}
+    for repetition in range(plan.repetitions):
+        order = list(cases)[repetition % 2 :] + list(cases)[: repetition % 2]
+        for name in order:
+            gc.collect()
+            samples[name].append(_timed_rate(count, cases[name]))
+    report.add(
+        _row(
+            "P",
+            f"parse the {len(messages)}-message corpus",
+            samples,
+            "ours",
+            "stdlib",
+            "messages/s",
+            25.0,
+        )
+    )
+    slowest = max(_slowest(parse_message, raw) for raw in messages)
+    report.note(f"parse: slowest corpus message {slowest * 1000:.1f} ms (budget 50 ms)")
+
+
+def _slowest(parse: Callable[[bytes, int], object], raw: bytes) -> float:
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        parse(raw, 1)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 RUNNERS: dict[str, Callable[[Plan, Report], None]] = {
     "smtp": group_smtp,
     "build": group_build,
@@ -973,6 +1038,7 @@ RUNNERS: dict[str, Callable[[Plan, Report], None]] = {
     "pop3-delay": group_pop3_delay,
     "pop3-rss": group_pop3_rss,
     "sync": group_sync,
+    "parse": group_parse,
 }
 
 

@@ -13,6 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from parser_log import parser_log
 
+from src.handlers._mime.address_list import address_list
+from src.handlers._mime.charsets import decode_text
+from src.handlers._mime.uuencode import split_blocks, uudecode
 from src.handlers.message_parser import ParseLimits, parse_header_summary, parse_message
 
 DATA = Path(__file__).parent / "data"
@@ -711,3 +714,18 @@ def test_calendar_invitation_in_alternative_is_an_attachment() -> None:
     result = parse_message(raw, 1)
     assert result["textBody"] == "Meeting"
     assert result["attachments"] == [{"filename": "", "contentType": "text/calendar", "size": 29}]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(list('ab@.:;,<>()"\\ \t=?QB\u00e9')), max_size=80),
+    st.binary(max_size=80),
+    st.sampled_from(["", "utf-8", "iso-2022-jp", "x-mac-roman", "gb2312", "bogus", "utf-16"]),
+)
+def test_building_blocks_never_raise(text: str, data: bytes, label: str) -> None:
+    assert all(isinstance(address, str) for address in address_list(text))
+    assert isinstance(decode_text(data, label), str)
+    assert isinstance(decode_text(b"\x1b$B" + data, "iso-2022-jp"), str)
+    kept, blocks = split_blocks(b"begin 644 x\n" + data + b"\nend\n")
+    assert isinstance(kept, bytes) and all(isinstance(name, str) for name, _ in blocks)
+    assert isinstance(uudecode(data)[0], bytes)

@@ -15,6 +15,7 @@ __all__ = ["address_list"]
 
 _ENCODED_WORD = re.compile(r"=\?[^?\s]{1,80}\?[bBqQ]\?[^?]*\?=")
 _ATOM_END = re.compile(r'[\s"(),:;<>@.\[\]]|=\?')
+_ANGLE_STOP = re.compile(r'[\s"(),;>]')
 _AROUND_SEPARATOR = re.compile(r"\s*([.@])\s*")
 # Whitespace inside a quoted string survives the joins below as this character.
 _QUOTED_SPACE = "\x00"
@@ -110,7 +111,11 @@ def address_list(text: str) -> list[str]:
                 in_angle = False  # an angle-addr never closed: end it here
                 continue
             elif not char.isspace():
-                angle.append(char)
+                match = _ANGLE_STOP.search(text, pos + 1)
+                end = match.start() if match else length
+                angle.append(text[pos:end])
+                pos = end
+                continue
             pos += 1
             continue
         if char == "<":
