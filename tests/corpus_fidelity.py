@@ -270,9 +270,7 @@ def _same(field: str, mine: Any, theirs: Any) -> bool:
         return all(map(read_where_stdlib_could_not, mine, theirs))
     # The stdlib keeps no bytes of an encapsulated message, so its size is not compared.
     return all(
-        read_where_stdlib_could_not(m[0], t[0])
-        and m[1] == t[1]
-        and (t[2] is None or m[2] == t[2])
+        read_where_stdlib_could_not(m[0], t[0]) and m[1] == t[1] and (t[2] is None or m[2] == t[2])
         for m, t in zip(mine, theirs, strict=True)
     )
 

@@ -15,7 +15,7 @@ Decoding rules in one place:
   ends a single-part message is not part of its text;
 * address lists are split on their raw syntax (RFC 5322 with its obsolete forms:
   nested comments, whitespace around dots) before anything is decoded, see
-  :mod:`._mime.addresses`.
+  :mod:`._mime.address_list`.
 """
 
 from __future__ import annotations

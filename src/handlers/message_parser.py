@@ -41,8 +41,9 @@ class ParseLimits:
     """Bounds that keep a hostile or broken message cheap to parse.
 
     Attributes:
-        max_depth: multipart nesting levels that are followed; a multipart nested
-            deeper is skipped with a WARNING.
+        max_depth: multipart nesting levels that are followed (the walk is
+            iterative, so depth costs no stack); a multipart nested deeper is skipped
+            with a WARNING.
         max_parts: MIME parts examined per message, multipart containers included;
             the parts after that are skipped with a WARNING.
         max_header_bytes: bytes of one header section (the message's own or a part's)
@@ -159,12 +160,21 @@ def parse_message(
     ``Date``, else 0. A date without a zone is read as UTC.
 
     ``textBody`` joins the non-empty inline text/plain parts with a newline and
-    ``htmlBody`` the text/html ones; inside multipart/alternative only the first of
-    each counts. Every other leaf part, any part with a filename or
-    ``Content-Disposition: attachment``, and each encapsulated message is an
-    attachment; an encapsulated message without a declared filename is named after
-    its subject (``<subject>.eml``, else ``message.eml``).
+    ``htmlBody`` the text/html ones. Inside multipart/alternative each direct child is
+    one rendering: the first child with a text/plain (or text/html) part supplies that
+    body, all of its parts of that type; the same type in a later child is another
+    rendering and is not repeated. Every other leaf part (a calendar invitation in an
+    alternative too), any part with a filename or ``Content-Disposition: attachment``,
+    and each encapsulated message is an attachment; an encapsulated message without a
+    declared filename is named after its subject (``<subject>.eml``, else
+    ``message.eml``). uuencoded parts are decoded; complete uuencoded blocks in a plain
+    text part become attachments named by their ``begin`` line. A TNEF part
+    (``winmail.dat``) is followed by the files inside it.
     Filenames lose control characters and path separators (replaced by ``_``).
+
+    Text is decoded by one rule for headers and bodies: the declared charset as mail
+    clients read its label, then UTF-8, then Windows-1252; U+FFFD only for bytes that
+    a declared charset cannot read.
     """
     limits = limits or _DEFAULT_LIMITS
     data = _as_bytes(raw)
