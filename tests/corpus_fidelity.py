@@ -44,6 +44,8 @@ FIELDS = (
 )
 _ENCAPSULATED = ("message/rfc822", "message/global")
 _TNEF = ("application/ms-tnef", "application/vnd.ms-tnef")
+# Python's own table, not the host's mime.types files.
+_TYPES = mimetypes.MimeTypes()
 _UU = ("x-uuencode", "uuencode", "x-uue", "uue")
 _UU_BEGIN = re.compile(r"^begin[ \t]+[0-7]{3,4}[ \t]+(.*?)[ \t]*\r?$", re.M)
 _UU_END = re.compile(r"^end[ \t]*\r?(?:\n|$)", re.M)
@@ -184,7 +186,7 @@ class Reference:
                     count = (ord(line[0]) - 32) & 0x3F
                     data += binascii.a2b_uu(line[: (count * 4 + 5) // 3])
             name = _safe_name(begin.group(1).strip())
-            guessed = mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+            guessed = _TYPES.guess_type(name, strict=False)[0] or "application/octet-stream"
             self.attachments.append((name, guessed, len(data)))
             text = text[: begin.start()] + text[end.end() :]
 

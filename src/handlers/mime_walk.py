@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import binascii
 import logging
-import mimetypes
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._mime.filetypes import type_for_filename
 from ._mime.tnef import tnef_files
 from ._mime.uuencode import split_blocks, uudecode
 from .header_decoding import (
@@ -359,8 +359,7 @@ class Collector:
             self.extracted += len(blocks)
             for name, content in blocks:
                 name = safe_filename(name)
-                guessed = mimetypes.guess_type(name, strict=False)[0]
-                self._attach(name, guessed or "application/octet-stream", content)
+                self._attach(name, type_for_filename(name), content)
             return
         self._attach(filename, part.content_type, payload)
         if part.content_type in _TNEF or filename.lower() == "winmail.dat":

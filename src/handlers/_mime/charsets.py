@@ -57,7 +57,6 @@ _CLIENT_LABELS = {
     "euc_kr": "cp949",
     "korean": "cp949",
     "shift_jis": "cp932",
-    "shift_jis_2004": "cp932",
     "sjis": "cp932",
     "x_sjis": "cp932",
     "ms_kanji": "cp932",
@@ -78,7 +77,6 @@ _CLIENT_LABELS = {
     "x_mac_romanian": "mac_romanian",
     "x_unicode20utf8": "utf_8",
     "unicode_1_1_utf_8": "utf_8",
-    "x_user_defined": "cp1252",
     "koi8_ru": "koi8_u",
     "ibm866": "cp866",
     "x_cp1250": "cp1250",
@@ -153,12 +151,14 @@ def decode_text(raw: bytes, label: str) -> str:
         return raw.decode(codec)
     except Exception:
         pass
+    if not raw.isascii():
+        # Mislabelled UTF-8 is common; 7-bit text cannot be UTF-8 that failed elsewhere.
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
     if codec in _ISO_2022_JP:
         return _iso2022jp_as_cp932(raw)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
     try:
         return raw.decode(codec, "replace")
     except Exception:

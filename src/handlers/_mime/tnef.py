@@ -10,11 +10,11 @@ binary data. The message body (RTF) and other properties are skipped.
 
 from __future__ import annotations
 
-import mimetypes
 import struct
 from dataclasses import dataclass
 
 from .charsets import decode_text
+from .filetypes import type_for_filename
 
 __all__ = ["TnefFile", "tnef_files"]
 
@@ -164,8 +164,7 @@ def tnef_files(data: bytes) -> list[TnefFile]:
     found = [file for file in files[:_MAX_FILES] if file.filename or file.data]
     for file in found:
         if not file.content_type:
-            guessed = mimetypes.guess_type(file.filename, strict=False)[0]
-            file.content_type = guessed or "application/octet-stream"
+            file.content_type = type_for_filename(file.filename)
     return found
 
 
