@@ -69,7 +69,9 @@ def _read_header_section(data: bytes, limit: int) -> tuple[Headers, bytes, list[
     return headers, data[body_start:], defects
 
 
-def header_bounds(data: bytes, limit: int, start: int, stop: int) -> tuple[Headers, int, list[str]]:
+def header_bounds(
+    data: bytes, limit: int, start: int, stop: int
+) -> tuple[Headers, int, list[str]]:
     """Read the header section of the part ``data[start:stop]``; return where its body
     starts instead of copying the body (a large attachment is not copied per level)."""
     defects: list[str] = []
