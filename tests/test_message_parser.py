@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from parser_log import parser_log
 
-from src.handlers._mime.address_list import address_list
+from src.handlers._mime.address_list import _scan, _simple_list, address_list
 from src.handlers._mime.charsets import decode_text
 from src.handlers._mime.uuencode import split_blocks, uudecode
 from src.handlers.message_parser import ParseLimits, parse_header_summary, parse_message
@@ -729,3 +729,10 @@ def test_building_blocks_never_raise(text: str, data: bytes, label: str) -> None
     kept, blocks = split_blocks(b"begin 644 x\n" + data + b"\nend\n")
     assert isinstance(kept, bytes) and all(isinstance(name, str) for name, _ in blocks)
     assert isinstance(uudecode(data)[0], bytes)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab@.<>,; \t")), max_size=60))
+def test_the_address_fast_path_reads_as_the_scanner_does(text: str) -> None:
+    simple = _simple_list(text)
+    assert simple is None or simple == _scan(text)

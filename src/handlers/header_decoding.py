@@ -230,10 +230,13 @@ def sender(raw: bytes | None) -> str:
     if not raw:
         return ""
     text = decode_8bit(raw)
-    decoded = decode_words(raw)
-    # The decoded text is tried second, for mailers that encode the whole header.
-    for candidate in (text, decoded) if decoded != text else (text,):
-        for address in addresses(candidate):
+    for address in addresses(text):
+        if "@" in address:
+            return address
+    decoded = decode_words(raw) if b"=?" in raw else text
+    if decoded != text:
+        # For mailers that encode the whole header, address included.
+        for address in addresses(decoded):
             if "@" in address:
                 return address
     if _NULL_SENDER.search(text):

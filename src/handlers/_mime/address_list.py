@@ -16,7 +16,11 @@ __all__ = ["address_list"]
 _ENCODED_WORD = re.compile(r"=\?[^?\s]{1,80}\?[bBqQ]\?[^?]*\?=")
 _ATOM_END = re.compile(r'[\s"(),:;<>@.\[\]]|=\?')
 _ANGLE_STOP = re.compile(r'[\s"(),;>]')
-_AROUND_SEPARATOR = re.compile(r"\s*([.@])\s*")
+_AROUND_SEPARATOR = re.compile(r"\s+(?=[.@])|(?<=[.@])\s+")
+# Without these the list has no comments, quoted strings, groups, source routes or
+# encoded words, and a plain split finds the same addresses as the scanner below.
+_NEEDS_SCANNER = re.compile(r'[(":\\]|=\?')
+_ENTRY_SEPARATOR = re.compile(r"[,;]")
 # Whitespace inside a quoted string survives the joins below as this character.
 _QUOTED_SPACE = "\x00"
 
@@ -62,7 +66,7 @@ def _quoted(text: str, pos: int) -> tuple[str, int]:
 def _addr_spec(tokens: list[str]) -> str:
     """An address from the tokens of an entry or an angle-addr (comments already gone)."""
     text = "".join(tokens)
-    text = _AROUND_SEPARATOR.sub(r"\1", text)
+    text = _AROUND_SEPARATOR.sub("", text)
     words = text.split()
     if not words:
         return ""
@@ -74,11 +78,44 @@ def _addr_spec(tokens: list[str]) -> str:
     return found.replace(_QUOTED_SPACE, " ")
 
 
+def _keep(address: str) -> bool:
+    return bool(address) and "=?" not in address and not address.startswith("@")
+
+
+def _simple_list(text: str) -> list[str] | None:
+    """The addresses of a list that needs no scanner, or None if it does after all."""
+    found: list[str] = []
+    for entry in _ENTRY_SEPARATOR.split(text):
+        angles = entry.count("<")
+        if angles != entry.count(">") or angles > 1:
+            return None  # an angle-addr that goes on past the separator, or junk
+        opening = entry.find("<")
+        if opening < 0:
+            address = _addr_spec([entry])
+        else:
+            closing = entry.find(">", opening)
+            if closing < 0:
+                return None
+            address = "".join(entry[opening + 1 : closing].split())
+        if _keep(address):
+            found.append(address)
+    return found
+
+
 def address_list(text: str) -> list[str]:
     """Bare addresses of an address-list header value (names, comments, groups dropped).
 
     Entries that yield no address, or only an undecoded encoded word, are left out.
     """
+    if _NEEDS_SCANNER.search(text) is None:
+        simple = _simple_list(text)
+        if simple is not None:
+            return simple
+    return _scan(text)
+
+
+def _scan(text: str) -> list[str]:
+    """The full RFC 5322 reading of an address list, character by character."""
     found: list[str] = []
     words: list[str] = []
     angle: list[str] | None = None
@@ -92,7 +129,7 @@ def address_list(text: str) -> list[str]:
         if angle is not None and ":" in address:
             address = address.rpartition(":")[2]  # obsolete source route
         address = address.strip(",;")
-        if address and "=?" not in address and not address.startswith("@"):
+        if _keep(address):
             found.append(address)
 
     while pos < length:
