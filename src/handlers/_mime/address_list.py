@@ -21,6 +21,8 @@ _AROUND_SEPARATOR = re.compile(r"\s+(?=[.@])|(?<=[.@])\s+")
 # encoded words, and a plain split finds the same addresses as the scanner below.
 _NEEDS_SCANNER = re.compile(r'[(":\\]|=\?')
 _ENTRY_SEPARATOR = re.compile(r"[,;]")
+# A quoted display name right before an angle-addr says nothing about the address.
+_QUOTED_NAME = re.compile(r'"(?:[^"\\]|\\.)*"(?=[ \t]*<)')
 # Whitespace inside a quoted string survives the joins below as this character.
 _QUOTED_SPACE = "\x00"
 
@@ -107,8 +109,9 @@ def address_list(text: str) -> list[str]:
 
     Entries that yield no address, or only an undecoded encoded word, are left out.
     """
-    if _NEEDS_SCANNER.search(text) is None:
-        simple = _simple_list(text)
+    plain = _QUOTED_NAME.sub("", text) if '"' in text else text
+    if _NEEDS_SCANNER.search(plain) is None:
+        simple = _simple_list(plain)
         if simple is not None:
             return simple
     return _scan(text)

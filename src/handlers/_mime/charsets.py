@@ -137,6 +137,13 @@ def decode_undeclared(raw: bytes) -> str:
         if exc.end == len(raw) and exc.reason == "unexpected end of data":
             # UTF-8 cut off inside its last character (a truncated name or subject).
             return raw[: exc.start].decode("utf-8") + "\ufffd"
+        return _windows_1252(raw)
+
+
+def _windows_1252(raw: bytes) -> str:
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
         return raw.decode("latin-1").translate(_LATIN1_TO_CP1252)
 
 
@@ -146,7 +153,7 @@ def decode_text(raw: bytes, label: str) -> str:
     if codec is None:
         return decode_undeclared(raw)
     if codec == "cp1252":
-        return raw.decode("latin-1").translate(_LATIN1_TO_CP1252)
+        return _windows_1252(raw)
     try:
         return raw.decode(codec)
     except Exception:
