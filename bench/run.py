@@ -46,7 +46,18 @@ BENCH_REQUIREMENTS = (
     "dkimpy>=1.1",
     "pynacl>=1.4",
 )
-GROUPS = ("smtp", "build", "tls", "delay", "pop3", "pop3-delay", "pop3-rss", "sync", "dkim")
+GROUPS = (
+    "smtp",
+    "build",
+    "tls",
+    "delay",
+    "pop3",
+    "pop3-delay",
+    "pop3-rss",
+    "sync",
+    "dkim",
+    "parse",
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,7 @@ class Plan:
     sync_mailbox: int
     sync_new: int
     dkim_signatures: int
+    corpus_rounds: int
 
 
 FULL = Plan(
@@ -90,6 +102,7 @@ FULL = Plan(
     sync_mailbox=10_000,
     sync_new=10,
     dkim_signatures=200,
+    corpus_rounds=5,
 )
 SMOKE = Plan(
     repetitions=1,
@@ -109,6 +122,7 @@ SMOKE = Plan(
     sync_mailbox=200,
     sync_new=10,
     dkim_signatures=5,
+    corpus_rounds=1,
 )
 
 
@@ -1050,6 +1064,68 @@ def group_dkim(plan: Plan, report: Report) -> None:
         )
 
 
+# The shared corpus of real-world mail, next to the project (see its README.md).
+CORPUS = ROOT.parent / "shared" / "mail-corpus"
+
+
+def group_parse(plan: Plan, report: Report) -> None:
+    """Parsing the real-world corpus: ``parse_message`` against the stdlib doing the same
+    work (``policy.default`` parse, ``get_body`` for text and HTML, ``iter_attachments``
+    with decoded contents: ``peers.stdlib_parse``), no network involved."""
+    from bench import peers
+    from src.handlers._mime.parser import parse_message
+
+    manifest = CORPUS / "MANIFEST.json"
+    if not manifest.is_file():
+        report.note("parse: the shared mail corpus is not next to the project; skipped")
+        return
+    names = [entry["file"] for entry in json.loads(manifest.read_text(encoding="utf-8"))]
+    messages = [(CORPUS / name).read_bytes() for name in names]
+    count = len(messages) * plan.corpus_rounds
+
+    def ours() -> None:
+        for _ in range(plan.corpus_rounds):
+            for number, raw in enumerate(messages, 1):
+                parse_message(raw, number)
+
+    def stdlib() -> None:
+        for _ in range(plan.corpus_rounds):
+            for number, raw in enumerate(messages, 1):
+                # A few corpus messages make the stdlib raise; the work until then counts.
+                with contextlib.suppress(Exception):
+                    peers.stdlib_parse(raw, number)
+
+    samples: dict[str, list[float]] = {"ours": [], "stdlib": []}
+    cases = {"ours": ours, "stdlib": stdlib}
+    for repetition in range(plan.repetitions):
+        order = list(cases)[repetition % 2 :] + list(cases)[: repetition % 2]
+        for name in order:
+            gc.collect()
+            samples[name].append(_timed_rate(count, cases[name]))
+    report.add(
+        _row(
+            "P",
+            f"parse the {len(messages)}-message corpus",
+            samples,
+            "ours",
+            "stdlib",
+            "messages/s",
+            25.0,
+        )
+    )
+    slowest = max(_slowest(parse_message, raw) for raw in messages)
+    report.note(f"parse: slowest corpus message {slowest * 1000:.1f} ms (budget 50 ms)")
+
+
+def _slowest(parse: Callable[[bytes, int], object], raw: bytes) -> float:
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        parse(raw, 1)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 RUNNERS: dict[str, Callable[[Plan, Report], None]] = {
     "smtp": group_smtp,
     "build": group_build,
@@ -1060,6 +1136,7 @@ RUNNERS: dict[str, Callable[[Plan, Report], None]] = {
     "pop3-rss": group_pop3_rss,
     "sync": group_sync,
     "dkim": group_dkim,
+    "parse": group_parse,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from parser_log import parser_log
 
+from src.handlers._mime.address_list import _scan, address_list
+from src.handlers._mime.charsets import decode_text
 from src.handlers._mime.parser import ParseLimits, parse_header_summary, parse_message
+from src.handlers._mime.uuencode import split_blocks, uudecode
 
 DATA = Path(__file__).parent / "data"
 DATA_FILES = sorted(DATA.glob("*.eml"))
@@ -99,8 +103,8 @@ def test_html_alternative() -> None:
     assert result["htmlBody"] == (
         "<html><body><p>Your order of one café table has shipped.</p></body></html>"
     )
-    # text/enriched is another rendering of the same body, not an attachment.
-    assert result["attachments"] == []
+    # Only text/plain and text/html are bodies; every other leaf is an attachment.
+    assert result["attachments"] == [{"filename": "", "contentType": "text/enriched", "size": 23}]
     assert result["receivedAt"] == 1674565200000  # Date: 08:00 -0500
 
 
@@ -161,22 +165,44 @@ def test_broken_encodings() -> None:
     contents = {a["filename"]: a["content"] for a in result["attachments"]}
     assert contents["bad-padding.bin"] == bytes(range(6))
     assert contents["garbage.bin"] == b""
-    assert contents["uu.bin"] == b"begin 644 uu.bin"  # unknown encodings stay as sent
+    assert contents["uu.bin"] == b""  # a uuencoded part with no data lines
 
 
-def test_deep_nesting_stops_at_default_depth() -> None:
-    with parser_log() as records:
-        result = parse("deep_nesting.eml")
+def test_deep_nesting_is_followed_by_default() -> None:
+    result = parse("deep_nesting.eml")
     assert result["textBody"].startswith("text at level 0\nlevel 1\n")
+    assert result["textBody"].endswith("level 29\ndeepest text")
+
+
+def test_deep_nesting_stops_at_a_lowered_limit() -> None:
+    with parser_log() as records:
+        result = parse("deep_nesting.eml", limits=ParseLimits(max_depth=20))
     assert "level 19" in result["textBody"]
     assert "level 20" not in result["textBody"]
     assert "deepest text" not in result["textBody"]
     assert any(r.levelno == logging.WARNING and "deeper" in r.getMessage() for r in records)
 
 
-def test_deep_nesting_with_raised_limit() -> None:
-    result = parse("deep_nesting.eml", limits=ParseLimits(max_depth=40))
-    assert result["textBody"].endswith("level 29\ndeepest text")
+def nested(levels: int, leaf: bytes) -> bytes:
+    """A message whose only text is ``leaf``, ``levels`` multiparts down."""
+    head = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (i, i) for i in range(levels)
+    )
+    tail = b"".join(b"\n--b%d--\n" % i for i in reversed(range(levels)))
+    return b"From: a@example.com\n" + head + b"Content-Type: text/plain\n\n" + leaf + tail
+
+
+@pytest.mark.parametrize("levels", [40, 99])
+def test_text_many_levels_down_is_kept(levels: int) -> None:
+    assert parse_message(nested(levels, b"deep text"), 1)["textBody"] == "deep text"
+
+
+def test_nesting_beyond_the_limit_is_cheap() -> None:
+    raw = nested(5000, b"too deep")
+    started = time.perf_counter()
+    result = parse_message(raw, 1)
+    assert time.perf_counter() - started < 1.0
+    assert result["textBody"] == ""
 
 
 def test_many_parts_stops_at_part_limit() -> None:
@@ -236,7 +262,8 @@ def test_not_a_message() -> None:
     assert_well_formed(result)
     assert result["from"] == ""
     assert result["subject"] == ""
-    assert result["textBody"].startswith("%PDF-1.4\n%\ufffd")
+    # No charset declared: UTF-8 fails, Windows-1252 reads every byte (no U+FFFD).
+    assert result["textBody"].startswith("%PDF-1.4\n%âãÏÓ")
 
 
 def test_malformed_headers() -> None:
@@ -441,7 +468,7 @@ def test_message_text_never_logged() -> None:
 
 def test_parse_limits_defaults_and_immutability() -> None:
     limits = ParseLimits()
-    assert (limits.max_depth, limits.max_parts) == (20, 500)
+    assert (limits.max_depth, limits.max_parts) == (100, 500)
     assert limits.max_header_bytes >= 64 * 1024
     with pytest.raises(FrozenInstanceError):
         limits.max_depth = 1  # type: ignore[misc]
@@ -504,3 +531,207 @@ def test_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
 @given(mutated_data_file())
 def test_never_raises_on_mutated_data_files(raw: bytes) -> None:
     _check_never_fails(raw)
+
+
+# ----------------------------------------------------------------- real-world decoding rules
+
+
+def headers_only(*lines: bytes) -> dict[str, Any]:
+    return parse_message(b"\r\n".join([*lines, b"", b"body"]), 1)
+
+
+def test_raw_8bit_byte_inside_encoded_word_uses_the_words_charset() -> None:
+    result = headers_only(b"Subject: Die Hasen und die =?iso-8859-1?Q?Fr\xf6sche?=")
+    assert result["subject"] == "Die Hasen und die Frösche"
+
+
+@pytest.mark.parametrize(
+    ("charset", "body", "text"),
+    [
+        (None, "Grüße".encode("cp1252"), "Grüße"),
+        (None, "Grüße".encode(), "Grüße"),
+        ("x-unknown-charset", "Grüße".encode("cp1252"), "Grüße"),
+        ("us-ascii", "Grüße".encode(), "Grüße"),
+        ("utf-8", "Grüße".encode("cp1252"), "Gr\ufffd\ufffde"),
+        ("iso-8859-1", b"\x80 \x81", "€ \x81"),
+        ("iso-8859-8-i", "שלום".encode("iso8859_8"), "שלום"),
+        ("x-mac-roman", "café".encode("mac_roman"), "café"),
+        ("x-mac-cyrillic", "Привет".encode("mac_cyrillic"), "Привет"),
+        ("iso-2022-jp", b"\x1b$B-b\x1b(B1", "№1"),
+        ("iso-2022-jp", "日本".encode("iso2022_jp"), "日本"),
+        ("shift_jis", "①".encode("cp932"), "①"),
+    ],
+)
+def test_body_charset_rule(charset: str | None, body: bytes, text: str) -> None:
+    declared = b"" if charset is None else b"; charset=" + charset.encode()
+    raw = b"Subject: x\r\nContent-Type: text/plain" + declared + b"\r\n\r\n" + body
+    assert parse_message(raw, 1)["textBody"] == text
+
+
+def test_headers_use_the_same_charset_rule() -> None:
+    result = headers_only(
+        b"Subject: =?x-mac-roman?Q?caf=8E?= =?iso-2022-jp?B?GyRCLWIbKEI=?= \x80uro"
+    )
+    assert result["subject"] == "café№ €uro"
+
+
+def test_rfc5322_appendix_a_addresses() -> None:
+    result = headers_only(
+        b"From: Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>",
+        b"To: A Group(Some people):Chris Jones <c@(Chris's host.)public.example>,",
+        b"    joe@example.org, John <jdoe@one.test> (my dear friend); (the end of the group)",
+        b"Cc:(Empty list)(start)Hidden recipients  :(nobody(that I know))  ;",
+    )
+    assert result["from"] == "pete@silly.test"
+    assert result["to"] == ["c@public.example", "joe@example.org", "jdoe@one.test"]
+    assert result["cc"] == []
+
+
+def test_obsolete_whitespace_around_dots_in_addresses() -> None:
+    result = headers_only(b"To: Mary Smith <@node.test:mary@example.net>, , jdoe@test  . example")
+    assert result["to"] == ["mary@example.net", "jdoe@test.example"]
+
+
+def test_colon_inside_encoded_word_is_no_group() -> None:
+    result = headers_only(
+        b'To: "test" <test@test.com>,',
+        b"\t=?utf-8?Q?date=3E2017-08-20T10:08:28.617=3C/pr?=",
+        b"Cc: =?utf-8?Q?Sales:_Team?= sales@example.com, =?utf-8?Q?a:b?= <ab@example.com>",
+    )
+    assert result["to"] == ["test@test.com"]
+    assert result["cc"] == ["sales@example.com", "ab@example.com"]
+
+
+def test_quoted_local_part_is_kept_whole() -> None:
+    result = headers_only(b'To: "john doe"@example.com, "Doe, Jane" <jane@example.com>')
+    assert result["to"] == ['"john doe"@example.com', "jane@example.com"]
+
+
+UU_BLUEBALL = b"""begin 644 dot.bin
+#86)C
+`
+end
+"""
+
+
+def test_uuencoded_part_is_decoded() -> None:
+    raw = (
+        b"From: a@example.com\nContent-Type: multipart/mixed; boundary=b\n\n--b\n"
+        b"Content-Type: text/plain\n\nsee attached\n--b\n"
+        b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: x-uuencode\n\n"
+        + UU_BLUEBALL
+        + b"--b--\n"
+    )
+    result = parse_message(raw, 1, include_attachment_content=True)
+    assert result["attachments"] == [
+        {
+            "filename": "dot.bin",
+            "contentType": "application/octet-stream",
+            "size": 3,
+            "content": b"abc",
+        }
+    ]
+
+
+def test_uuencoded_block_in_plain_text_becomes_an_attachment() -> None:
+    raw = b"From: a@example.com\n\nHello\n\n" + UU_BLUEBALL + b"\nBye\n"
+    result = parse_message(raw, 1, include_attachment_content=True)
+    assert result["textBody"] == "Hello\n\n\nBye"
+    assert result["attachments"] == [
+        {
+            "filename": "dot.bin",
+            "contentType": "application/octet-stream",
+            "size": 3,
+            "content": b"abc",
+        }
+    ]
+
+
+def test_begin_line_without_end_stays_text() -> None:
+    raw = b"From: a@example.com\n\nbegin 644 plan.txt\nis a sentence\n"
+    result = parse_message(raw, 1)
+    assert result["textBody"] == "begin 644 plan.txt\nis a sentence"
+    assert result["attachments"] == []
+
+
+APPLE_MAIL = b"""From: a@example.com
+Content-Type: multipart/alternative; boundary=alt
+
+--alt
+Content-Type: text/plain
+
+Hello  This could be a signature
+--alt
+Content-Type: multipart/mixed; boundary=mix
+
+--mix
+Content-Type: text/html
+
+<p>Hello</p>
+--mix
+Content-Type: image/png; name=a.png
+Content-Disposition: inline; filename=a.png
+
+PNG
+--mix
+Content-Type: text/html
+
+<p>This could be</p>
+--mix
+Content-Type: image/png; name=b.png
+Content-Disposition: inline; filename=b.png
+
+PNG
+--mix
+Content-Type: text/html
+
+<p>a signature</p>
+--mix--
+--alt--
+"""
+
+
+def test_html_fragments_of_the_chosen_alternative_are_joined() -> None:
+    result = parse_message(APPLE_MAIL, 1)
+    assert result["textBody"] == "Hello  This could be a signature"
+    assert result["htmlBody"] == "<p>Hello</p>\n<p>This could be</p>\n<p>a signature</p>"
+    assert [a["filename"] for a in result["attachments"]] == ["a.png", "b.png"]
+
+
+def test_other_renderings_in_an_alternative_are_not_bodies_twice() -> None:
+    raw = APPLE_MAIL.replace(b"--alt--", b"--alt\nContent-Type: text/html\n\n<p>again</p>\n--alt--")
+    assert "again" not in parse_message(raw, 1)["htmlBody"]
+
+
+def test_calendar_invitation_in_alternative_is_an_attachment() -> None:
+    raw = (
+        b"From: a@example.com\nContent-Type: multipart/alternative; boundary=b\n\n"
+        b"--b\nContent-Type: text/plain\n\nMeeting\n"
+        b"--b\nContent-Type: text/html\n\n<p>Meeting</p>\n"
+        b"--b\nContent-Type: text/calendar; method=REQUEST\n\nBEGIN:VCALENDAR\nEND:VCALENDAR\n"
+        b"--b--\n"
+    )
+    result = parse_message(raw, 1)
+    assert result["textBody"] == "Meeting"
+    assert result["attachments"] == [{"filename": "", "contentType": "text/calendar", "size": 29}]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(list('ab@.:;,<>()"\\ \t=?QB\u00e9')), max_size=80),
+    st.binary(max_size=80),
+    st.sampled_from(["", "utf-8", "iso-2022-jp", "x-mac-roman", "gb2312", "bogus", "utf-16"]),
+)
+def test_building_blocks_never_raise(text: str, data: bytes, label: str) -> None:
+    assert all(isinstance(address, str) for address in address_list(text))
+    assert isinstance(decode_text(data, label), str)
+    assert isinstance(decode_text(b"\x1b$B" + data, "iso-2022-jp"), str)
+    kept, blocks = split_blocks(b"begin 644 x\n" + data + b"\nend\n")
+    assert isinstance(kept, bytes) and all(isinstance(name, str) for name, _ in blocks)
+    assert isinstance(uudecode(data)[0], bytes)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('ab@.<>,;" \t\\')), max_size=60))
+def test_the_address_fast_path_reads_as_the_scanner_does(text: str) -> None:
+    assert address_list(text) == _scan(text)

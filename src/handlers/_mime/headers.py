@@ -1,33 +1,34 @@
 """Decoding header bytes: charsets, RFC 2047 encoded words, RFC 2231 parameters,
-address lists and dates, for :mod:`.message_parser`. Nothing here raises on bad input.
+address lists and dates, for :mod:`.parser`. Nothing here raises on bad input.
 
 Decoding rules in one place:
 
-* header bytes: UTF-8 when valid, else Windows-1252, else Latin-1 (never an error);
-* RFC 2047 encoded words: adjacent words are joined before charset decoding (so a
-  character split between two words survives), folding whitespace inside a word is
-  tolerated, unknown charsets use the header byte rules above;
+* charsets, for header bytes, encoded words, parameters and text bodies alike: the
+  declared charset as mail clients read its label, then UTF-8, then Windows-1252 (see
+  :mod:`._mime.charsets`); U+FFFD only for bytes a declared charset cannot read;
+* RFC 2047 encoded words are found and decoded in the raw bytes, before the rest of the
+  header is decoded, so an 8-bit byte inside a word is read in the word's charset;
+  adjacent words are joined before charset decoding (so a character split between two
+  words survives) and folding whitespace inside a word is tolerated;
 * RFC 2231 parameters, including numbered continuations, win over plain ones;
-* text bodies: the declared charset with ``errors="replace"``, UTF-8 when the charset is
-  missing or unknown; CRLF becomes ``\\n``, NUL characters are dropped, and the line
-  break that ends a single-part message is not part of its text;
-* labels that browsers also reinterpret are widened (ISO-8859-1 to Windows-1252, GB2312
-  to GB18030, KS C 5601 to CP949) because mailers use them for the wider sets.
+* text bodies: CRLF becomes ``\\n``, NUL characters are dropped, and the line break that
+  ends a single-part message is not part of its text;
+* address lists are split on their raw syntax (RFC 5322 with its obsolete forms:
+  nested comments, whitespace around dots) before anything is decoded, see
+  :mod:`._mime.address_list`.
 """
 
 from __future__ import annotations
 
 import binascii
 import calendar
-import codecs
-import encodings
-import pkgutil
 import re
 from dataclasses import dataclass
 from email.utils import parsedate_tz
-from encodings.aliases import aliases as _CODEC_ALIASES
-from functools import lru_cache
 from urllib.parse import unquote_to_bytes
+
+from .address_list import address_list
+from .charsets import decode_text, decode_undeclared
 
 _MAX_FILENAME = 255
 # Latest instant a receivedAt may name: the end of year 9999.
@@ -36,79 +37,20 @@ _MAX_SECONDS = 253402300799
 
 # --------------------------------------------------------------------------- charsets
 
-_WIDER_CHARSETS = {
-    "ascii": "utf_8",
-    "us_ascii": "utf_8",
-    "iso_8859_1": "cp1252",
-    "iso8859_1": "cp1252",
-    "latin_1": "cp1252",
-    "latin1": "cp1252",
-    "gb2312": "gb18030",
-    "gbk": "gb18030",
-    "ks_c_5601_1987": "cp949",
-    "euc_kr": "cp949",
-}
-
-
-@lru_cache(maxsize=1)
-def _known_codec_names() -> frozenset[str]:
-    # Only names Python can resolve are passed to codecs.lookup: its encodings cache
-    # remembers every failed name forever, which hostile mail could exploit.
-    modules = {info.name for info in pkgutil.iter_modules(encodings.__path__)}
-    return frozenset(modules) | frozenset(_CODEC_ALIASES)
-
-
-@lru_cache(maxsize=256)
-def _codec_for(charset: str) -> str | None:
-    """Resolve a declared charset to a Python text codec name, or None if unusable."""
-    name = charset.strip().strip("\"'").split("*", 1)[0].lower()
-    name = re.sub(r"[^0-9a-z.]+", "_", name).strip("_")
-    name = _WIDER_CHARSETS.get(name, name)
-    known = _known_codec_names()
-    if name not in known:
-        name = name.replace(".", "_")
-        if name not in known:
-            return None
-    try:
-        codec = codecs.lookup(name).name
-        # Rejects byte-to-byte codecs (base64, zlib) and ones that cannot replace.
-        b"a".decode(codec, "replace")
-    except Exception:
-        return None
-    return codec
-
 
 def decode_8bit(raw: bytes) -> str:
-    """Decode bytes whose charset nobody declared: UTF-8, else Windows-1252, else Latin-1."""
-    if raw.isascii():
-        return raw.decode("ascii")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    try:
-        return raw.decode("cp1252")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+    """Decode bytes whose charset nobody declared: UTF-8, else Windows-1252."""
+    return decode_undeclared(raw)
 
 
 def _decode_declared(raw: bytes, charset: str) -> str:
-    """Decode bytes in a declared charset, guessing like :func:`decode_8bit` if unknown."""
-    codec = _codec_for(charset)
-    if codec is None:
-        return decode_8bit(raw)
-    try:
-        return raw.decode(codec, "replace")
-    except Exception:
-        return decode_8bit(raw)
+    """Decode bytes in a declared charset by the rule of :mod:`._mime.charsets`."""
+    return decode_text(raw, charset)
 
 
 def decode_body_text(raw: bytes, charset: str) -> str:
-    codec = (_codec_for(charset) if charset else None) or "utf-8"
-    try:
-        text = raw.decode(codec, "replace")
-    except Exception:
-        text = raw.decode("utf-8", "replace")
+    """A text part's decoded bytes as text: CRLF becomes ``\\n``, NUL characters go."""
+    text = decode_text(raw, charset)
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     if "\x00" in text:
@@ -157,48 +99,49 @@ def b64decode(data: bytes | memoryview) -> tuple[bytes, bool]:
 
 # ------------------------------------------------------------------ RFC 2047 words
 
-_ENCODED_WORD = re.compile(r"=\?([^?\s]{1,80})\?([bBqQ])\?([^?]*)\?=")
+_ENCODED_WORD = re.compile(rb"=\?([^?\s]{1,80})\?([bBqQ])\?([^?]*)\?=")
 
 
-def _word_bytes(encoding: str, text: str) -> bytes:
+def _word_bytes(encoding: bytes, payload: bytes) -> bytes:
     # Whitespace inside a word can only come from a fold in the middle of it.
-    payload = "".join(text.split()).encode("utf-8", "replace")
-    if encoding in "bB":
+    payload = b"".join(payload.split())
+    if encoding in b"bB":
         return b64decode(payload)[0]
     return binascii.a2b_qp(payload, header=True)
 
 
-def _decode_words(text: str) -> str:
-    """Decode RFC 2047 encoded words in an already unfolded header value."""
-    if "=?" not in text:
-        return text
+def decode_words(raw: bytes) -> str:
+    """Decode an unfolded header value from bytes: RFC 2047 encoded words in their own
+    charsets, the bytes between them by the undeclared-charset rule."""
+    if b"=?" not in raw:
+        return decode_undeclared(raw)
     out: list[str] = []
     charset: str | None = None
     pending = bytearray()
     end = 0
-    for match in _ENCODED_WORD.finditer(text):
-        gap = text[end : match.start()]
+    for match in _ENCODED_WORD.finditer(raw):
+        gap = raw[end : match.start()]
         adjacent = charset is not None and not gap.strip()
-        word_charset = match.group(1).split("*", 1)[0].lower()
+        word_charset = match.group(1).decode("latin-1").split("*", 1)[0].lower()
         if charset is not None and (not adjacent or word_charset != charset):
-            out.append(_decode_declared(bytes(pending), charset))
+            out.append(decode_text(bytes(pending), charset))
             pending.clear()
         if not adjacent:
-            out.append(gap)
+            out.append(decode_undeclared(gap))
         charset = word_charset
         pending += _word_bytes(match.group(2), match.group(3))
         end = match.end()
     if charset is not None:
-        out.append(_decode_declared(bytes(pending), charset))
-    out.append(text[end:])
+        out.append(decode_text(bytes(pending), charset))
+    out.append(decode_undeclared(raw[end:]))
     return "".join(out)
 
 
 def header_text(raw: bytes | None) -> str:
-    """Header bytes to display text: 8-bit fallback, encoded words, no control chars."""
+    """Header bytes to display text: encoded words, 8-bit fallback, no control chars."""
     if not raw:
         return ""
-    return clean(_decode_words(decode_8bit(raw)))
+    return clean(decode_words(raw))
 
 
 # ------------------------------------------------------------------ MIME parameters
@@ -220,7 +163,7 @@ class _Params:
         if name in self.extended:
             return self.extended[name]
         raw = self.plain.get(name)
-        return "" if raw is None else _decode_words(decode_8bit(raw.encode("latin-1")))
+        return "" if raw is None else decode_words(raw.encode("latin-1"))
 
 
 def _unquote(value: str) -> str:
@@ -275,44 +218,10 @@ def safe_filename(name: str) -> str:
 
 # ------------------------------------------------------------------ addresses and dates
 
-_ADDRESS_TOKEN = re.compile(
-    r'"(?:[^"\\]|\\.)*(?:"|$)|\((?:[^()\\]|\\.)*(?:\)|$)|<[^<>]*(?:>|$)|[^,;:"(<]+|[,;:]'
-)
-
-
-def _entry_address(angle: str | None, words: list[str]) -> str:
-    if angle is not None:
-        address = angle[1:].rstrip(">")
-        if address.lstrip().startswith("@") and ":" in address:
-            address = address.split(":", 1)[1]  # obsolete source route
-        return "".join(address.split())
-    parts = "".join(words).split()
-    if len(parts) == 1:
-        return parts[0]
-    with_at = [part for part in parts if "@" in part]
-    return with_at[-1] if with_at else ""
-
 
 def addresses(value: str) -> list[str]:
     """Bare addresses of an address-list header (display names, comments, groups dropped)."""
-    found: list[str] = []
-    angle: str | None = None
-    words: list[str] = []
-    for token in (*_ADDRESS_TOKEN.findall(value), ","):
-        first = token[0]
-        if first in ",;":
-            address = clean(_entry_address(angle, words))
-            if address and "=?" not in address:
-                found.append(address)
-            angle, words = None, []
-        elif first == ":":
-            if angle is None:
-                words = []  # a group's display name, not an address
-        elif first == "<":
-            angle = token
-        elif first != "(":
-            words.append(token)
-    return found
+    return [address for address in map(clean, address_list(value)) if address]
 
 
 _NULL_SENDER = re.compile(r"<\s*>")
@@ -322,13 +231,18 @@ def sender(raw: bytes | None) -> str:
     if not raw:
         return ""
     text = decode_8bit(raw)
-    for candidate in (text, _decode_words(text)):
-        for address in addresses(candidate):
+    for address in addresses(text):
+        if "@" in address:
+            return address
+    decoded = decode_words(raw) if b"=?" in raw else text
+    if decoded != text:
+        # For mailers that encode the whole header, address included.
+        for address in addresses(decoded):
             if "@" in address:
                 return address
     if _NULL_SENDER.search(text):
         return ""  # "<>" is the null sender of bounces, not a name to show
-    return clean(_decode_words(text))
+    return clean(decoded)
 
 
 def timestamp_ms(value: str) -> int | None:

@@ -12,14 +12,15 @@ class ParseLimits:
     """Bounds that keep a hostile or broken message cheap to parse.
 
     Attributes:
-        max_depth: multipart nesting levels that are followed; a multipart nested
-            deeper is skipped with a WARNING.
+        max_depth: multipart nesting levels that are followed (the walk is
+            iterative, so depth costs no stack); a multipart nested deeper is skipped
+            with a WARNING.
         max_parts: MIME parts examined per message, multipart containers included;
             the parts after that are skipped with a WARNING.
         max_header_bytes: bytes of one header section (the message's own or a part's)
             that are read; the rest of that section is ignored.
     """
 
-    max_depth: int = 20
+    max_depth: int = 100
     max_parts: int = 500
     max_header_bytes: int = 256 * 1024

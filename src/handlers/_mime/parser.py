@@ -11,8 +11,8 @@ Two promises shape this module:
   tree ourselves also means :class:`ParseLimits` stops descent *while* splitting, instead
   of after a full parse has already paid for a hostile structure.
 
-Decoding header bytes is in :mod:`.header_decoding`, the walk over the MIME tree in
-:mod:`.mime_walk`; this module puts the message dict together from both.
+Decoding header bytes is in :mod:`.headers`, the walk over the MIME tree in
+:mod:`.walk`; this module puts the message dict together from both.
 """
 
 from __future__ import annotations
@@ -141,12 +141,21 @@ def parse_message(
     ``Date``, else 0. A date without a zone is read as UTC.
 
     ``textBody`` joins the non-empty inline text/plain parts with a newline and
-    ``htmlBody`` the text/html ones; inside multipart/alternative only the first of
-    each counts. Every other leaf part, any part with a filename or
-    ``Content-Disposition: attachment``, and each encapsulated message is an
-    attachment; an encapsulated message without a declared filename is named after
-    its subject (``<subject>.eml``, else ``message.eml``).
+    ``htmlBody`` the text/html ones. Inside multipart/alternative each direct child is
+    one rendering: the first child with a text/plain (or text/html) part supplies that
+    body, all of its parts of that type; the same type in a later child is another
+    rendering and is not repeated. Every other leaf part (a calendar invitation in an
+    alternative too), any part with a filename or ``Content-Disposition: attachment``,
+    and each encapsulated message is an attachment; an encapsulated message without a
+    declared filename is named after its subject (``<subject>.eml``, else
+    ``message.eml``). uuencoded parts are decoded; complete uuencoded blocks in a plain
+    text part become attachments named by their ``begin`` line. A TNEF part
+    (``winmail.dat``) is followed by the files inside it.
     Filenames lose control characters and path separators (replaced by ``_``).
+
+    Text is decoded by one rule for headers and bodies: the declared charset as mail
+    clients read its label, then UTF-8, then Windows-1252; U+FFFD only for bytes that
+    a declared charset cannot read.
     """
     limits = limits or _DEFAULT_LIMITS
     data = _as_bytes(raw)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._net.logs import get_logger
+from .filetypes import type_for_filename
 from .headers import (
     b64decode,
     decode_body_text,
@@ -23,6 +24,8 @@ from .headers import (
     safe_filename,
 )
 from .limits import ParseLimits
+from .tnef import tnef_files
+from .uuencode import split_blocks, uudecode
 
 # The logger this code used before it moved here: records about damaged messages keep
 # coming from the parser's logger, where callers listen for them.
@@ -214,12 +217,17 @@ def _end_without_newline(data: bytes, start: int, stop: int) -> int:
     return stop
 
 
+# Inside a multipart/alternative: which branch (direct child of the alternative, by
+# index) took each body subtype, and the branch this part is in.
+_Alternative = tuple[dict[str, int], int]
 # A part waiting to be visited: headers (None until read), the message bytes and the
 # part's start and stop offsets in them (body start once headers are read), depth, the
-# set of body types already taken by the enclosing multipart/alternative, and the
-# default type. Parts are offsets into the one message, never copies of it.
-_Pending = tuple[Headers | None, bytes, int, int, int, set[str] | None, str]
+# enclosing multipart/alternative's state, and the default type. Parts are offsets into
+# the one message, never copies of it.
+_Pending = tuple[Headers | None, bytes, int, int, int, _Alternative | None, str]
 _ENCAPSULATED = frozenset({"message/rfc822", "message/global"})
+_UUENCODE = frozenset({"x-uuencode", "uuencode", "x-uue", "uue"})
+_TNEF = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
 
 
 class Collector:
@@ -232,6 +240,11 @@ class Collector:
         self.texts: list[str] = []
         self.htmls: list[str] = []
         self.attachments: list[dict[str, Any]] = []
+        # Bookkeeping that shows no leaf is lost: every leaf visited is a body, an
+        # attachment, or another rendering of a body an alternative already has.
+        self.leaves = 0
+        self.renderings = 0
+        self.extracted = 0
 
     def defect(self, level: int, what: str, *args: object) -> None:
         log.log(level, "message %s: " + what, self.number, *args)
@@ -275,7 +288,7 @@ class Collector:
         start: int,
         stop: int,
         depth: int,
-        alternative: set[str] | None,
+        alternative: _Alternative | None,
     ) -> list[_Pending] | None:
         """The parts inside a multipart, or None when it has to be read as plain text."""
         if not part.boundary:
@@ -293,38 +306,70 @@ class Collector:
         if not closed:
             self.defect(logging.DEBUG, "multipart without closing delimiter")
         subtype = part.content_type.partition("/")[2]
-        inner_alternative = set() if subtype == "alternative" else alternative
         inner_default = "message/rfc822" if subtype == "digest" else "text/plain"
+        claims: dict[str, int] = {}
         return [
-            (None, data, begin, end, depth + 1, inner_alternative, inner_default)
-            for begin, end in chunks
+            (
+                None,
+                data,
+                begin,
+                end,
+                depth + 1,
+                (claims, index) if subtype == "alternative" else alternative,
+                inner_default,
+            )
+            for index, (begin, end) in enumerate(chunks)
         ]
 
     def _leaf(
-        self, part: _Part, data: bytes, start: int, stop: int, alternative: set[str] | None
+        self,
+        part: _Part,
+        data: bytes,
+        start: int,
+        stop: int,
+        alternative: _Alternative | None,
     ) -> None:
+        self.leaves += 1
         payload = self._transfer_decode(data, start, stop, part.transfer_encoding)
+        filename = part.filename
+        if part.transfer_encoding in _UUENCODE:
+            payload, uu_name = uudecode(payload)
+            filename = filename or safe_filename(uu_name)
         if part.content_type in _ENCAPSULATED:
-            self._attach(part.filename or self._message_filename(payload), part, payload)
+            self._attach(filename or self._message_filename(payload), part.content_type, payload)
             return
-        if part.maintype == "text" and part.disposition != "attachment" and not part.filename:
-            subtype = part.content_type.partition("/")[2]
+        subtype = part.content_type.partition("/")[2]
+        if (
+            part.maintype == "text"
+            and subtype in ("plain", "html")
+            and part.disposition != "attachment"
+            and not filename
+        ):
             if alternative is not None:
-                if subtype in alternative or subtype not in ("plain", "html"):
-                    return  # another rendering of a body already taken
-                alternative.add(subtype)
-            if subtype == "plain":
-                self.texts.append(decode_body_text(payload, part.charset))
-                return
+                claims, branch = alternative
+                if claims.setdefault(subtype, branch) != branch:
+                    self.renderings += 1  # of a body that a sibling branch gave
+                    return
             if subtype == "html":
                 self.htmls.append(decode_body_text(payload, part.charset))
                 return
-        self._attach(part.filename, part, payload)
+            payload, blocks = split_blocks(payload)
+            self.texts.append(decode_body_text(payload, part.charset))
+            self.extracted += len(blocks)
+            for name, content in blocks:
+                name = safe_filename(name)
+                self._attach(name, type_for_filename(name), content)
+            return
+        self._attach(filename, part.content_type, payload)
+        if part.content_type in _TNEF or filename.lower() == "winmail.dat":
+            for inner in tnef_files(payload):
+                self.extracted += 1
+                self._attach(safe_filename(inner.filename), inner.content_type, inner.data)
 
-    def _attach(self, filename: str, part: _Part, payload: bytes) -> None:
+    def _attach(self, filename: str, content_type: str, payload: bytes) -> None:
         attachment: dict[str, Any] = {
             "filename": filename,
-            "contentType": part.content_type,
+            "contentType": content_type,
             "size": len(payload),
         }
         if self.keep_content:
@@ -345,7 +390,7 @@ class Collector:
                 self.defect(logging.DEBUG, "damaged base64 repaired")
             return decoded
         data = data[start:stop] if start or stop != len(data) else data
-        if encoding in ("", "7bit", "8bit", "binary"):
+        if encoding in ("", "7bit", "8bit", "binary") or encoding in _UUENCODE:
             return data
         if encoding == "quoted-printable":
             return binascii.a2b_qp(data)
