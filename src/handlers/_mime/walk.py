@@ -147,6 +147,8 @@ class _Part:
     transfer_encoding: str
     disposition: str
     filename: str
+    named: bool
+    """The part carries a file name, even one that cleaning leaves empty."""
 
     @property
     def maintype(self) -> str:
@@ -173,6 +175,7 @@ def _describe_part(headers: Headers, default_type: str) -> tuple[_Part, bool]:
         transfer_encoding=encoding.decode("latin-1").strip().strip('"').lower(),
         disposition=disposition.value,
         filename=safe_filename(filename) if filename else "",
+        named=bool(filename),
     )
     return part, match is not None or not type_params.value
 
@@ -271,7 +274,7 @@ class Collector:
             if part.maintype == "multipart":
                 children = self._children(part, data, start, stop, depth, alternative)
                 if children is None:
-                    part = _Part("text/plain", part.charset, b"", "", "", "")
+                    part = _Part("text/plain", part.charset, b"", "", "", "", False)
                 else:
                     stack.extend(reversed(children))
                     continue
@@ -343,6 +346,7 @@ class Collector:
             part.maintype == "text"
             and subtype in ("plain", "html")
             and part.disposition != "attachment"
+            and not part.named
             and not filename
         ):
             if alternative is not None:
