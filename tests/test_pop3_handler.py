@@ -896,3 +896,40 @@ def test_loopback_error_in_block_still_commits_marked_deletions(server: POP3Test
         handler.delete_message(1)
         raise RuntimeError("saving failed after the deletion was asked for")
     assert server.messages() == MESSAGES[1:]
+
+
+# -- a sloppy CAPA listing ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [b"X-CAF\xc3\xa9 yes", b""], ids=["non-ascii", "empty"])
+def test_a_sloppy_capa_line_is_ignored(
+    line: bytes, server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
+) -> None:
+    with POP3TestServer(tls="starttls", ssl_context=server_ssl_context) as server:
+        server.extra_capabilities = [line]
+        server.add_message(b"Subject: hi\r\n\r\nbody\r\n")
+        handler = POP3ProtocolHandler(
+            server.host, server.port, "user", "password", "tls", 5,
+            ssl_context=client_ssl_context,
+        )  # fmt: skip
+        assert handler.test_connection() is True  # STLS is found past the sloppy line
+        assert handler.connect() is True and handler.authenticate() is True
+        assert "STLS" not in handler.get_capabilities()  # asked after STLS
+        assert "TOP" in handler.get_capabilities()
+        assert handler.fetch_message(1) is not None
+        handler.disconnect()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [UnicodeDecodeError("ascii", b"\xc3", 0, 1, "ordinal not in range"), IndexError("empty")],
+    ids=["non-ascii", "empty"],
+)
+def test_a_client_whose_capa_breaks_gives_a_typed_error(failure: Exception) -> None:
+    client = Mock()
+    client.capa.side_effect = failure
+    with patch("src.handlers.pop3.POP3", return_value=client):
+        handler = POP3ProtocolHandler("pop.example.com", 110, "user", "password", "tls", 5)
+        assert handler.test_connection() is False
+        with pytest.raises(POP3ProtocolError, match="CAPA"):
+            handler.connect()

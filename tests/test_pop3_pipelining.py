@@ -10,6 +10,7 @@ import pytest
 from pytest_mock import MockerFixture
 
 from src.handlers._pop3.client import FastPOP3
+from src.handlers._pop3.listing import ScanListing
 from src.handlers._pop3.wire import ResponseTooLargeError
 from src.handlers.errors import POP3ConnectionError, POP3ProtocolError
 from src.handlers.pop3 import POP3ProtocolHandler
@@ -187,7 +188,7 @@ def test_message_larger_than_listed_loses_the_session_either_way(
     # reply, the rest of the stream is unusable, and both paths say so the same way.
     mocker.patch(
         "src.handlers._pop3.commands.scan",
-        return_value=[(number, 100) for number in range(1, 6)],
+        return_value=ScanListing.parse(b"".join(b"%d 100\r\n" % n for n in range(1, 6))),
     )
     pop3 = handler(server, max_message_size=10_000)
     with (

@@ -171,6 +171,7 @@ class POP3ProtocolHandler(POP3Mailbox):
         self._authenticated = False
         self._broken = False
         self._pending_deletions = 0
+        self._tokens_sent: list[str] = []
 
     def __repr__(self) -> str:
         return (

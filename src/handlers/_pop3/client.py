@@ -30,6 +30,7 @@ from typing import Any
 
 from .._net.deadline import announce_socket
 from ..errors import POP3ConnectionError
+from .listing import parse_capabilities
 from .wire import (
     MAX_STATUS_LINE,
     ResponseTooLargeError,
@@ -98,6 +99,23 @@ class _FastReplies(poplib.POP3):
         status = self._status()
         data = self._data(self.listing_limit)
         return status, split_lines(data), len(data)
+
+    def list_bytes(self) -> tuple[bytes, bytes]:
+        """Send ``LIST``; return the status line and the listing as one ``bytes``."""
+        return self._listing("LIST")
+
+    def uidl_bytes(self) -> tuple[bytes, bytes]:
+        """Send ``UIDL``; return the status line and the listing as one ``bytes``."""
+        return self._listing("UIDL")
+
+    def capa(self) -> dict[str, list[str]]:
+        """Send ``CAPA``; skip lines that cannot be capabilities instead of failing."""
+        return parse_capabilities(self._listing("CAPA")[1])
+
+    def _listing(self, command: str) -> tuple[bytes, bytes]:
+        self._send(command)
+        status = self._status()
+        return status, self._data(self.listing_limit)
 
     def retr_bytes(self, which: int | str) -> tuple[bytes, bytes]:
         """Send ``RETR which``; return the status line and the unstuffed message."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .._net.logs import get_logger
 from ..errors import (
     POP3MessageTooLargeError,
     POP3ProtocolError,
@@ -21,9 +20,8 @@ from ..errors import (
 )
 from .client import is_fast_client
 from .connection import capabilities_from
-from .wire import parse_scan_line, parse_uid_line, strip_ok
-
-log = get_logger("pop3")
+from .listing import ScanListing, UIDListing
+from .wire import parse_scan_line, strip_ok
 
 Call = Callable[..., Any]
 
@@ -52,9 +50,16 @@ def stat(call: Call) -> tuple[int, int]:
     return reply[0], reply[1]
 
 
-def scan(call: Call) -> list[tuple[int, int]]:
-    """``LIST``: ``(number, size)`` of every message not marked for deletion."""
-    return [parse_scan_line(line) for line in long_reply(call("list"), "LIST")[1]]
+def _listing_data(call: Call, client: Any, verb: str) -> bytes:
+    """The data of a ``LIST`` or ``UIDL`` reply as one ``bytes``, lines ending in CRLF."""
+    if is_fast_client(client):
+        return bytes(call(f"{verb.lower()}_bytes")[1])
+    return _join(long_reply(call(verb.lower()), verb)[1])
+
+
+def scan(call: Call, client: Any) -> ScanListing:
+    """``LIST``: the number and size of every message not marked for deletion."""
+    return ScanListing.parse(_listing_data(call, client, "LIST"))
 
 
 def size_of(call: Call, number: int) -> int | None:
@@ -65,19 +70,16 @@ def size_of(call: Call, number: int) -> int | None:
     return parse_scan_line(strip_ok(reply))[1]
 
 
-def unique_ids(call: Call) -> dict[int, str]:
-    """``UIDL``: message number to unique ID; :class:`POP3UnsupportedError` if refused."""
+def unique_ids(call: Call, client: Any) -> UIDListing:
+    """``UIDL``: each message's unique ID; :class:`POP3UnsupportedError` if refused."""
     try:
-        reply = call("uidl")
+        data = _listing_data(call, client, "UIDL")
     except POP3ResponseError as error:
         raise POP3UnsupportedError(
             f"server refused UIDL ({error.text}); unique IDs are not available",
             error.enhanced_code,
         ) from None
-    uids = dict(parse_uid_line(line) for line in long_reply(reply, "UIDL")[1])
-    if len(set(uids.values())) != len(uids):
-        log.warning("POP3 server returned duplicate unique IDs")
-    return uids
+    return UIDListing.parse(data)
 
 
 def capabilities(call: Call) -> dict[str, list[str]]:

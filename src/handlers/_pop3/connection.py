@@ -22,7 +22,7 @@ import poplib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
@@ -144,13 +144,14 @@ class POP3Connector:
         *,
         during_login: bool = False,
         handshake: bool = False,
-        secret: str | None = None,
+        secrets: Iterable[str | None] = (),
     ) -> MailHandlerError:
-        """The library exception for ``error``, raised while running ``verb``."""
+        """The library exception for ``error``, raised while running ``verb``; every form
+        of ``secrets`` is masked out of a server reply it quotes."""
         if isinstance(error, MailHandlerError):
             return error
         if isinstance(error, poplib.error_proto):
-            return error_for_reply(reply_text(error), during_login=during_login, secret=secret)
+            return error_for_reply(reply_text(error), during_login=during_login, secrets=secrets)
         if handshake and isinstance(error, ssl.SSLError):
             return POP3SecurityError(describe_tls_failure(error, self.hostname))
         if isinstance(error, TimeoutError):
@@ -269,12 +270,16 @@ class _OpeningSocket:
 def read_capabilities(client: Any) -> dict[str, list[str]]:
     """The server's ``CAPA`` answer as ``{NAME: [arguments]}``; empty if refused.
 
-    Connection failures propagate untranslated.
+    Connection failures propagate untranslated; a listing the client could not parse
+    (poplib's own ``capa`` fails on an empty or non-ASCII line) is a
+    :class:`POP3ProtocolError`.
     """
     try:
         reply = client.capa()
     except poplib.error_proto:
         return {}
+    except (ValueError, IndexError):
+        raise POP3ProtocolError("unusable CAPA reply from the server") from None
     return capabilities_from(reply)
 
 

@@ -21,6 +21,7 @@ from ..errors import (
 )
 from . import commands
 from .checks import check_message_id
+from .listing import ScanListing, UIDListing
 from .session import Client, POP3Session
 from .wire import error_for_reply
 
@@ -43,8 +44,8 @@ class POP3Mailbox(POP3Session):
     def list_messages(self) -> tuple[list[int], int]:
         """Return the message numbers in the mailbox and their total size in bytes."""
         with self._session() as client:
-            listing = commands.scan(self._caller(client))
-        return [number for number, _ in listing], sum(size for _, size in listing)
+            listing = commands.scan(self._caller(client), client)
+        return listing.numbers.tolist(), listing.total_size
 
     def get_mailbox_stat(self) -> tuple[int, int]:
         """Return ``(message_count, total_size_bytes)`` from ``STAT``."""
@@ -120,11 +121,11 @@ class POP3Mailbox(POP3Session):
         """RETR the wanted messages in one session and hand each to ``handle``."""
         with self._session() as client:
             call = self._caller(client)
-            sizes = dict(commands.scan(call))
+            listing = commands.scan(call, client)
             wanted = []
-            for number in self._targets(message_ids, sizes):
+            for number in self._targets(message_ids, listing):
                 try:
-                    commands.check_size(number, sizes[number], self._max_message_size)
+                    commands.check_size(number, listing.size_of(number), self._max_message_size)
                 except POP3MessageTooLargeError as error:
                     log.warning("skipping POP3 message %d: %s", number, error)
                     continue
@@ -133,10 +134,10 @@ class POP3Mailbox(POP3Session):
 
                 def deliver(number: int, raw: bytes | None, status: bytes) -> None:
                     if raw is None:
-                        refusal = error_for_reply(status)
+                        refusal = error_for_reply(status, secrets=self._secrets())
                         log.warning("POP3 server refused message %d: %s", number, refusal)
                         return
-                    handle(number, raw, sizes[number])
+                    handle(number, raw, listing.size_of(number))
 
                 try:
                     commands.retrieve_many(call, client, wanted, self._max_message_size, deliver)
@@ -154,7 +155,7 @@ class POP3Mailbox(POP3Session):
                     log.warning("skipping POP3 message %d: %s", number, error)
                     continue
                 if raw is not None:
-                    handle(number, raw, sizes[number])
+                    handle(number, raw, listing.size_of(number))
 
     def delete_message(self, message_id: int) -> bool:
         """Mark one message for deletion; False if the server refuses.
@@ -220,10 +221,23 @@ class POP3Mailbox(POP3Session):
     def list_uids(self) -> dict[int, str]:
         """Map each message number to its unique ID (``UIDL``).
 
-        Raises :class:`POP3UnsupportedError` if the server refuses ``UIDL``.
+        A message whose ID breaks RFC 1939 (not 1 to 70 characters from ``!`` to ``~``)
+        is left out, with a warning. Raises :class:`POP3UnsupportedError` if the server
+        refuses ``UIDL``.
         """
+        listing = self.uid_listing()
+        uids = {number: uid for number, uid in listing if uid is not None}
+        if len(uids) != len(listing):
+            log.warning("POP3 server sent invalid unique IDs for messages %s", listing.invalid)
+        if len(set(uids.values())) != len(uids):
+            log.warning("POP3 server returned duplicate unique IDs")
+        return uids
+
+    def uid_listing(self) -> UIDListing:
+        """The ``UIDL`` listing as it came: every message number with its unique ID, or
+        None where the server sent an invalid one. What :meth:`sync` works from."""
         with self._session() as client:
-            return commands.unique_ids(self._caller(client))
+            return commands.unique_ids(self._caller(client), client)
 
     def list_headers(self, message_ids: list[int] | None = None) -> list[dict[str, Any]]:
         """Header summaries (``TOP n 0``) of several messages, all when None.
@@ -232,23 +246,24 @@ class POP3Mailbox(POP3Session):
         ``TOP`` raises :class:`POP3UnsupportedError`.
         """
         with self._session() as client:
-            sizes = dict(commands.scan(self._caller(client)))
+            listing = commands.scan(self._caller(client), client)
             summaries = []
-            for number in self._targets(message_ids, sizes):
+            for number in self._targets(message_ids, listing):
                 headers = self._headers(self._live_client(), number)
                 if headers is not None:
-                    summaries.append(parse_header_summary(headers, number, size=sizes[number]))
+                    size = listing.size_of(number)
+                    summaries.append(parse_header_summary(headers, number, size=size))
         return summaries
 
     # -- fetching and deleting, one message at a time -----------------------------
 
-    def _targets(self, requested: Iterable[int] | None, sizes: dict[int, int]) -> list[int]:
+    def _targets(self, requested: Iterable[int] | None, listing: ScanListing) -> Iterable[int]:
         if requested is None:
-            return sorted(sizes)
+            return listing.numbers
         targets = []
         for number in requested:
             check_message_id(number)
-            if number in sizes:
+            if number in listing:
                 targets.append(number)
             else:
                 log.warning("POP3 message %d is not in the mailbox; skipped", number)

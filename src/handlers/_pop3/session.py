@@ -61,6 +61,7 @@ class POP3Session:
     _authenticated: bool
     _broken: bool
     _pending_deletions: int
+    _tokens_sent: list[str]
 
     # -- read-only view ----------------------------------------------------------
 
@@ -254,9 +255,10 @@ class POP3Session:
             source,
             initial_response=self._oauth2_initial_response,
             translate=lambda error, token: self._connector.translate(
-                error, "AUTH", during_login=True, secret=token
+                error, "AUTH", during_login=True, secrets=self._secrets()
             ),
             where=self._connector.where,
+            sending=self._remember_token,
         )
         log.debug("logged in to %s:%d as %r with XOAUTH2", self.hostname, self.port, self._username)
 
@@ -343,8 +345,16 @@ class POP3Session:
         self, error: BaseException, verb: str, *, during_login: bool = False
     ) -> MailHandlerError:
         return self._connector.translate(
-            error, verb, during_login=during_login, secret=self._password.reveal()
+            error, verb, during_login=during_login, secrets=self._secrets()
         )
+
+    def _remember_token(self, token: str) -> None:
+        if token not in self._tokens_sent:
+            self._tokens_sent.append(token)
+
+    def _secrets(self) -> list[str]:
+        """Everything secret this handler has sent, for masking server replies."""
+        return [self._password.reveal(), *self._tokens_sent]
 
     def _caller(self, client: Client) -> commands.Call:
         return functools.partial(self._call, client)
