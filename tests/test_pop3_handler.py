@@ -18,7 +18,9 @@ from unittest.mock import Mock, patch
 import pytest
 from pytest_mock import MockerFixture
 
+from src.handlers._net.config import Encryption
 from src.handlers.errors import (
+    ConfigurationError,
     MailValidationError,
     POP3AuthenticationError,
     POP3ConnectionError,
@@ -118,10 +120,21 @@ def test_constructor_does_no_network_io(mocker: MockerFixture) -> None:
     tls.assert_not_called()
 
 
-@pytest.mark.parametrize("encryption", ["SSL", "starttls", "", None])
-def test_unknown_encryption_is_refused(encryption: Any) -> None:
-    with pytest.raises(ValueError, match="encryption"):
+@pytest.mark.parametrize("encryption", ["bogus", "", None, 995])
+def test_unknown_encryption_is_refused_listing_the_choices(encryption: Any) -> None:
+    with pytest.raises(ConfigurationError, match="encryption") as caught:
         POP3ProtocolHandler("127.0.0.1", 995, "user", "pw", encryption=encryption)
+    assert caught.value.field == "encryption" and "'ssl'" in str(caught.value)
+    assert {"none", "tls", "ssl"} <= set(caught.value.choices)
+
+
+@pytest.mark.parametrize(
+    "spelling, mode",
+    [("SSL", "ssl"), ("starttls", "tls"), ("plain", "none"), (Encryption.STARTTLS, "tls")],
+)
+def test_encryption_takes_the_spellings_smtp_takes(spelling: Any, mode: str) -> None:
+    handler = POP3ProtocolHandler("127.0.0.1", 995, "user", "pw", encryption=spelling)
+    assert handler.encryption == mode
 
 
 @pytest.mark.parametrize("hostname", ["mail.example.com\r\nUSER x", "host\n", ""])

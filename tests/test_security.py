@@ -1143,7 +1143,7 @@ def test_library_never_turns_on_protocol_debug_printing(
         pool.release_connection(server.host, server.port, connection)
     pop3 = make_pop3(pop3_server, trace=True)
     with pop3:
-        assert pop3._client._debugging == 0  # poplib's own switch for printing
+        assert pop3._session.live().client._debugging == 0  # poplib's own switch for printing
 
 
 # --------------------------------------------------------------------- the redactor

@@ -53,7 +53,7 @@ RetrCallback = Callable[[int, bytes, "bytes | None"], object]
 _LongReply = tuple[bytes, list[bytes], int]
 
 
-class _FastReplies(poplib.POP3):
+class FastReplies(poplib.POP3):
     """The reading side shared by the plain and the TLS client."""
 
     #: Largest RETR/TOP data accepted, in bytes; ``None`` means no bound.
@@ -202,7 +202,7 @@ def _close_half_built(client: poplib.POP3) -> None:
             sock.close()
 
 
-class FastPOP3(_FastReplies):
+class FastPOP3(FastReplies):
     """Plain POP3 client (upgradable with ``stls``); closes its socket if the greeting fails."""
 
     def __init__(
@@ -215,7 +215,7 @@ class FastPOP3(_FastReplies):
             raise
 
 
-class FastPOP3_SSL(_FastReplies, poplib.POP3_SSL):
+class FastPOP3_SSL(FastReplies, poplib.POP3_SSL):
     """POP3 over TLS from the first byte; closes its socket if the greeting fails."""
 
     def __init__(
@@ -233,10 +233,3 @@ class FastPOP3_SSL(_FastReplies, poplib.POP3_SSL):
         except BaseException:
             _close_half_built(self)
             raise
-
-
-def is_fast_client(client: object) -> bool:
-    """Whether ``client`` is one of this module's clients (not a poplib one or a double)."""
-    return isinstance(client, _FastReplies) and isinstance(
-        getattr(client, "sock", None), socket.socket
-    )
