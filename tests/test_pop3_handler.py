@@ -33,7 +33,7 @@ from src.handlers.errors import (
     POP3UnsupportedError,
 )
 from src.handlers.pop3 import POP3ProtocolHandler
-from src.handlers.retry import RetryPolicy
+from src.handlers.retry import RetryPolicy, is_retryable
 from src.testing.pop3_server import POP3TestServer
 from src.testing.scripted_server import Conversation, ScriptedServer
 
@@ -946,3 +946,25 @@ def test_a_client_whose_capa_breaks_gives_a_typed_error(failure: Exception) -> N
         assert handler.test_connection() is False
         with pytest.raises(POP3ProtocolError, match="CAPA"):
             handler.connect()
+
+
+# -- the wrong encryption mode for the port -----------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["tls", "none"])
+def test_plain_start_on_an_implicit_tls_port_fails_at_once(
+    mode: str, server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
+) -> None:
+    waits: list[float] = []
+    with POP3TestServer(tls="implicit", ssl_context=server_ssl_context) as server:
+        handler = POP3ProtocolHandler(
+            server.host, server.port, "user", "password", mode, 0.5,
+            ssl_context=client_ssl_context, sleep=waits.append,
+        )  # fmt: skip
+        with pytest.raises(POP3ConnectionError) as caught:
+            handler.connect()
+        assert handler.test_connection() is False
+    error = caught.value
+    assert isinstance(error, POP3SecurityError) and not is_retryable(error)
+    assert "encryption='ssl'" in str(error)
+    assert waits == []  # never retried

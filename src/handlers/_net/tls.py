@@ -8,6 +8,7 @@ context.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 
@@ -64,3 +65,34 @@ def describe_tls_failure(error: BaseException, hostname: str) -> str:
 def tls_error(error: BaseException, hostname: str) -> MailSecurityError:
     """Wrap a handshake failure in the library's security error."""
     return MailSecurityError(describe_tls_failure(error, hostname))
+
+
+#: TLS record types a server may open its answer to a ClientHello with: handshake
+#: (ServerHello) or alert.
+_TLS_RECORD_TYPES = frozenset({0x15, 0x16})
+
+
+def answers_tls(sock: socket.socket, hostname: str, wait: float) -> bool:
+    """Whether the server on ``sock``, which sent nothing yet, answers a TLS ClientHello.
+
+    Used when a server that should greet in plain text stays silent: a port that
+    expects TLS from the first byte waits for the client's handshake. The hello is
+    built by an in-memory TLS object and written to the socket; the first byte of the
+    answer (a handshake or alert record) tells. No answer within ``wait`` seconds, or
+    any socket error, means no.
+    """
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    probe = default_context().wrap_bio(incoming, outgoing, server_hostname=hostname)
+    try:
+        probe.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    except ssl.SSLError:
+        return False
+    try:
+        sock.settimeout(wait)
+        sock.sendall(outgoing.read())
+        first = sock.recv(1)
+    except OSError:
+        return False
+    return bool(first) and first[0] in _TLS_RECORD_TYPES

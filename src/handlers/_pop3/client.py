@@ -29,7 +29,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._net.deadline import announce_socket
-from ..errors import POP3ConnectionError
+from .._net.tls import answers_tls
+from ..errors import POP3ConnectionError, POP3SecurityError
 from .listing import parse_capabilities
 from .wire import (
     MAX_STATUS_LINE,
@@ -51,6 +52,8 @@ PIPELINE_WINDOW = 128
 RetrCallback = Callable[[int, bytes, "bytes | None"], object]
 
 _LongReply = tuple[bytes, list[bytes], int]
+#: The longest wait, in seconds, for a silent server to answer a TLS hello.
+_PROBE_WAIT = 2.0
 
 
 class FastReplies(poplib.POP3):
@@ -203,13 +206,30 @@ def _close_half_built(client: poplib.POP3) -> None:
 
 
 class FastPOP3(FastReplies):
-    """Plain POP3 client (upgradable with ``stls``); closes its socket if the greeting fails."""
+    """Plain POP3 client (upgradable with ``stls``); closes its socket if the greeting fails.
+
+    A server that stays silent instead of greeting is asked whether it expects TLS
+    from the first byte (see :func:`~src.handlers._net.tls.answers_tls`); if it does,
+    :class:`POP3SecurityError` says to use ``encryption='ssl'``, which no retry of the
+    same settings could fix.
+    """
 
     def __init__(
         self, host: str, port: int = poplib.POP3_PORT, timeout: float | None = None
     ) -> None:
         try:
             super().__init__(host, port, timeout)  # type: ignore[arg-type]
+        except TimeoutError:
+            sock = getattr(self, "sock", None)
+            wait = min((timeout or _PROBE_WAIT) / 2, _PROBE_WAIT)
+            implicit = isinstance(sock, socket.socket) and answers_tls(sock, host, wait)
+            _close_half_built(self)
+            if implicit:
+                raise POP3SecurityError(
+                    f"{host}:{port} expects TLS from the first byte (it answered a TLS "
+                    "handshake instead of greeting): use encryption='ssl' for this port"
+                ) from None
+            raise
         except BaseException:
             _close_half_built(self)
             raise
