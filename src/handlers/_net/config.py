@@ -121,7 +121,7 @@ class Timeouts:
     ``socket`` bounds connecting and every single read or write. ``operation`` bounds
     a whole operation (one send attempt with its connection set-up, one POP3 command
     with its whole reply); ``None`` lets each protocol use its default (ten times
-    ``socket`` for SMTP, no extra bound for POP3). ``pool_wait`` bounds the wait for a
+    ``socket`` for both). ``pool_wait`` bounds the wait for a
     free pooled connection, and always counts against ``operation`` too.
     """
 
