@@ -36,7 +36,6 @@ _SCAN_LINE = re.compile(rb"[ \t]*([0-9]{1,18})[ \t]+([0-9]{1,18})(?:[ \t\r][^\n]
 _UID_LINE = re.compile(
     rb"([0-9]{1,18})(?: ([\x21-\x7e]{1,%d})\r?(?:\n|\Z)|[ \t][^\n]*(?:\n|\Z))" % MAX_UID_LENGTH
 )
-_NO_UID = -1
 
 
 def _preview(data: bytes, at: int) -> str:
@@ -128,31 +127,27 @@ class UIDListing:
         numbers: array[int] = array("q")
         starts: array[int] = array("q")
         lengths: array[int] = array("B")
-        position, end, previous = 0, len(data), 0
-        match = _UID_LINE.match
-        while position < end:
-            found = match(data, position)
-            if found is None:
-                raise POP3ProtocolError(
-                    f"malformed unique-id listing: {_preview(data, position)!r}"
-                )
+        position, previous = 0, 0
+        for found in _UID_LINE.finditer(data):
+            if found.start() != position:
+                break
             previous = _next_number(int(found[1]), previous, "UIDL")
             numbers.append(previous)
-            if found[2] is None:
-                starts.append(_NO_UID)
-                lengths.append(0)
-            else:
-                starts.append(found.start(2))
-                lengths.append(found.end(2) - found.start(2))
+            start, end = found.span(2)
+            starts.append(start)  # -1 when the ID is not a valid one
+            lengths.append(end - start)
             position = found.end()
+        if position != len(data):
+            raise POP3ProtocolError(f"malformed unique-id listing: {_preview(data, position)!r}")
         return cls(data, numbers, starts, lengths)
 
     def __len__(self) -> int:
         return len(self.numbers)
 
     def __iter__(self) -> Iterator[tuple[int, str | None]]:
-        for index, number in enumerate(self.numbers):
-            yield number, self._uid_at(index)
+        data = self._data
+        for number, start, length in zip(self.numbers, self._starts, self._lengths, strict=True):
+            yield number, (data[start : start + length].decode("ascii") if start >= 0 else None)
 
     @property
     def invalid(self) -> tuple[int, ...]:
@@ -160,12 +155,6 @@ class UIDListing:
         return tuple(
             number for number, start in zip(self.numbers, self._starts, strict=True) if start < 0
         )
-
-    def _uid_at(self, index: int) -> str | None:
-        start = self._starts[index]
-        if start < 0:
-            return None
-        return self._data[start : start + self._lengths[index]].decode("ascii")
 
 
 def parse_capabilities(data: bytes) -> dict[str, list[str]]:

@@ -125,8 +125,8 @@ def sync_mailbox(
     """
     tally = _Tally()
     with handler.session():
-        listing = handler.uid_listing()
-        owners = Counter(uid for _, uid in listing if uid is not None and is_valid_uid(uid))
+        listing = list(handler.uid_listing())
+        owners = Counter([uid for _, uid in listing if uid is not None and is_valid_uid(uid)])
         for number, uid in listing:
             if uid is None or owners.get(uid, 0) != 1:
                 tally.unsafe_numbers.append(number)

@@ -18,6 +18,7 @@ A store belongs to one mailbox: IDs are only unique within a maildrop.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Collection, Iterable
@@ -47,14 +48,13 @@ class UIDStore(Protocol):
         ...
 
 
+_UID = re.compile("[\x21-\x7e]{1,70}")
+
+
 def is_valid_uid(uid: object) -> bool:
     """Whether ``uid`` is a valid RFC 1939 unique ID: 1 to 70 characters from ``!`` to
     ``~``, so it never contains whitespace and fits on one line of a store file."""
-    return (
-        isinstance(uid, str)
-        and 1 <= len(uid) <= 70
-        and all("\x21" <= char <= "\x7e" for char in uid)
-    )
+    return isinstance(uid, str) and _UID.fullmatch(uid) is not None
 
 
 def check_uid(uid: str) -> str:
