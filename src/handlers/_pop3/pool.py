@@ -31,7 +31,12 @@ from .._auth.secret import Secret
 from .._net.config import Encryption
 from .._net.forksafe import forget_in_child
 from .._net.logs import get_logger
-from ..errors import MailHandlerError, POP3MailboxBusyError, POP3PoolClosedError
+from ..errors import (
+    ConfigurationError,
+    MailHandlerError,
+    POP3MailboxBusyError,
+    POP3PoolClosedError,
+)
 from ..retry import Clock
 
 log = get_logger("pop3.pool")
@@ -87,7 +92,7 @@ class SessionPool(Generic[H]):
     ) -> None:
         self._factory = factory
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise ValueError("pool_size must be a positive integer")
+            raise ConfigurationError("pool_size must be a positive integer", "pool_size")
         self._hostname = hostname
         self._port = port
         self._username = username
