@@ -82,12 +82,12 @@ def answers_tls(sock: socket.socket, hostname: str, wait: float) -> bool:
     any socket error, means no.
     """
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    probe = default_context().wrap_bio(incoming, outgoing, server_hostname=hostname)
     try:
+        probe = default_context().wrap_bio(incoming, outgoing, server_hostname=hostname)
         probe.do_handshake()
     except ssl.SSLWantReadError:
-        pass
-    except ssl.SSLError:
+        pass  # the hello is written; the answer is read from the socket below
+    except (ssl.SSLError, ValueError):
         return False
     try:
         sock.settimeout(wait)
