@@ -18,7 +18,9 @@ from unittest.mock import Mock, patch
 import pytest
 from pytest_mock import MockerFixture
 
+from src.handlers._net.config import Encryption
 from src.handlers.errors import (
+    ConfigurationError,
     MailValidationError,
     POP3AuthenticationError,
     POP3ConnectionError,
@@ -31,7 +33,7 @@ from src.handlers.errors import (
     POP3UnsupportedError,
 )
 from src.handlers.pop3 import POP3ProtocolHandler
-from src.handlers.retry import RetryPolicy
+from src.handlers.retry import RetryPolicy, is_retryable
 from src.testing.pop3_server import POP3TestServer
 from src.testing.scripted_server import Conversation, ScriptedServer
 
@@ -118,10 +120,21 @@ def test_constructor_does_no_network_io(mocker: MockerFixture) -> None:
     tls.assert_not_called()
 
 
-@pytest.mark.parametrize("encryption", ["SSL", "starttls", "", None])
-def test_unknown_encryption_is_refused(encryption: Any) -> None:
-    with pytest.raises(ValueError, match="encryption"):
+@pytest.mark.parametrize("encryption", ["bogus", "", None, 995])
+def test_unknown_encryption_is_refused_listing_the_choices(encryption: Any) -> None:
+    with pytest.raises(ConfigurationError, match="encryption") as caught:
         POP3ProtocolHandler("127.0.0.1", 995, "user", "pw", encryption=encryption)
+    assert caught.value.field == "encryption" and "'ssl'" in str(caught.value)
+    assert {"none", "tls", "ssl"} <= set(caught.value.choices)
+
+
+@pytest.mark.parametrize(
+    "spelling, mode",
+    [("SSL", "ssl"), ("starttls", "tls"), ("plain", "none"), (Encryption.STARTTLS, "tls")],
+)
+def test_encryption_takes_the_spellings_smtp_takes(spelling: Any, mode: str) -> None:
+    handler = POP3ProtocolHandler("127.0.0.1", 995, "user", "pw", encryption=spelling)
+    assert handler.encryption == mode
 
 
 @pytest.mark.parametrize("hostname", ["mail.example.com\r\nUSER x", "host\n", ""])
@@ -896,3 +909,62 @@ def test_loopback_error_in_block_still_commits_marked_deletions(server: POP3Test
         handler.delete_message(1)
         raise RuntimeError("saving failed after the deletion was asked for")
     assert server.messages() == MESSAGES[1:]
+
+
+# -- a sloppy CAPA listing ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [b"X-CAF\xc3\xa9 yes", b""], ids=["non-ascii", "empty"])
+def test_a_sloppy_capa_line_is_ignored(
+    line: bytes, server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
+) -> None:
+    with POP3TestServer(tls="starttls", ssl_context=server_ssl_context) as server:
+        server.extra_capabilities = [line]
+        server.add_message(b"Subject: hi\r\n\r\nbody\r\n")
+        handler = POP3ProtocolHandler(
+            server.host, server.port, "user", "password", "tls", 5,
+            ssl_context=client_ssl_context,
+        )  # fmt: skip
+        assert handler.test_connection() is True  # STLS is found past the sloppy line
+        assert handler.connect() is True and handler.authenticate() is True
+        assert "STLS" not in handler.get_capabilities()  # asked after STLS
+        assert "TOP" in handler.get_capabilities()
+        assert handler.fetch_message(1) is not None
+        handler.disconnect()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [UnicodeDecodeError("ascii", b"\xc3", 0, 1, "ordinal not in range"), IndexError("empty")],
+    ids=["non-ascii", "empty"],
+)
+def test_a_client_whose_capa_breaks_gives_a_typed_error(failure: Exception) -> None:
+    client = Mock()
+    client.capa.side_effect = failure
+    with patch("src.handlers.pop3.POP3", return_value=client):
+        handler = POP3ProtocolHandler("pop.example.com", 110, "user", "password", "tls", 5)
+        assert handler.test_connection() is False
+        with pytest.raises(POP3ProtocolError, match="CAPA"):
+            handler.connect()
+
+
+# -- the wrong encryption mode for the port -----------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["tls", "none"])
+def test_plain_start_on_an_implicit_tls_port_fails_at_once(
+    mode: str, server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
+) -> None:
+    waits: list[float] = []
+    with POP3TestServer(tls="implicit", ssl_context=server_ssl_context) as server:
+        handler = POP3ProtocolHandler(
+            server.host, server.port, "user", "password", mode, 0.5,
+            ssl_context=client_ssl_context, sleep=waits.append,
+        )  # fmt: skip
+        with pytest.raises(POP3ConnectionError) as caught:
+            handler.connect()
+        assert handler.test_connection() is False
+    error = caught.value
+    assert isinstance(error, POP3SecurityError) and not is_retryable(error)
+    assert "encryption='ssl'" in str(error)
+    assert waits == []  # never retried

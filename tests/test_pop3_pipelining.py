@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from pytest_mock import MockerFixture
 
+from src.handlers._pop3.adapter import ClientAdapter
 from src.handlers._pop3.client import FastPOP3
+from src.handlers._pop3.listing import ScanListing
 from src.handlers._pop3.wire import ResponseTooLargeError
 from src.handlers.errors import POP3ConnectionError, POP3ProtocolError
 from src.handlers.pop3 import POP3ProtocolHandler
@@ -185,9 +187,10 @@ def test_message_larger_than_listed_loses_the_session_either_way(
 ) -> None:
     # A server that under-reports a size in LIST: the limit trips in the middle of the
     # reply, the rest of the stream is unusable, and both paths say so the same way.
-    mocker.patch(
-        "src.handlers._pop3.commands.scan",
-        return_value=[(number, 100) for number in range(1, 6)],
+    mocker.patch.object(
+        ClientAdapter,
+        "scan",
+        return_value=ScanListing.parse(b"".join(b"%d 100\r\n" % n for n in range(1, 6))),
     )
     pop3 = handler(server, max_message_size=10_000)
     with (

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from src.handlers.errors import POP3AuthenticationError, POP3PoolClosedError
+from src.handlers.errors import ConfigurationError, POP3AuthenticationError, POP3PoolClosedError
 from src.handlers.pop3 import POP3ConnectionPool, POP3ProtocolHandler
 from src.testing.pop3_server import POP3TestServer
 
@@ -219,3 +219,10 @@ def test_pool_repr_shows_counts_but_not_the_password(server: POP3TestServer) -> 
     assert "idle: 0" in text and "in use: 0" in text and "size: 2" in text
     assert "pa55-secret" not in text and "pa55-secret" not in repr(vars(pool))
     pool.close_all()
+
+
+@pytest.mark.parametrize("size", [0, -1, True, 2.5])
+def test_a_bad_pool_size_is_a_configuration_error(size: object) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        POP3ConnectionPool("127.0.0.1", 995, "user", "password", size)  # type: ignore[arg-type]
+    assert caught.value.field == "pool_size"

@@ -294,3 +294,58 @@ def test_sync_with_sqlite_store(server: POP3TestServer, tmp_path: Path) -> None:
         assert handler_for(server).sync(store, lambda message: None).fetched == 5
     with SQLiteUIDStore(tmp_path / "seen.db") as store:
         assert handler_for(server).sync(store, lambda message: None).skipped == 5
+
+
+# -- unique IDs a sync cannot trust -------------------------------------------------
+
+
+def server_with_uids(uids: list[str]) -> POP3TestServer:
+    srv = POP3TestServer()
+    for index, uid in enumerate(uids):
+        srv.add_message(f"Subject: m{index}\r\n\r\nbody\r\n".encode(), uid=uid)
+    return srv
+
+
+@pytest.mark.parametrize(
+    "uids",
+    [
+        ["AAA", "AAA", "BBB"],  # shared by two messages
+        ["abc def", "abc xyz", "BBB"],  # str.split() would cut both to "abc"
+        ["abc\x0bdef", "abc\x1cxyz", "BBB"],  # and so would these separators
+    ],
+    ids=["shared", "spaces", "separators"],
+)
+def test_sync_never_deletes_a_message_it_did_not_hand_over(uids: list[str]) -> None:
+    seen: list[str] = []
+    store = MemoryUIDStore()
+    with server_with_uids(uids) as srv:
+        first = handler_for(srv).sync(store, collector(seen), delete_after=True)
+        recorded = store.snapshot()
+        second = handler_for(srv).sync(store, collector(seen), delete_after=True)
+        left = srv.messages()
+    assert seen == ["m2"]
+    assert first == SyncResult(fetched=1, deleted=1, unsafe=2, unsafe_numbers=(1, 2))
+    assert second == SyncResult(unsafe=2, unsafe_numbers=(1, 2))
+    assert len(left) == 2  # the two messages with untrustworthy IDs stay on the server
+    assert recorded == frozenset({"BBB"})
+
+
+def test_a_uid_the_store_would_refuse_does_not_poison_later_syncs() -> None:
+    uids = ["caf\u00e9", "x" * 71, "y" * 1_000_000, "good-1", "good-2"]
+    seen: list[str] = []
+    store = MemoryUIDStore()
+    with server_with_uids(uids) as srv:
+        results = [handler_for(srv).sync(store, collector(seen)) for _ in range(3)]
+    assert seen == ["m3", "m4"]  # each good message once, the bad ones never
+    assert results[0] == SyncResult(fetched=2, unsafe=3, unsafe_numbers=(1, 2, 3))
+    assert results[2] == SyncResult(skipped=2, unsafe=3, unsafe_numbers=(1, 2, 3))
+
+
+def test_stores_refuse_an_invalid_uid_with_a_library_error(tmp_path: Path) -> None:
+    from src.handlers.errors import MailValidationError
+
+    for store in (MemoryUIDStore(), FileUIDStore(tmp_path / "s.txt")):
+        with pytest.raises(MailValidationError):
+            store.add("caf\u00e9")
+    with SQLiteUIDStore(tmp_path / "s.db") as sqlite_store, pytest.raises(MailValidationError):
+        sqlite_store.add("x" * 71)

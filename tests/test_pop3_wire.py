@@ -5,18 +5,20 @@ from __future__ import annotations
 import gc
 import io
 import poplib
+import tracemalloc
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from src.handlers._pop3.client import FastPOP3
+from src.handlers._pop3.listing import UIDListing, parse_capabilities
 from src.handlers._pop3.wire import (
     ResponseTooLargeError,
     error_for_reply,
     parse_error_reply,
     parse_scan_line,
-    parse_uid_line,
     read_dot_terminated,
     split_lines,
     strip_ok,
@@ -28,6 +30,7 @@ from src.handlers.errors import (
     POP3ProtocolError,
     POP3ResponseError,
 )
+from src.handlers.pop3 import POP3ProtocolHandler
 from src.handlers.retry import is_retryable
 from src.testing.scripted_server import Conversation, ScriptedServer
 
@@ -160,19 +163,41 @@ def test_garbage_reply_is_a_protocol_error() -> None:
 
 
 def test_secret_echoed_by_server_is_masked() -> None:
-    error = error_for_reply(b"-ERR wrong password hunter2", during_login=True, secret="hunter2")
+    error = error_for_reply(b"-ERR wrong password hunter2", during_login=True, secrets=["hunter2"])
     assert "hunter2" not in str(error) and "hunter2" not in error.text
 
 
 def test_listing_lines_parse_and_malformed_ones_raise() -> None:
     assert parse_scan_line(b"3 1200") == (3, 1200)
     assert parse_scan_line(strip_ok(b"+OK 2 99")) == (2, 99)
-    assert parse_uid_line(b"1 abc.def") == (1, "abc.def")
+    assert list(UIDListing.parse(b"1 abc.def\r\n")) == [(1, "abc.def")]
     for bad in (b"", b"x 1", b"1", b"0 10", b"1 -5"):
         with pytest.raises(POP3ProtocolError):
             parse_scan_line(bad)
     with pytest.raises(POP3ProtocolError):
-        parse_uid_line(b"7")
+        UIDListing.parse(b"7\r\n")
+
+
+def test_uid_lines_are_parsed_as_rfc_1939_says() -> None:
+    data = (
+        b"1 AAA\r\n2 abc def\r\n3 abc\x0bdef\r\n4 " + b"x" * 71 + b"\r\n5 caf\xc3\xa9\r\n6 ~!\n7 "
+    )
+    listing = UIDListing.parse(data)
+    assert list(listing) == [
+        (1, "AAA"),
+        (2, None),
+        (3, None),
+        (4, None),
+        (5, None),
+        (6, "~!"),
+        (7, None),
+    ]
+    assert listing.invalid == (2, 3, 4, 5, 7)
+
+
+def test_capability_lines_that_cannot_be_capabilities_are_skipped() -> None:
+    data = b"TOP\r\n\r\nX-CAF\xc3\xa9 yes\r\nsasl PLAIN LOGIN\r\nSTLS\r\n"
+    assert parse_capabilities(data) == {"TOP": [], "SASL": ["PLAIN", "LOGIN"], "STLS": []}
 
 
 # -- the poplib subclasses on real sockets ------------------------------------------
@@ -214,3 +239,71 @@ def test_long_lines_do_not_change_poplib_for_everyone_else() -> None:
     assert octets == 100_002
     assert limit_before == poplib._MAXLINE  # type: ignore[attr-defined]
     assert server.errors == []
+
+
+# -- listings: bounded memory, refused duplicates -----------------------------------
+
+
+def canned_pop3(replies: dict[str, bytes]) -> Callable[[Conversation], None]:
+    """A logged-in-at-once POP3 server answering each verb with a canned reply."""
+
+    def script(conv: Conversation) -> None:
+        conv.send("+OK ready")
+        while True:
+            line = conv.recv_line()
+            if line is None:
+                return
+            verb = line.split(b" ", 1)[0].strip().upper().decode("ascii")
+            conv.send(replies.get(verb, b"+OK\r\n"))
+            if verb == "QUIT":
+                return
+
+    return script
+
+
+def listing(lines: list[bytes]) -> bytes:
+    return b"+OK\r\n" + b"".join(line + b"\r\n" for line in lines) + b".\r\n"
+
+
+def plain_handler(server: ScriptedServer) -> POP3ProtocolHandler:
+    return POP3ProtocolHandler(
+        *server.address, "user", "password", "none", 5, sleep=lambda seconds: None
+    )
+
+
+def test_a_large_listing_costs_a_small_multiple_of_its_bytes() -> None:
+    count = 200_000
+    reply = listing([b"%d %d" % (number, 100_000 + number) for number in range(1, count + 1)])
+    replies = {"LIST": reply, "RETR": b"+OK\r\nSubject: one\r\n\r\nbody\r\n.\r\n"}
+    with ScriptedServer(canned_pop3(replies)) as server:
+        handler = plain_handler(server)
+        tracemalloc.start()
+        try:
+            raws = handler.fetch_raw_messages([1])
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert list(raws) == [1]
+    assert peak < 3 * len(reply), f"peak {peak} for a {len(reply)}-byte listing"
+
+
+@pytest.mark.parametrize(
+    "verb, lines",
+    [
+        ("LIST", [b"1 10", b"1 10"]),
+        ("LIST", [b"2 10", b"1 10"]),
+        ("UIDL", [b"1 AAA", b"1 BBB"]),
+        ("UIDL", [b"2 AAA", b"1 BBB"]),
+    ],
+    ids=["list-duplicate", "list-descending", "uidl-duplicate", "uidl-descending"],
+)
+def test_repeated_or_unordered_message_numbers_are_a_protocol_error(
+    verb: str, lines: list[bytes]
+) -> None:
+    with ScriptedServer(canned_pop3({verb: listing(lines)})) as server:
+        handler = plain_handler(server)
+        with pytest.raises(POP3ProtocolError, match="ascending"):
+            if verb == "LIST":
+                handler.list_messages()
+            else:
+                handler.list_uids()

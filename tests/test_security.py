@@ -1143,7 +1143,7 @@ def test_library_never_turns_on_protocol_debug_printing(
         pool.release_connection(server.host, server.port, connection)
     pop3 = make_pop3(pop3_server, trace=True)
     with pop3:
-        assert pop3._client._debugging == 0  # poplib's own switch for printing
+        assert pop3._session.live().client._debugging == 0  # poplib's own switch for printing
 
 
 # --------------------------------------------------------------------- the redactor
@@ -1468,3 +1468,86 @@ def test_pop3_handler_applies_parse_limits_end_to_end(pop3_server: POP3TestServe
     message = handler.fetch_message(3)
     assert message is not None
     assert message["subject"] == "wide" and 0 < message["attachmentCount"] < 100
+
+
+def echoing_pop3_server(one_step: bool) -> Callable[[Conversation], None]:
+    """A server that refuses every login and echoes what the client sent, in base64."""
+
+    def script(conv: Conversation) -> None:
+        conv.send("+OK scripted POP3 ready")
+        while True:
+            line = conv.recv_line()
+            if line is None:
+                return
+            verb, _, rest = line.strip().decode("ascii").partition(" ")
+            if verb.upper() == "AUTH":
+                payload = rest.partition(" ")[2]
+                if not payload:
+                    conv.send("+ ")
+                    answer = conv.recv_line()
+                    payload = answer.strip().decode("ascii") if answer else ""
+                conv.send(f"-ERR [AUTH] invalid credentials: {payload}")
+            elif verb.upper() == "PASS":
+                echoed = base64.b64encode(rest.encode()).decode()
+                conv.send(f"-ERR [AUTH] invalid credentials: {echoed}")
+            elif verb.upper() == "QUIT":
+                conv.send("+OK bye")
+                return
+            else:
+                conv.send("+OK")
+
+    return script
+
+
+@pytest.mark.parametrize("login", ["xoauth2-one-step", "xoauth2-two-step", "password"])
+def test_pop3_error_never_shows_the_base64_echo_of_a_secret(
+    login: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    check_base64_echo_is_masked(login, caplog, include_trace=False)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the wire trace's Redactor masks a PASS argument only as sent, not its base64 "
+    "echo; it belongs to the trace module, which is to switch to mask_secrets",
+)
+def test_pop3_trace_never_shows_the_base64_echo_of_a_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    check_base64_echo_is_masked("password", caplog, include_trace=True)
+
+
+def check_base64_echo_is_masked(
+    login: str, caplog: pytest.LogCaptureFixture, *, include_trace: bool
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = "ya29.Echoed-Access-Token_0123456789"
+    one_step = login == "xoauth2-one-step"
+    with ScriptedServer(echoing_pop3_server(one_step)) as server:
+        if login == "password":
+            handler = POP3ProtocolHandler(*server.address, USER, PASSWORD, "none", 5, trace=True)
+        else:
+            handler = POP3ProtocolHandler(
+                *server.address,
+                USER,
+                encryption="none",
+                timeout=5,
+                oauth2_token=token,
+                oauth2_initial_response=one_step,
+                trace=True,
+            )
+        with pytest.raises(MailHandlerError) as caught:
+            handler.authenticate()
+        assert handler.test_connection() is False
+    if not include_trace:
+        caplog.records[:] = [r for r in caplog.records if r.name != "src.handlers.trace"]
+    texts = [*exception_texts(caught.value), library_log_text(caplog)]
+    forms = [
+        token,
+        PASSWORD,
+        encode_xoauth2(USER, token),
+        b64(PASSWORD),
+        b64(f"auth=Bearer {token}"),
+    ]
+    assert_no_secret(texts, forms)
+    assert "invalid credentials" in str(caught.value)

@@ -11,14 +11,15 @@ problems also derive from the built-in :class:`ConnectionError` and timeouts fro
     │   ├── MailTimeoutError (TimeoutError)        no answer within the timeout/deadline
     │   │   └── PoolTimeoutError                   no pooled connection became free in time
     │   ├── POP3ConnectionError                    spec name for POP3 connection failures
-    │   │   └── POP3TimeoutError (TimeoutError)
+    │   │   ├── POP3TimeoutError (TimeoutError)
+    │   │   └── POP3SecurityError                  also a MailSecurityError: not retried
     │   ├── DNSLookupError                         DNS gave no usable answer
     │   │   └── DNSTimeoutError (TimeoutError)
     │   ├── ProxyError                             a proxy unreachable or refusing the tunnel
     │   ├── OAuth2EndpointError                    a token endpoint unreachable or failing
     │   └── OutcomeUnknownError                    body sent, final reply never came
     ├── MailSecurityError                          TLS unavailable, refused or unverifiable
-    │   └── POP3SecurityError
+    │   └── POP3SecurityError                      (see above)
     ├── MailProtocolError                          the server spoke garbage
     │   └── POP3ProtocolError
     ├── SMTPNotSupportedError                      the server lacks an extension we need
@@ -273,8 +274,14 @@ class POP3TimeoutError(POP3ConnectionError, MailTimeoutError):
     """A POP3 server did not answer in time."""
 
 
-class POP3SecurityError(MailSecurityError):
-    """POP3 TLS could not be set up (STLS not offered, refused, or certificate invalid)."""
+class POP3SecurityError(MailSecurityError, POP3ConnectionError):
+    """POP3 TLS could not be set up: STLS not offered or refused, a certificate that
+    does not verify, or a port that expects the other encryption mode.
+
+    It always happens while connecting, so it is also a :class:`POP3ConnectionError`
+    (the specification's ``except POP3ConnectionError`` catches it); as a
+    :class:`MailSecurityError` it is never retried.
+    """
 
 
 class POP3ProtocolError(MailProtocolError):

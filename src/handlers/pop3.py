@@ -16,12 +16,11 @@ lost (the server only commits at ``QUIT``), and every later call raises
 
 A handler is not thread-safe: use one per thread, or a :class:`POP3ConnectionPool`.
 
-The handler is built in layers: :class:`~src.handlers._pop3.session.POP3Session` holds
-the session's state and plumbing (opening, login, one command, losing and ending the
-session), :class:`~src.handlers._pop3.mailbox.POP3Mailbox` adds the mailbox operations,
-and this module adds the constructor, the session lifecycle and the making of clients
-from ``POP3`` and ``POP3_SSL``, looked up here on every connection so that tests can
-patch them in this module. Argument checks live in :mod:`~src.handlers._pop3.checks`.
+The handler is made of parts: a :class:`~src.handlers._pop3.session.Session` owns the
+connection and its state, a :class:`~src.handlers._pop3.mailbox.Mailbox` runs the
+mailbox operations through it, and the handler turns its arguments into settings
+values and makes clients from ``POP3`` and ``POP3_SSL``, looked up here on every
+connection so that tests can patch them in this module.
 """
 
 from __future__ import annotations
@@ -36,17 +35,17 @@ from types import TracebackType
 from typing import Any, Final
 
 from ._auth.oauth2 import TokenProvider, TokenSource
-from ._auth.secret import Secret
 from ._mime.parser import ParseLimits
-from ._net import trace as wire_log
+from ._net.config import Encryption, Endpoint, Timeouts
 from ._net.logs import get_logger
 from ._net.tls import resolve_context
-from ._pop3.checks import check_credentials, check_size_limit, oauth2_source
-from ._pop3.client import FastPOP3, FastPOP3_SSL, is_fast_client
+from ._pop3.checks import check_size_limit, credentials_for
+from ._pop3.client import FastPOP3, FastPOP3_SSL
 from ._pop3.connection import DEFAULT_CONNECT_RETRY, ClientFactory, POP3Connector
-from ._pop3.mailbox import POP3Mailbox
+from ._pop3.listing import UIDListing
+from ._pop3.mailbox import Mailbox, MessageOptions
 from ._pop3.pool import SessionPool
-from ._pop3.session import Client
+from ._pop3.session import Session, SessionState
 from ._sync.sync import MessageCallback, SyncResult, sync_mailbox
 from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 from .errors import (
@@ -89,12 +88,13 @@ log = get_logger("pop3")
 DEFAULT_MAX_MESSAGE_SIZE: Final = 50 * 1024 * 1024
 
 
-class POP3ProtocolHandler(POP3Mailbox):
+class POP3ProtocolHandler:
     """Fetch and delete mail over POP3, on an explicit session or call by call.
 
     ``encryption`` is ``'ssl'`` (TLS from the first byte, usually port 995), ``'tls'``
     (plain connection upgraded with STLS, refused if the server does not offer it) or
-    ``'none'`` (plain text; a warning is logged whenever the password is sent).
+    ``'none'`` (plain text; a warning is logged whenever the password is sent); any
+    spelling :meth:`Encryption.parse` accepts, or an :class:`Encryption`, also does.
     Certificates and host names are verified with a shared default context unless
     ``ssl_context`` is given.
 
@@ -103,8 +103,8 @@ class POP3ProtocolHandler(POP3Mailbox):
     ``deadline`` (seconds that opening a connection may take in all, retries included),
     ``max_message_size`` (bytes, ``None`` for no limit), ``include_raw`` and
     ``include_attachment_content`` (extras in the message dicts), ``parse_limits`` and
-    ``trace`` (log every command and status line to the ``src.handlers._net.trace``
-    logger at DEBUG, the password masked; see :mod:`src.handlers._net.trace`).
+    ``trace`` (log every command and status line to the ``src.handlers.trace``
+    logger at DEBUG, secrets masked; see :mod:`src.handlers._net.trace`).
 
     ``oauth2_token`` (an OAuth2 access token, or a callable returning one) logs in with
     SASL ``AUTH XOAUTH2`` instead of USER/PASS, and ``password`` is then left out;
@@ -117,7 +117,9 @@ class POP3ProtocolHandler(POP3Mailbox):
     however slowly the server drips it. The default is ten times ``timeout``; past it
     the connection is cut and :class:`POP3TimeoutError` raised.
 
-    Nothing touches the network until a method needs it.
+    Bad settings raise :class:`~src.handlers.errors.ConfigurationError` (a
+    ``ValueError``) naming the setting. Nothing touches the network until a method
+    needs it.
     """
 
     def __init__(
@@ -126,7 +128,7 @@ class POP3ProtocolHandler(POP3Mailbox):
         port: int,
         username: str,
         password: str | None = None,
-        encryption: str = "ssl",
+        encryption: str | Encryption = "ssl",
         timeout: float = 30,
         *,
         ssl_context: ssl.SSLContext | None = None,
@@ -143,40 +145,77 @@ class POP3ProtocolHandler(POP3Mailbox):
         oauth2_initial_response: bool = True,
         trace: bool = False,
     ) -> None:
-        self._connector = POP3Connector(
-            hostname,
-            port,
-            encryption,
-            timeout,
+        connector = POP3Connector(
+            Endpoint(hostname, port, Encryption.parse(encryption)),
+            Timeouts(socket=timeout, operation=operation_timeout),
             ssl_context,
             retry if retry is not None else DEFAULT_CONNECT_RETRY,
             sleep,
             clock,
             deadline,
-            operation_timeout=operation_timeout,
+            trace,
         )
-        check_size_limit(max_message_size)
-        self._oauth2 = oauth2_source(oauth2_token, username, password)
-        self._oauth2_initial_response = oauth2_initial_response
-        check_credentials(username, password or "")
-        self._username = username
-        self._password = Secret(password or "")
-        self._max_message_size = max_message_size
-        self._include_raw = include_raw
-        self._include_attachment_content = include_attachment_content
-        self._parse_limits = parse_limits
-        self._trace = trace
-        self._client: Client | None = None
-        self._session_open = False
-        self._authenticated = False
-        self._broken = False
-        self._pending_deletions = 0
+        options = MessageOptions(
+            check_size_limit(max_message_size),
+            include_raw,
+            include_attachment_content,
+            parse_limits,
+        )
+        self._session = Session(
+            connector,
+            credentials_for(username, password, oauth2_token),
+            self._client_factory,
+            oauth2_initial_response=oauth2_initial_response,
+        )
+        self._mailbox = Mailbox(self._session, options)
 
     def __repr__(self) -> str:
         return (
-            f"<POP3ProtocolHandler {self._connector.where} user={self._username!r} "
+            f"<POP3ProtocolHandler {self._session.connector.where} user={self.username!r} "
             f"encryption={self.encryption} state={self.state}>"
         )
+
+    # -- read-only view ----------------------------------------------------------
+
+    @property
+    def hostname(self) -> str:
+        """The server's host name."""
+        return self._session.connector.hostname
+
+    @property
+    def port(self) -> int:
+        """The server's port."""
+        return self._session.connector.port
+
+    @property
+    def username(self) -> str:
+        """The user name logins are made with."""
+        return self._session.credentials.username or ""
+
+    @property
+    def encryption(self) -> str:
+        """``'ssl'``, ``'tls'`` or ``'none'``."""
+        return self._session.connector.encryption.value
+
+    @property
+    def is_connected(self) -> bool:
+        """True while a session's connection is open."""
+        return self._session.state in (SessionState.CONNECTED, SessionState.AUTHENTICATED)
+
+    @property
+    def is_authenticated(self) -> bool:
+        """True once the open session has logged in."""
+        return self._session.state is SessionState.AUTHENTICATED
+
+    @property
+    def pending_deletions(self) -> int:
+        """Messages marked for deletion in the open session and not yet committed."""
+        return self._session.pending_deletions
+
+    @property
+    def state(self) -> str:
+        """``'disconnected'``, ``'connected'``, ``'authenticated'`` or ``'broken'``."""
+        return self._session.state.value
 
     # -- session lifecycle -------------------------------------------------------
 
@@ -184,14 +223,15 @@ class POP3ProtocolHandler(POP3Mailbox):
         """Open a session, retrying connection failures with backoff.
 
         Returns True (also when a session is already open). Raises
-        :class:`POP3ConnectionError` (or :class:`POP3TimeoutError`) once the retry
-        policy is exhausted, and :class:`POP3SecurityError` for TLS problems, which
-        are not retried.
+        :class:`POP3ConnectionError` (or its :class:`POP3TimeoutError`) once the retry
+        policy is exhausted, and :class:`POP3SecurityError`, also a
+        :class:`POP3ConnectionError`, at once for TLS problems and for a port that
+        expects the other encryption mode.
         """
-        if self._client is not None:
+        if self.is_connected:
             log.debug("POP3 session with %s:%d already open", self.hostname, self.port)
             return True
-        self._install(self._open(login=False), authenticated=False)
+        self._session.open(login=False)
         return True
 
     def authenticate(self, username: str | None = None, password: str | None = None) -> bool:
@@ -203,12 +243,9 @@ class POP3ProtocolHandler(POP3Mailbox):
         (never retried) and :class:`POP3MailboxBusyError` for ``[IN-USE]`` or
         ``[LOGIN-DELAY]``.
         """
-        self._replace_credentials(username, password)
-        if not self._session_open:
-            with self._session(login=True):
-                return True
-        self._ensure_login(self._live_client())
-        return True
+        self._session.replace_credentials(username, password)
+        with self._session.using(login=True):
+            return True
 
     def disconnect(self) -> bool:
         """End the session with ``QUIT``, which commits pending deletions.
@@ -217,8 +254,15 @@ class POP3ProtocolHandler(POP3Mailbox):
         may not have been committed. Calling it with no session open returns True.
         Never raises.
         """
-        failure, _ = self._end_session()
+        failure, _ = self._session.end()
         return failure is None
+
+    def abort(self) -> None:
+        """Close the connection at once, without ``QUIT``: pending deletions are dropped.
+
+        The server commits nothing for a session that ends this way. Never raises.
+        """
+        self._session.abort()
 
     @contextlib.contextmanager
     def session(self) -> Iterator[POP3ProtocolHandler]:
@@ -228,7 +272,7 @@ class POP3ProtocolHandler(POP3Mailbox):
         were marked and the server does not confirm ``QUIT``, the exception saying so
         is raised.
         """
-        with self._session(login=True):
+        with self._session.using(login=True):
             yield self
 
     def __enter__(self) -> POP3ProtocolHandler:
@@ -246,6 +290,106 @@ class POP3ProtocolHandler(POP3Mailbox):
             self.abort()  # interrupted (Ctrl-C, exit): leave at once, committing nothing
         else:
             self.disconnect()
+
+    # -- mailbox operations ------------------------------------------------------
+
+    def list_messages(self) -> tuple[list[int], int]:
+        """Return the message numbers in the mailbox and their total size in bytes."""
+        return self._mailbox.list_messages()
+
+    def get_mailbox_stat(self) -> tuple[int, int]:
+        """Return ``(message_count, total_size_bytes)`` from ``STAT``."""
+        return self._mailbox.stat()
+
+    def get_message_size(self, message_id: int) -> int:
+        """Return the size of one message in bytes, or -1 if it cannot be had."""
+        return self._mailbox.size_of(message_id)
+
+    def fetch_message(self, message_id: int) -> dict[str, Any] | None:
+        """Download and parse one message.
+
+        Returns None (and logs a warning) when the server refuses it, for instance
+        because there is no such message. Raises :class:`POP3MessageTooLargeError` for
+        a message over ``max_message_size``, without downloading it when the server
+        reports its size.
+        """
+        return self._mailbox.fetch(message_id)
+
+    def fetch_messages(self, message_ids: list[int] | None = None) -> list[dict[str, Any]]:
+        """Download and parse several messages (all when ``message_ids`` is None).
+
+        A message that is refused, missing or too large is logged and skipped. A
+        broken connection still raises, since no later message could be fetched.
+        """
+        return self._mailbox.fetch_many(message_ids)
+
+    def fetch_raw_messages(self, message_ids: list[int] | None = None) -> dict[int, bytes]:
+        """Download several messages (all when None) without parsing them.
+
+        Returns message number to the message as the server sent it, dot-unstuffed.
+        Refused, missing and too large messages are logged and skipped, as in
+        :meth:`fetch_messages`; both send the ``RETR`` commands in batches when the
+        server offers PIPELINING, so a slow network costs a few round trips, not one
+        per message.
+        """
+        return self._mailbox.fetch_raw(message_ids)
+
+    def delete_message(self, message_id: int) -> bool:
+        """Mark one message for deletion; False if the server refuses.
+
+        In a session the deletion takes effect at ``disconnect()`` and ``reset()``
+        can undo it; without a session it is committed before this returns.
+        """
+        return self._mailbox.delete(message_id)
+
+    def delete_messages(self, message_ids: list[int]) -> tuple[int, int]:
+        """Mark several messages for deletion; return ``(deleted, failed)`` counts."""
+        return self._mailbox.delete_many(message_ids)
+
+    def reset(self) -> bool:
+        """Cancel every deletion marked in the open session (``RSET``).
+
+        Messages are then kept when the session ends. With no logged-in session there
+        is nothing to cancel and True is returned without contacting the server.
+        False if the server refuses.
+        """
+        return self._mailbox.reset()
+
+    def get_capabilities(self) -> list[str]:
+        """Return the server's ``CAPA`` list, e.g. ``['TOP', 'UIDL', 'SASL PLAIN']``.
+
+        Does not log in. A server without ``CAPA`` gives an empty list.
+        """
+        return self._mailbox.capabilities()
+
+    def test_connection(self) -> bool:
+        """True if the server can be reached, accepts the login and answers ``NOOP``.
+
+        Never raises; the reason for a False is logged.
+        """
+        return self._mailbox.noop()
+
+    def list_uids(self) -> dict[int, str]:
+        """Map each message number to its unique ID (``UIDL``).
+
+        A message whose ID breaks RFC 1939 (not 1 to 70 characters from ``!`` to ``~``)
+        is left out, with a warning. Raises :class:`POP3UnsupportedError` if the server
+        refuses ``UIDL``.
+        """
+        return self._mailbox.list_uids()
+
+    def uid_listing(self) -> UIDListing:
+        """The ``UIDL`` listing as it came: ``(number, uid)`` pairs, ``uid`` None where
+        the server sent an invalid one. What :meth:`sync` works from."""
+        return self._mailbox.uid_listing()
+
+    def list_headers(self, message_ids: list[int] | None = None) -> list[dict[str, Any]]:
+        """Header summaries (``TOP n 0``) of several messages, all when None.
+
+        Refused messages are logged and skipped; a server that does not offer
+        ``TOP`` raises :class:`POP3UnsupportedError`.
+        """
+        return self._mailbox.headers(message_ids)
 
     # -- syncing -----------------------------------------------------------------
 
@@ -266,25 +410,13 @@ class POP3ProtocolHandler(POP3Mailbox):
     # -- making clients ----------------------------------------------------------
 
     def _client_factory(self) -> ClientFactory:
-        factory = self._plain_client_factory()
-        if not self._trace:
-            return factory
-
-        def traced(host: str, port: int, timeout: float) -> Client:
-            client = factory(host, port, timeout)
-            if is_fast_client(client):
-                wire_log.watch_pop3(client, f"{host}:{port}")
-            return client
-
-        return traced
-
-    def _plain_client_factory(self) -> ClientFactory:
         # Looked up on every call so that patching POP3 or POP3_SSL in this module (as
         # the specification's tests do) takes effect. The stock poplib classes are
         # swapped for subclasses that close their socket on failure and read fast.
-        if self.encryption == "ssl":
+        connector = self._session.connector
+        if connector.encryption is Encryption.IMPLICIT_SSL:
             tls_class: Any = FastPOP3_SSL if POP3_SSL is poplib.POP3_SSL else POP3_SSL
-            context = resolve_context(self._connector.ssl_context)
+            context = resolve_context(connector.ssl_context)
             return lambda host, port, timeout: tls_class(
                 host, port, timeout=timeout, context=context
             )
@@ -311,7 +443,7 @@ class POP3ConnectionPool(SessionPool[POP3ProtocolHandler]):
         password: str | None = None,
         pool_size: int = 3,
         *,
-        encryption: str = "ssl",
+        encryption: str | Encryption = "ssl",
         timeout: float = 30,
         clock: Clock = time.monotonic,
         **handler_options: Any,

@@ -247,6 +247,9 @@ class POP3TestServer:
     ``max_sessions`` bounds concurrent connections; extra ones get ``-ERR [SYS/TEMP]``
     (in plain text modes) and are closed.
 
+    ``extra_capabilities`` holds raw lines added to every ``CAPA`` listing before
+    ``STLS`` (an empty or non-ASCII line imitates a sloppy server).
+
     Attributes the tests read: ``host`` and ``port`` (after :meth:`start`), ``faults``,
     ``commands`` (every command line received, in order, with PASS and AUTH secrets
     replaced by ``***``), ``sessions_started``, ``max_concurrent_sessions`` and
@@ -302,6 +305,7 @@ class POP3TestServer:
         self.max_line_length = max_line_length
         self.max_sessions = max_sessions
         self.faults = POP3Faults()
+        self.extra_capabilities: list[bytes] = []
         self.commands: list[str] = []
         self.errors: list[BaseException] = []
         self.sessions_started = 0
@@ -364,15 +368,19 @@ class POP3TestServer:
 
     # -- maildrops -------------------------------------------------------------------
 
-    def add_message(self, raw: bytes, user: str = "user") -> str:
+    def add_message(self, raw: bytes, user: str = "user", *, uid: str | None = None) -> str:
         """Append ``raw`` to ``user``'s maildrop and return its unique ID (UIDL).
 
+        ``uid`` replaces the generated unique ID and is sent as given (UTF-8), even
+        when it breaks RFC 1939 (spaces, control or non-ASCII characters, over 70
+        characters, shared with another message): a faulty server, on purpose.
         Sessions already logged in keep the maildrop they saw at login.
         """
         if not isinstance(raw, bytes):
             raise TypeError("messages are bytes")
         serial = next(self._uid_counter)
-        uid = f"{serial:06d}.{hashlib.sha256(raw).hexdigest()[:12]}"
+        if uid is None:
+            uid = f"{serial:06d}.{hashlib.sha256(raw).hexdigest()[:12]}"
         stored = _StoredMessage.build(uid, raw)
         with self._lock:
             self._maildrops.setdefault(user, []).append(stored)
@@ -732,6 +740,9 @@ class _POP3Session:
             capabilities.append("STLS")
         capabilities.append("IMPLEMENTATION mailhandlers-test-server")
         lines = [item.encode("ascii") for item in capabilities]
+        # Before STLS (or the last line), so a client must read past them to find it.
+        at = lines.index(b"STLS") if b"STLS" in lines else len(lines) - 1
+        lines[at:at] = server.extra_capabilities
         self._reply_lines("+OK capability list follows", lines, "CAPA")
 
     def _cmd_stls(self, rest: str) -> None:
@@ -873,7 +884,7 @@ class _POP3Session:
             if number is not None:
                 self._reply(f"+OK {number} {self._maildrop[number - 1].uid}", "UIDL")
             return
-        lines = [f"{number} {stored.uid}".encode("ascii") for number, stored in self._visible()]
+        lines = [f"{number} {stored.uid}".encode() for number, stored in self._visible()]
         self._reply_lines("+OK unique-id listing follows", lines, "UIDL")
 
     def _cmd_retr(self, rest: str) -> None:

@@ -28,7 +28,6 @@ from src.handlers.errors import (
     POP3MailboxBusyError,
     POP3MessageTooLargeError,
     POP3SecurityError,
-    POP3TimeoutError,
 )
 from src.handlers.pop3 import POP3ConnectionPool
 from src.handlers.retry import RetryPolicy, is_retryable
@@ -191,14 +190,16 @@ def test_implicit_tls_on_the_stls_port_fails_at_once(mail_stack: MailStack) -> N
 
 
 @pytest.mark.parametrize("mode", ["tls", "none"])
-def test_plain_start_on_the_pop3s_port_times_out(mail_stack: MailStack, mode: str) -> None:
+def test_plain_start_on_the_pop3s_port_fails_at_once(mail_stack: MailStack, mode: str) -> None:
+    waits: list[float] = []
     handler = pop3_handler(
-        mail_stack, mode, port=mail_stack.pop3s_port, timeout=1, retry=RetryPolicy.never()
+        mail_stack, mode, port=mail_stack.pop3s_port, timeout=1, sleep=waits.append
     )
-    with pytest.raises(POP3TimeoutError) as silent:
+    with pytest.raises(POP3SecurityError) as silent:
         handler.get_mailbox_stat()
     assert "encryption='ssl'" in str(silent.value)
-    assert is_retryable(silent.value)
+    assert isinstance(silent.value, POP3ConnectionError)
+    assert not is_retryable(silent.value) and waits == []
 
 
 # ---------------------------------------------------------------- UIDL and TOP

@@ -64,12 +64,11 @@ def check_host(host: object) -> str:
     """``host`` stripped, if it can be a host name or address; else ConfigurationError."""
     if not isinstance(host, str) or not host.strip():
         raise ConfigurationError("hostname must be a non-empty string", "hostname")
-    host = host.strip()
-    if find_control_character(host) is not None or " " in host:
+    if find_control_character(host) is not None or " " in host.strip():
         raise ConfigurationError(
             "hostname must not contain spaces or control characters", "hostname"
         )
-    return host
+    return host.strip()
 
 
 def check_port(port: object) -> int:
@@ -122,7 +121,7 @@ class Timeouts:
     ``socket`` bounds connecting and every single read or write. ``operation`` bounds
     a whole operation (one send attempt with its connection set-up, one POP3 command
     with its whole reply); ``None`` lets each protocol use its default (ten times
-    ``socket`` for SMTP, no extra bound for POP3). ``pool_wait`` bounds the wait for a
+    ``socket`` for both). ``pool_wait`` bounds the wait for a
     free pooled connection, and always counts against ``operation`` too.
     """
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import ssl
 import tempfile
 import threading
@@ -167,3 +168,34 @@ def _pem_paths(cert: PEMSource, key: PEMSource | None) -> Iterator[tuple[str, st
     finally:
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+#: TLS record types a server may open its answer to a ClientHello with: handshake
+#: (ServerHello) or alert.
+_TLS_RECORD_TYPES = frozenset({0x15, 0x16})
+
+
+def answers_tls(sock: socket.socket, hostname: str, wait: float) -> bool:
+    """Whether the server on ``sock``, which sent nothing yet, answers a TLS ClientHello.
+
+    Used when a server that should greet in plain text stays silent: a port that
+    expects TLS from the first byte waits for the client's handshake. The hello is
+    built by an in-memory TLS object and written to the socket; the first byte of the
+    answer (a handshake or alert record) tells. No answer within ``wait`` seconds, or
+    any socket error, means no.
+    """
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    try:
+        probe = default_context().wrap_bio(incoming, outgoing, server_hostname=hostname)
+        probe.do_handshake()
+    except ssl.SSLWantReadError:
+        pass  # the hello is written; the answer is read from the socket below
+    except (ssl.SSLError, ValueError):
+        return False
+    try:
+        sock.settimeout(wait)
+        sock.sendall(outgoing.read())
+        first = sock.recv(1)
+    except OSError:
+        return False
+    return bool(first) and first[0] in _TLS_RECORD_TYPES

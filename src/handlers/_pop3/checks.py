@@ -1,44 +1,41 @@
 """Checks of the arguments :class:`~src.handlers.pop3.POP3ProtocolHandler` takes.
 
-Credentials, the pairing of password and OAuth2 token, the message size limit and message
-numbers are checked before anything touches the network; each problem is a
-:class:`MailValidationError` naming the field, never echoing a secret.
+Settings become values here, each checked as it is made: the credentials (with the
+pairing of password and OAuth2 token) and the message size limit; the endpoint and the
+timeouts check themselves (:mod:`src.handlers._net.config`). A bad setting is a
+:class:`ConfigurationError` naming the field, never echoing a secret. Message numbers,
+which come with each call, are checked here too.
 """
 
 from __future__ import annotations
 
-from .._auth.oauth2 import TokenProvider, TokenSource, token_source_for
-from ..errors import MailValidationError
-from ..validation import ensure_safe_command_argument
+from .._auth.credentials import Credentials
+from .._auth.oauth2 import TokenProvider, TokenSource
+from ..errors import ConfigurationError, MailValidationError
 
 
-def check_size_limit(max_message_size: int | None) -> None:
-    """``max_message_size`` is None or a positive int."""
+def check_size_limit(max_message_size: int | None) -> int | None:
+    """``max_message_size`` if it is None or a positive int."""
     if max_message_size is not None and (
         isinstance(max_message_size, bool)
         or not isinstance(max_message_size, int)
         or max_message_size < 1
     ):
-        raise MailValidationError(
+        raise ConfigurationError(
             "max_message_size must be a positive byte count", "max_message_size"
         )
+    return max_message_size
 
 
-def check_credentials(username: str, password: str) -> None:
-    """No control characters in either, and a username that is not empty."""
-    ensure_safe_command_argument(username, "username")
-    ensure_safe_command_argument(password, "password")
-    if not username:
-        raise MailValidationError("username must not be empty", "username")
-
-
-def oauth2_source(
-    token: str | TokenProvider | TokenSource | None, username: str | None, password: str | None
-) -> TokenSource | None:
-    """The handler's token source, or None for a password login; checks the pairing."""
-    if token is None and password is None:
-        raise MailValidationError("password is required unless oauth2_token is given", "password")
-    return token_source_for(token, username, password)
+def credentials_for(
+    username: str, password: str | None, oauth2_token: str | TokenProvider | TokenSource | None
+) -> Credentials:
+    """The handler's credentials: a user name with a password or an OAuth2 token."""
+    if oauth2_token is None and password is None:
+        raise ConfigurationError("password is required unless oauth2_token is given", "password")
+    if isinstance(username, str) and not username:
+        raise ConfigurationError("username must not be empty", "username")
+    return Credentials.of(username, password, oauth2_token)
 
 
 def check_message_id(message_id: int) -> None:

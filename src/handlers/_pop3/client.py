@@ -29,7 +29,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._net.deadline import announce_socket
-from ..errors import POP3ConnectionError
+from .._net.tls import answers_tls
+from ..errors import POP3ConnectionError, POP3SecurityError
+from .listing import parse_capabilities
 from .wire import (
     MAX_STATUS_LINE,
     ResponseTooLargeError,
@@ -50,9 +52,11 @@ PIPELINE_WINDOW = 128
 RetrCallback = Callable[[int, bytes, "bytes | None"], object]
 
 _LongReply = tuple[bytes, list[bytes], int]
+#: The longest wait, in seconds, for a silent server to answer a TLS hello.
+_PROBE_WAIT = 2.0
 
 
-class _FastReplies(poplib.POP3):
+class FastReplies(poplib.POP3):
     """The reading side shared by the plain and the TLS client."""
 
     #: Largest RETR/TOP data accepted, in bytes; ``None`` means no bound.
@@ -98,6 +102,23 @@ class _FastReplies(poplib.POP3):
         status = self._status()
         data = self._data(self.listing_limit)
         return status, split_lines(data), len(data)
+
+    def list_bytes(self) -> tuple[bytes, bytes]:
+        """Send ``LIST``; return the status line and the listing as one ``bytes``."""
+        return self._listing("LIST")
+
+    def uidl_bytes(self) -> tuple[bytes, bytes]:
+        """Send ``UIDL``; return the status line and the listing as one ``bytes``."""
+        return self._listing("UIDL")
+
+    def capa(self) -> dict[str, list[str]]:
+        """Send ``CAPA``; skip lines that cannot be capabilities instead of failing."""
+        return parse_capabilities(self._listing("CAPA")[1])
+
+    def _listing(self, command: str) -> tuple[bytes, bytes]:
+        self._send(command)
+        status = self._status()
+        return status, self._data(self.listing_limit)
 
     def retr_bytes(self, which: int | str) -> tuple[bytes, bytes]:
         """Send ``RETR which``; return the status line and the unstuffed message."""
@@ -184,20 +205,37 @@ def _close_half_built(client: poplib.POP3) -> None:
             sock.close()
 
 
-class FastPOP3(_FastReplies):
-    """Plain POP3 client (upgradable with ``stls``); closes its socket if the greeting fails."""
+class FastPOP3(FastReplies):
+    """Plain POP3 client (upgradable with ``stls``); closes its socket if the greeting fails.
+
+    A server that stays silent instead of greeting is asked whether it expects TLS
+    from the first byte (see :func:`~src.handlers._net.tls.answers_tls`); if it does,
+    :class:`POP3SecurityError` says to use ``encryption='ssl'``, which no retry of the
+    same settings could fix.
+    """
 
     def __init__(
         self, host: str, port: int = poplib.POP3_PORT, timeout: float | None = None
     ) -> None:
         try:
             super().__init__(host, port, timeout)  # type: ignore[arg-type]
+        except TimeoutError:
+            sock = getattr(self, "sock", None)
+            wait = min((timeout or _PROBE_WAIT) / 2, _PROBE_WAIT)
+            implicit = isinstance(sock, socket.socket) and answers_tls(sock, host, wait)
+            _close_half_built(self)
+            if implicit:
+                raise POP3SecurityError(
+                    f"{host}:{port} expects TLS from the first byte (it answered a TLS "
+                    "handshake instead of greeting): use encryption='ssl' for this port"
+                ) from None
+            raise
         except BaseException:
             _close_half_built(self)
             raise
 
 
-class FastPOP3_SSL(_FastReplies, poplib.POP3_SSL):
+class FastPOP3_SSL(FastReplies, poplib.POP3_SSL):
     """POP3 over TLS from the first byte; closes its socket if the greeting fails."""
 
     def __init__(
@@ -215,10 +253,3 @@ class FastPOP3_SSL(_FastReplies, poplib.POP3_SSL):
         except BaseException:
             _close_half_built(self)
             raise
-
-
-def is_fast_client(client: object) -> bool:
-    """Whether ``client`` is one of this module's clients (not a poplib one or a double)."""
-    return isinstance(client, _FastReplies) and isinstance(
-        getattr(client, "sock", None), socket.socket
-    )

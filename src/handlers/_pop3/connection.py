@@ -17,34 +17,32 @@ server reply, which might echo what was sent.
 
 from __future__ import annotations
 
-import contextlib
 import poplib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
+from .._net.config import Encryption, Endpoint, Timeouts, check_seconds
 from .._net.deadline import Deadline, SocketGetter, watching_sockets
 from .._net.logs import get_logger
 from .._net.tls import describe_tls_failure, resolve_context
 from ..errors import (
     MailHandlerError,
-    MailValidationError,
     POP3ConnectionError,
     POP3ProtocolError,
     POP3SecurityError,
     POP3TimeoutError,
 )
 from ..retry import Clock, RetryPolicy, Sleep, call_with_retry
-from ..validation import check_server_address
+from .adapter import ClientAdapter
 from .wire import error_for_reply
 
 log = get_logger("pop3")
 
-ENCRYPTION_MODES: Final = ("ssl", "tls", "none")
 #: Three connection attempts in all, waiting 1 s and then 2 s between them.
 DEFAULT_CONNECT_RETRY: Final = RetryPolicy.exponential(max_retries=2, base=1.0, factor=2.0)
 
@@ -56,37 +54,49 @@ SILENT_PORT_HINT: Final = (
 
 #: Builds a connected client from ``(host, port, timeout)``; the greeting is read.
 ClientFactory = Callable[[str, int, float], Any]
-#: Logs a fresh client in; raises the library's errors.
-Login = Callable[[Any], None]
+#: Logs a freshly opened connection in; raises the library's errors.
+Login = Callable[[ClientAdapter], None]
 
 
 @dataclass(frozen=True)
 class POP3Connector:
-    """How to reach one POP3 server; validated when built, no I/O until :meth:`open`."""
+    """How to reach one POP3 server; the values are checked when they are made, and
+    nothing touches the network until :meth:`open`. With ``trace`` every connection's
+    dialogue is logged (see :mod:`src.handlers._net.trace`)."""
 
-    hostname: str
-    port: int
-    encryption: str = "ssl"
-    timeout: float = 30.0
+    endpoint: Endpoint
+    timeouts: Timeouts
     ssl_context: ssl.SSLContext | None = None
     retry: RetryPolicy = DEFAULT_CONNECT_RETRY
     sleep: Sleep = time.sleep
     clock: Clock = time.monotonic
     deadline: float | None = None
-    operation_timeout: float | None = None
+    trace: bool = False
 
     def __post_init__(self) -> None:
-        _check_endpoint(self.hostname, self.port, self.encryption)
-        limits = (
-            ("timeout", self.timeout),
-            ("deadline", self.deadline),
-            ("operation_timeout", self.operation_timeout),
+        object.__setattr__(
+            self, "deadline", check_seconds(self.deadline, "deadline", optional=True)
         )
-        for name, value in limits:
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
-            ):
-                raise MailValidationError(f"{name} must be a positive number of seconds", name)
+
+    @property
+    def hostname(self) -> str:
+        """The server's host name."""
+        return self.endpoint.host
+
+    @property
+    def port(self) -> int:
+        """The server's port."""
+        return self.endpoint.port
+
+    @property
+    def encryption(self) -> Encryption:
+        """How the connection is protected."""
+        return self.endpoint.encryption
+
+    @property
+    def timeout(self) -> float:
+        """Seconds each socket operation may take."""
+        return self.timeouts.socket
 
     @property
     def where(self) -> str:
@@ -96,13 +106,14 @@ class POP3Connector:
     @property
     def exchange_limit(self) -> float:
         """Seconds one exchange may take: ``operation_timeout``, or ten times ``timeout``."""
-        return self.operation_timeout if self.operation_timeout is not None else 10 * self.timeout
+        operation = self.timeouts.operation
+        return operation if operation is not None else 10 * self.timeout
 
     def time_limit(self, what: str, target: SocketGetter) -> TimeLimit:
         """A :class:`TimeLimit` of :attr:`exchange_limit` seconds for ``what``."""
         return TimeLimit(self.exchange_limit, what, target)
 
-    def open(self, factory: ClientFactory, login: Login | None = None) -> Any:
+    def open(self, factory: ClientFactory, login: Login | None = None) -> ClientAdapter:
         """A new connection (logged in by ``login`` if given), retried within the policy.
 
         Each attempt as a whole (connecting, greeting, STLS, login) is bounded by
@@ -110,20 +121,20 @@ class POP3Connector:
         """
         started = self.clock()
 
-        def attempt() -> Any:
+        def attempt() -> ClientAdapter:
             talking = _OpeningSocket()
             with (
                 self.time_limit(f"opening a session with {self.where}", talking),
                 watching_sockets(talking.announced.append),
             ):
-                client = self._connect_once(factory, self._attempt_timeout(started), talking)
+                adapter = self._connect_once(factory, self._attempt_timeout(started), talking)
                 if login is not None:
                     try:
-                        login(client)
+                        login(adapter)
                     except BaseException:
-                        close_quietly(client)
+                        adapter.close()
                         raise
-            return client
+            return adapter
 
         def before_retry(error: BaseException, number: int, delay: float) -> None:
             if self.deadline is not None and self.clock() - started + delay >= self.deadline:
@@ -144,13 +155,14 @@ class POP3Connector:
         *,
         during_login: bool = False,
         handshake: bool = False,
-        secret: str | None = None,
+        secrets: Iterable[str | None] = (),
     ) -> MailHandlerError:
-        """The library exception for ``error``, raised while running ``verb``."""
+        """The library exception for ``error``, raised while running ``verb``; every form
+        of ``secrets`` is masked out of a server reply it quotes."""
         if isinstance(error, MailHandlerError):
             return error
         if isinstance(error, poplib.error_proto):
-            return error_for_reply(reply_text(error), during_login=during_login, secret=secret)
+            return error_for_reply(reply_text(error), during_login=during_login, secrets=secrets)
         if handshake and isinstance(error, ssl.SSLError):
             return POP3SecurityError(describe_tls_failure(error, self.hostname))
         if isinstance(error, TimeoutError):
@@ -171,34 +183,48 @@ class POP3Connector:
             )
         return min(self.timeout, remaining)
 
-    def _connect_once(self, factory: ClientFactory, timeout: float, talking: _OpeningSocket) -> Any:
-        log.debug("connecting to POP3 server %s (%s)", self.where, self.encryption)
+    def _connect_once(
+        self, factory: ClientFactory, timeout: float, talking: _OpeningSocket
+    ) -> ClientAdapter:
+        log.debug("connecting to POP3 server %s (%s)", self.where, self.encryption.value)
         try:
             client = factory(self.hostname, self.port, timeout)
         except Exception as error:
             translated = self.translate(error, "connect", handshake=True)
-            if isinstance(translated, POP3TimeoutError) and self.encryption != "ssl":
+            if (
+                isinstance(translated, POP3TimeoutError)
+                and self.encryption is not Encryption.IMPLICIT_SSL
+            ):
                 translated = POP3TimeoutError(f"{translated}{SILENT_PORT_HINT}")
             raise translated from chain_cause(error)
-        talking.client = client
+        adapter = ClientAdapter(client)
+        if self.trace:
+            adapter.watch(self.where)
+        talking.adapter = adapter
         if timeout < self.timeout:
-            _set_timeout(client, self.timeout)  # the shortened timeout was for connecting only
-        if self.encryption == "tls":
+            _set_timeout(adapter, self.timeout)  # the shortened timeout was for connecting only
+        if self.encryption is Encryption.STARTTLS:
             try:
-                self._start_tls(client)
+                self._start_tls(adapter)
             except BaseException:
-                close_quietly(client)
+                adapter.close()
                 raise
-        return client
+        return adapter
 
-    def _start_tls(self, client: Any) -> None:
-        if "STLS" not in read_capabilities(client):
+    def _start_tls(self, adapter: ClientAdapter) -> None:
+        try:
+            offered = "STLS" in adapter.capabilities()
+        except MailHandlerError:
+            raise
+        except Exception as error:
+            raise self.translate(error, "CAPA") from chain_cause(error)
+        if not offered:
             raise POP3SecurityError(
                 f"{self.where} does not offer STLS; refusing to continue without TLS "
                 "(encryption='tls')"
             )
         try:
-            client.stls(context=resolve_context(self.ssl_context))
+            adapter.stls(resolve_context(self.ssl_context))
         except poplib.error_proto as error:
             refusal = error_for_reply(reply_text(error))
             raise POP3SecurityError(f"server refused STLS: {refusal}") from None
@@ -245,12 +271,6 @@ class TimeLimit:
             ) from chain_cause(exc)
 
 
-def socket_of(client: Any) -> socket.socket | None:
-    """The socket a client talks over, for a deadline to cut; None for a test double."""
-    sock = getattr(client, "sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
 class _OpeningSocket:
     """The socket an opening attempt talks over, for its deadline to cut: the one the
     client announced while still reading the greeting, then the client's own (which
@@ -258,31 +278,12 @@ class _OpeningSocket:
 
     def __init__(self) -> None:
         self.announced: list[socket.socket] = []
-        self.client: Any = None
+        self.adapter: ClientAdapter | None = None
 
     def __call__(self) -> socket.socket | None:
-        if self.client is not None:
-            return socket_of(self.client)
+        if self.adapter is not None:
+            return self.adapter.socket
         return self.announced[-1] if self.announced else None
-
-
-def read_capabilities(client: Any) -> dict[str, list[str]]:
-    """The server's ``CAPA`` answer as ``{NAME: [arguments]}``; empty if refused.
-
-    Connection failures propagate untranslated.
-    """
-    try:
-        reply = client.capa()
-    except poplib.error_proto:
-        return {}
-    return capabilities_from(reply)
-
-
-def capabilities_from(reply: object) -> dict[str, list[str]]:
-    """Normalise what ``capa()`` returned; anything but a dict counts as nothing."""
-    if not isinstance(reply, dict):
-        return {}
-    return {str(name).upper(): [str(arg) for arg in args] for name, args in reply.items()}
 
 
 def reply_text(error: poplib.error_proto) -> bytes | str:
@@ -296,23 +297,7 @@ def chain_cause(error: BaseException) -> BaseException | None:
     return None if isinstance(error, poplib.error_proto | MailHandlerError) else error
 
 
-def close_quietly(client: Any) -> None:
-    """Close a client's socket, ignoring every error."""
-    with contextlib.suppress(Exception):
-        client.close()
-
-
-def _set_timeout(client: Any, timeout: float) -> None:
-    sock = getattr(client, "sock", None)
-    if isinstance(sock, socket.socket):
+def _set_timeout(adapter: ClientAdapter, timeout: float) -> None:
+    sock = adapter.socket
+    if sock is not None:
         sock.settimeout(timeout)
-
-
-def _check_endpoint(hostname: str, port: int, encryption: str) -> None:
-    check_server_address(hostname, port)
-    if encryption not in ENCRYPTION_MODES:
-        raise MailValidationError(
-            f"encryption must be one of {', '.join(map(repr, ENCRYPTION_MODES))}, "
-            f"not {encryption!r}",
-            "encryption",
-        )

@@ -1,14 +1,15 @@
-"""Mailbox operations of :class:`~src.handlers.pop3.POP3ProtocolHandler`: :class:`POP3Mailbox`.
+"""The operations on one mailbox: :class:`Mailbox`, working through a :class:`Session`.
 
 Listing, fetching (one by one, or ``RETR`` pipelined in batches), header summaries,
-unique IDs, deletion and ``RSET``, capabilities and the health check, each run on the
-session :class:`~src.handlers._pop3.session.POP3Session` provides. Refused, missing and
-too large messages are logged and skipped where several are asked for.
+unique IDs, deletion and ``RSET``, capabilities and the health check. Each operation
+uses the session's open connection, or a session of its own for the call. Refused,
+missing and too large messages are logged and skipped where several are asked for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .._mime.parser import ParseLimits, parse_header_summary, parse_message
@@ -19,282 +20,287 @@ from ..errors import (
     POP3ResponseError,
     POP3UnsupportedError,
 )
-from . import commands
+from .adapter import ClientAdapter, check_size
 from .checks import check_message_id
-from .session import Client, POP3Session
+from .listing import ScanListing, UIDListing
+from .session import Session, SessionState
 from .wire import error_for_reply
 
-# The logger this code used before it moved here from pop3.py: the handler's records all
-# keep coming from one logger.
 log = get_logger("pop3")
 
 
-class POP3Mailbox(POP3Session):
-    """The mailbox operations of :class:`~src.handlers.pop3.POP3ProtocolHandler`; the
-    handler's ``__init__`` sets the options declared here."""
+@dataclass(frozen=True)
+class MessageOptions:
+    """How fetched messages are bounded and what their dicts carry."""
 
-    _max_message_size: int | None
-    _include_raw: bool
-    _include_attachment_content: bool
-    _parse_limits: ParseLimits | None
+    max_message_size: int | None
+    include_raw: bool = False
+    include_attachment_content: bool = False
+    parse_limits: ParseLimits | None = None
 
-    # -- mailbox operations ------------------------------------------------------
+    def parse(self, raw: bytes, number: int, size: int) -> dict[str, Any]:
+        """The message dict of ``raw``."""
+        return parse_message(
+            raw,
+            number,
+            size=size,
+            include_raw=self.include_raw,
+            include_attachment_content=self.include_attachment_content,
+            limits=self.parse_limits,
+        )
+
+
+class Mailbox:
+    """Mailbox operations on ``session`` with ``options``."""
+
+    def __init__(self, session: Session, options: MessageOptions) -> None:
+        self._session = session
+        self._options = options
+
+    # -- listing -----------------------------------------------------------------
 
     def list_messages(self) -> tuple[list[int], int]:
-        """Return the message numbers in the mailbox and their total size in bytes."""
-        with self._session() as client:
-            listing = commands.scan(self._caller(client))
-        return [number for number, _ in listing], sum(size for _, size in listing)
+        """The message numbers in the mailbox and their total size in bytes."""
+        with self._session.using() as session:
+            listing = session.run("LIST", ClientAdapter.scan)
+        return listing.numbers.tolist(), listing.total_size
 
-    def get_mailbox_stat(self) -> tuple[int, int]:
-        """Return ``(message_count, total_size_bytes)`` from ``STAT``."""
-        with self._session() as client:
-            return commands.stat(self._caller(client))
+    def stat(self) -> tuple[int, int]:
+        """``(message_count, total_size_bytes)`` from ``STAT``."""
+        with self._session.using() as session:
+            return session.run("STAT", ClientAdapter.stat)
 
-    def get_message_size(self, message_id: int) -> int:
-        """Return the size of one message in bytes, or -1 if it cannot be had."""
-        check_message_id(message_id)
+    def size_of(self, number: int) -> int:
+        """The size of one message in bytes, or -1 if it cannot be had."""
+        check_message_id(number)
         try:
-            with self._session() as client:
-                size = commands.size_of(self._caller(client), message_id)
+            with self._session.using() as session:
+                size = session.run("LIST", lambda adapter: adapter.size_of(number))
         except MailHandlerError as error:
-            log.warning("size of POP3 message %d unavailable: %s", message_id, error)
+            log.warning("size of POP3 message %d unavailable: %s", number, error)
             return -1
         return -1 if size is None else size
 
-    def fetch_message(self, message_id: int) -> dict[str, Any] | None:
-        """Download and parse one message.
+    def uid_listing(self) -> UIDListing:
+        """``UIDL`` as it came; :class:`POP3UnsupportedError` if the server refuses it."""
+        with self._session.using() as session:
+            try:
+                return session.run("UIDL", ClientAdapter.unique_ids)
+            except POP3ResponseError as error:
+                raise POP3UnsupportedError(
+                    f"server refused UIDL ({error.text}); unique IDs are not available",
+                    error.enhanced_code,
+                ) from None
 
-        Returns None (and logs a warning) when the server refuses it, for instance
-        because there is no such message. Raises :class:`POP3MessageTooLargeError` for
-        a message over ``max_message_size``, without downloading it when the server
-        reports its size.
-        """
-        check_message_id(message_id)
-        with self._session() as client:
-            return self._fetch(client, message_id, None)
+    def list_uids(self) -> dict[int, str]:
+        """Message number to unique ID, leaving out (with a warning) invalid IDs."""
+        listing = self.uid_listing()
+        uids = {number: uid for number, uid in listing if uid is not None}
+        if len(uids) != len(listing):
+            log.warning("POP3 server sent invalid unique IDs for messages %s", listing.invalid)
+        if len(set(uids.values())) != len(uids):
+            log.warning("POP3 server returned duplicate unique IDs")
+        return uids
 
-    def fetch_messages(self, message_ids: list[int] | None = None) -> list[dict[str, Any]]:
-        """Download and parse several messages (all when ``message_ids`` is None).
+    def capabilities(self) -> list[str]:
+        """The server's ``CAPA`` list; no login needed."""
+        with self._session.using(login=False) as session:
+            listed = self._capabilities(session)
+        return [" ".join([name, *arguments]) for name, arguments in listed.items()]
 
-        A message that is refused, missing or too large is logged and skipped. A
-        broken connection still raises, since no later message could be fetched.
-        """
+    # -- fetching ----------------------------------------------------------------
+
+    def fetch(self, number: int) -> dict[str, Any] | None:
+        """One parsed message; None (logged) when the server refuses it."""
+        check_message_id(number)
+        limit = self._options.max_message_size
+        with self._session.using() as session:
+            try:
+                size = session.run("LIST", lambda adapter: adapter.size_of(number))
+                check_size(number, size, limit)
+                raw = self._retrieve(session, number)
+            except POP3ResponseError as error:
+                log.warning("POP3 server refused message %d: %s", number, error)
+                return None
+        return self._options.parse(raw, number, size if size is not None else len(raw))
+
+    def fetch_many(self, numbers: list[int] | None) -> list[dict[str, Any]]:
+        """Several parsed messages (all for None); refused ones are skipped."""
         messages = []
 
         def parse(number: int, raw: bytes, size: int) -> None:
-            messages.append(
-                parse_message(
-                    raw,
-                    number,
-                    size=size,
-                    include_raw=self._include_raw,
-                    include_attachment_content=self._include_attachment_content,
-                    limits=self._parse_limits,
-                )
-            )
+            messages.append(self._options.parse(raw, number, size))
 
-        self._retrieve_each(message_ids, parse)
+        self._retrieve_each(numbers, parse)
         return messages
 
-    def fetch_raw_messages(self, message_ids: list[int] | None = None) -> dict[int, bytes]:
-        """Download several messages (all when None) without parsing them.
-
-        Returns message number to the message as the server sent it, dot-unstuffed.
-        Refused, missing and too large messages are logged and skipped, as in
-        :meth:`fetch_messages`; both send the ``RETR`` commands in batches when the
-        server offers PIPELINING, so a slow network costs a few round trips, not one
-        per message.
-        """
+    def fetch_raw(self, numbers: list[int] | None) -> dict[int, bytes]:
+        """Several messages as sent, unparsed (all for None); refused ones are skipped."""
         raws: dict[int, bytes] = {}
 
         def keep(number: int, raw: bytes, size: int) -> None:
             raws[number] = raw
 
-        self._retrieve_each(message_ids, keep)
+        self._retrieve_each(numbers, keep)
         return raws
 
+    def headers(self, numbers: list[int] | None) -> list[dict[str, Any]]:
+        """Header summaries (``TOP n 0``) of several messages, all for None."""
+        with self._session.using() as session:
+            listing = session.run("LIST", ClientAdapter.scan)
+            summaries = []
+            for number in _targets(numbers, listing):
+                headers = self._headers(session, number)
+                if headers is not None:
+                    size = listing.size_of(number)
+                    summaries.append(parse_header_summary(headers, number, size=size))
+        return summaries
+
     def _retrieve_each(
-        self, message_ids: list[int] | None, handle: Callable[[int, bytes, int], None]
+        self, numbers: list[int] | None, handle: Callable[[int, bytes, int], None]
     ) -> None:
         """RETR the wanted messages in one session and hand each to ``handle``."""
-        with self._session() as client:
-            call = self._caller(client)
-            sizes = dict(commands.scan(call))
+        limit = self._options.max_message_size
+        with self._session.using() as session:
+            listing = session.run("LIST", ClientAdapter.scan)
             wanted = []
-            for number in self._targets(message_ids, sizes):
+            for number in _targets(numbers, listing):
                 try:
-                    commands.check_size(number, sizes[number], self._max_message_size)
+                    check_size(number, listing.size_of(number), limit)
                 except POP3MessageTooLargeError as error:
                     log.warning("skipping POP3 message %d: %s", number, error)
                     continue
                 wanted.append(number)
-            if len(wanted) > 1 and commands.can_pipeline(call, client):
-
-                def deliver(number: int, raw: bytes | None, status: bytes) -> None:
-                    if raw is None:
-                        refusal = error_for_reply(status)
-                        log.warning("POP3 server refused message %d: %s", number, refusal)
-                        return
-                    handle(number, raw, sizes[number])
-
-                try:
-                    commands.retrieve_many(call, client, wanted, self._max_message_size, deliver)
-                except POP3MessageTooLargeError as error:
-                    # Larger than LIST said: skipped, as below, but the session went
-                    # with it (the rest of the reply was never read).
-                    log.warning("skipping POP3 message %s: %s", error.message_number, error)
-                    self._live_client()  # raises: no later message can be fetched
-                    raise
+            if len(wanted) > 1 and session.run("CAPA", ClientAdapter.can_pipeline):
+                self._retrieve_pipelined(session, wanted, listing, handle)
                 return
             for number in wanted:
                 try:
-                    raw = self._retrieve_one(self._live_client(), number)
+                    raw = self._retrieve(session, number)
                 except POP3MessageTooLargeError as error:
                     log.warning("skipping POP3 message %d: %s", number, error)
                     continue
-                if raw is not None:
-                    handle(number, raw, sizes[number])
+                except POP3ResponseError as error:
+                    log.warning("POP3 server refused message %d: %s", number, error)
+                    continue
+                handle(number, raw, listing.size_of(number))
 
-    def delete_message(self, message_id: int) -> bool:
-        """Mark one message for deletion; False if the server refuses.
+    def _retrieve_pipelined(
+        self,
+        session: Session,
+        wanted: list[int],
+        listing: ScanListing,
+        handle: Callable[[int, bytes, int], None],
+    ) -> None:
+        limit = self._options.max_message_size
 
-        In a session the deletion takes effect at ``disconnect()`` and ``reset()``
-        can undo it; without a session it is committed before this returns.
-        """
-        check_message_id(message_id)
-        with self._session() as client:
-            return self._delete(client, message_id)
+        def deliver(number: int, status: bytes, raw: bytes | None) -> None:
+            # A batch is many replies: each gets the full time limit, so a large
+            # mailbox on a slow link is not cut while replies keep coming.
+            session.restart_limit()
+            if raw is None:
+                refusal = error_for_reply(status, secrets=session.secrets())
+                log.warning("POP3 server refused message %d: %s", number, refusal)
+                return
+            handle(number, raw, listing.size_of(number))
 
-    def delete_messages(self, message_ids: list[int]) -> tuple[int, int]:
-        """Mark several messages for deletion; return ``(deleted, failed)`` counts."""
-        for message_id in message_ids:
-            check_message_id(message_id)
-        with self._session() as client:
-            outcomes = [self._delete(client, number) for number in message_ids]
+        try:
+            session.run("RETR", lambda adapter: adapter.retrieve_many(wanted, limit, deliver))
+        except POP3MessageTooLargeError as error:
+            # Larger than LIST said: skipped, but the session went with it (the rest
+            # of the reply was never read).
+            log.warning("skipping POP3 message %s: %s", error.message_number, error)
+            session.live()  # raises: no later message can be fetched
+            raise
+
+    def _retrieve(self, session: Session, number: int) -> bytes:
+        limit = self._options.max_message_size
+        return session.run("RETR", lambda adapter: adapter.retrieve(number, limit), message=number)
+
+    def _headers(self, session: Session, number: int) -> bytes | None:
+        limit = self._options.max_message_size
+        try:
+            return session.run(
+                "TOP", lambda adapter: adapter.headers(number, limit), message=number
+            )
+        except POP3ResponseError as error:
+            listed = self._capabilities(session)
+            if listed and "TOP" not in listed:
+                raise POP3UnsupportedError(
+                    f"server refused TOP ({error.text}) and does not list it in CAPA",
+                    error.enhanced_code,
+                ) from None
+            log.warning("POP3 server refused the headers of message %d: %s", number, error)
+            return None
+
+    @staticmethod
+    def _capabilities(session: Session) -> dict[str, list[str]]:
+        try:
+            return session.run("CAPA", ClientAdapter.capabilities)
+        except POP3ResponseError:
+            return {}
+
+    # -- deleting and the rest ---------------------------------------------------
+
+    def delete(self, number: int) -> bool:
+        """Mark one message for deletion; False if the server refuses."""
+        check_message_id(number)
+        with self._session.using() as session:
+            return self._delete(session, number)
+
+    def delete_many(self, numbers: list[int]) -> tuple[int, int]:
+        """Mark several messages for deletion; ``(deleted, failed)`` counts."""
+        for number in numbers:
+            check_message_id(number)
+        with self._session.using() as session:
+            outcomes = [self._delete(session, number) for number in numbers]
         deleted = sum(outcomes)
         return deleted, len(outcomes) - deleted
 
     def reset(self) -> bool:
-        """Cancel every deletion marked in the open session (``RSET``).
-
-        Messages are then kept when the session ends. With no logged-in session there
-        is nothing to cancel and True is returned without contacting the server.
-        False if the server refuses.
-        """
-        if self._client is None or not self._authenticated:
+        """``RSET`` in a logged-in session; True with nothing to undo, False if refused."""
+        session = self._session
+        if session.state is not SessionState.AUTHENTICATED:
             log.debug("POP3 reset: no logged-in session, nothing to undo")
             return True
         try:
-            self._call(self._client, "rset")
+            session.run("RSET", ClientAdapter.reset)
         except POP3ResponseError as error:
             log.warning("POP3 server refused RSET: %s", error)
             return False
-        self._pending_deletions = 0
+        session.deletions_undone()
         return True
 
-    def get_capabilities(self) -> list[str]:
-        """Return the server's ``CAPA`` list, e.g. ``['TOP', 'UIDL', 'SASL PLAIN']``.
-
-        Does not log in. A server without ``CAPA`` gives an empty list.
-        """
-        with self._session(login=False) as client:
-            capabilities = commands.capabilities(self._caller(client))
-        return [" ".join([name, *arguments]) for name, arguments in capabilities.items()]
-
-    def test_connection(self) -> bool:
-        """True if the server can be reached, accepts the login and answers ``NOOP``.
-
-        Never raises; the reason for a False is logged.
-        """
+    def noop(self) -> bool:
+        """True if the server can be reached, accepts the login and answers ``NOOP``."""
         try:
-            with self._session() as client:
-                self._call(client, "noop")
+            with self._session.using() as session:
+                session.run("NOOP", ClientAdapter.noop)
         except MailHandlerError as error:
-            log.warning("POP3 health check of %s:%d failed: %s", self.hostname, self.port, error)
+            where = self._session.connector.where
+            log.warning("POP3 health check of %s failed: %s", where, error)
             return False
         return True
 
-    # -- unique IDs and headers --------------------------------------------------
-
-    def list_uids(self) -> dict[int, str]:
-        """Map each message number to its unique ID (``UIDL``).
-
-        Raises :class:`POP3UnsupportedError` if the server refuses ``UIDL``.
-        """
-        with self._session() as client:
-            return commands.unique_ids(self._caller(client))
-
-    def list_headers(self, message_ids: list[int] | None = None) -> list[dict[str, Any]]:
-        """Header summaries (``TOP n 0``) of several messages, all when None.
-
-        Refused messages are logged and skipped; a server that does not offer
-        ``TOP`` raises :class:`POP3UnsupportedError`.
-        """
-        with self._session() as client:
-            sizes = dict(commands.scan(self._caller(client)))
-            summaries = []
-            for number in self._targets(message_ids, sizes):
-                headers = self._headers(self._live_client(), number)
-                if headers is not None:
-                    summaries.append(parse_header_summary(headers, number, size=sizes[number]))
-        return summaries
-
-    # -- fetching and deleting, one message at a time -----------------------------
-
-    def _targets(self, requested: Iterable[int] | None, sizes: dict[int, int]) -> list[int]:
-        if requested is None:
-            return sorted(sizes)
-        targets = []
-        for number in requested:
-            check_message_id(number)
-            if number in sizes:
-                targets.append(number)
-            else:
-                log.warning("POP3 message %d is not in the mailbox; skipped", number)
-        return targets
-
-    def _retrieve_one(self, client: Client, number: int) -> bytes | None:
-        """RETR one message whose size was checked; None if the server refuses it."""
+    @staticmethod
+    def _delete(session: Session, number: int) -> bool:
         try:
-            return commands.retrieve(self._caller(client), client, number, self._max_message_size)
-        except POP3ResponseError as error:
-            log.warning("POP3 server refused message %d: %s", number, error)
-            return None
-
-    def _fetch(self, client: Client, number: int, size: int | None) -> dict[str, Any] | None:
-        call = self._caller(client)
-        try:
-            if size is None:
-                size = commands.size_of(call, number)
-            commands.check_size(number, size, self._max_message_size)
-            raw = commands.retrieve(call, client, number, self._max_message_size)
-        except POP3ResponseError as error:
-            log.warning("POP3 server refused message %d: %s", number, error)
-            return None
-        return parse_message(
-            raw,
-            number,
-            size=size if size is not None else len(raw),
-            include_raw=self._include_raw,
-            include_attachment_content=self._include_attachment_content,
-            limits=self._parse_limits,
-        )
-
-    def _headers(self, client: Client, number: int) -> bytes | None:
-        try:
-            return commands.headers(self._caller(client), client, number, self._max_message_size)
-        except POP3UnsupportedError:
-            raise
-        except POP3ResponseError as error:
-            log.warning("POP3 server refused the headers of message %d: %s", number, error)
-            return None
-
-    def _delete(self, client: Client, number: int) -> bool:
-        try:
-            self._call(client, "dele", number)
+            session.run("DELE", lambda adapter: adapter.delete(number))
         except POP3ResponseError as error:
             log.warning("POP3 server refused to delete message %d: %s", number, error)
             return False
-        self._pending_deletions += 1
+        session.deletion_marked()
         return True
+
+
+def _targets(requested: Iterable[int] | None, listing: ScanListing) -> Iterable[int]:
+    if requested is None:
+        return listing.numbers
+    targets = []
+    for number in requested:
+        check_message_id(number)
+        if number in listing:
+            targets.append(number)
+        else:
+            log.warning("POP3 message %d is not in the mailbox; skipped", number)
+    return targets

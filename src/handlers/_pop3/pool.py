@@ -20,7 +20,6 @@ closing happen outside it.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,9 +28,15 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from .._auth.oauth2 import TokenSource
 from .._auth.secret import Secret
+from .._net.config import Encryption
 from .._net.forksafe import forget_in_child
 from .._net.logs import get_logger
-from ..errors import MailHandlerError, POP3MailboxBusyError, POP3PoolClosedError
+from ..errors import (
+    ConfigurationError,
+    MailHandlerError,
+    POP3MailboxBusyError,
+    POP3PoolClosedError,
+)
 from ..retry import Clock
 
 log = get_logger("pop3.pool")
@@ -79,7 +84,7 @@ class SessionPool(Generic[H]):
         password: str | None = None,
         pool_size: int = 3,
         *,
-        encryption: str = "ssl",
+        encryption: str | Encryption = "ssl",
         timeout: float = 30,
         clock: Clock = time.monotonic,
         factory: HandlerFactory[H],
@@ -87,7 +92,7 @@ class SessionPool(Generic[H]):
     ) -> None:
         self._factory = factory
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise ValueError("pool_size must be a positive integer")
+            raise ConfigurationError("pool_size must be a positive integer", "pool_size")
         self._hostname = hostname
         self._port = port
         self._username = username
@@ -107,7 +112,7 @@ class SessionPool(Generic[H]):
         self._busy: set[H] = set()  # checked out, or being returned
         self._returning: set[H] = set()
         self._closed = False
-        self._pid = os.getpid()
+        self._generation = 0  # bumped in a forked child: handlers from before are not ours
         forget_in_child(self)
 
     # -- public API ---------------------------------------------------------------
@@ -184,12 +189,12 @@ class SessionPool(Generic[H]):
         committing them; the handler logs in again when next acquired.
         """
         with self._lock:
-            self._check_pid()
             if handler not in self._busy or handler in self._returning:
                 log.debug("POP3 pool: %r is not checked out; release ignored", handler)
                 return
             self._returning.add(handler)
             closing = self._closed
+            generation = self._generation
         if closing:
             handler.disconnect()
         elif commit:
@@ -200,7 +205,7 @@ class SessionPool(Generic[H]):
         with self._lock:
             self._returning.discard(handler)
             self._busy.discard(handler)
-            if not self._closed and self._pid == os.getpid():
+            if not self._closed and self._generation == generation:
                 self._idle.append(handler)
                 closing = False
             self._released.notify()
@@ -249,7 +254,6 @@ class SessionPool(Generic[H]):
         """Reserve an idle handler or a new one under the lock; None when exhausted."""
         with self._lock:
             while True:
-                self._check_pid()
                 if self._closed:
                     raise POP3PoolClosedError("the POP3 connection pool has been closed")
                 if self._idle:
@@ -293,15 +297,7 @@ class SessionPool(Generic[H]):
         the old one at the fork), and none of the parent's sessions, left untouched."""
         self._lock = threading.RLock()
         self._released = threading.Condition(self._lock)
-        self._pid = os.getpid()
+        self._generation += 1
         self._idle = []
         self._busy = set()
         self._returning = set()
-
-    def _check_pid(self) -> None:
-        """In a forked child, forget the parent's sessions without touching their sockets."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._idle = []
-            self._busy = set()
-            self._returning = set()

@@ -68,26 +68,31 @@ def sasl_auth(
 
 
 def xoauth2_login(
-    client: Any,
+    adapter: Any,
     username: str,
     source: TokenSource,
     *,
     initial_response: bool,
     translate: Translate,
     where: str,
+    sending: Callable[[str], object] = lambda token: None,
 ) -> None:
-    """Log ``client`` in with XOAUTH2; raise :class:`POP3AuthenticationError` if refused.
+    """Log ``adapter`` (a :class:`~src.handlers._pop3.adapter.ClientAdapter`) in with
+    XOAUTH2; raise :class:`POP3AuthenticationError` if refused.
 
     ``translate`` maps what :func:`sasl_auth` raised to the library's errors; a
     refusal gets the reason from the server's error challenge added to its text.
+    ``sending`` hears of each token before it goes out, so the caller can mask it
+    in whatever the server says later.
     """
 
     def attempt(token: str) -> None:
+        sending(token)
         exchange = XOAUTH2Exchange(username, token)
         one_step = initial_response and initial_response_fits(username, token, POP3_COMMAND_LIMIT)
         failure = None
         try:
-            sasl_auth(client, MECHANISM, exchange, initial_response_ok=one_step)
+            adapter.sasl(MECHANISM, exchange, initial=one_step)
         except Exception as error:
             failure = translate(error, token)
         if failure is not None:

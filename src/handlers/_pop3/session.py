@@ -1,368 +1,362 @@
-"""The session under :class:`~src.handlers.pop3.POP3ProtocolHandler`: :class:`POP3Session`.
+"""One POP3 session: :class:`Session`, which owns the connection and its state.
 
-It holds the session's state (the client, whether it is logged in, broken, and how many
-deletions are pending) and the plumbing every call runs on: opening a connection through
-the connector and logging in (USER/PASS or XOAUTH2), running one command with its time
-limit, losing the session when a command fails, and ending it with ``QUIT`` or at once.
+A session is in one :class:`SessionState` at a time. It opens a connection through the
+:class:`~src.handlers._pop3.connection.POP3Connector` (wrapped once in a
+:class:`~src.handlers._pop3.adapter.ClientAdapter`), logs in with USER/PASS or XOAUTH2,
+runs each command within its time limit and turns failures into the library's errors,
+and ends with ``QUIT`` or at once. Every change of state goes through one reset, so a
+lost, ended, aborted or inherited session is forgotten the same way.
+
+A session is *open* from ``connect`` until ``QUIT``/abort, even after its connection
+was lost: then every command raises :class:`POP3ConnectionError` until the caller ends
+it, since the deletions marked in it are gone and message numbers may have moved.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator
-from typing import Any
+from enum import Enum
+from typing import TypeVar
 
+from .._auth.credentials import Credentials
 from .._auth.oauth2 import TokenSource
-from .._auth.secret import Secret
+from .._net.config import Encryption
 from .._net.forksafe import forget_in_child
 from .._net.logs import get_logger
 from ..errors import (
+    ConfigurationError,
     MailHandlerError,
-    MailValidationError,
     POP3ConnectionError,
     POP3MessageTooLargeError,
     POP3ProtocolError,
     POP3ResponseError,
 )
-from . import commands
-from .checks import check_credentials, oauth2_source
-from .connection import (
-    ClientFactory,
-    POP3Connector,
-    TimeLimit,
-    chain_cause,
-    close_quietly,
-    socket_of,
-)
+from .adapter import ClientAdapter
+from .connection import ClientFactory, POP3Connector, TimeLimit, chain_cause
 from .sasl import xoauth2_login
 from .wire import ResponseTooLargeError
 
-# The logger this code used before it moved here from pop3.py: the handler's records all
-# keep coming from one logger.
 log = get_logger("pop3")
 
-Client = Any  # a poplib.POP3 or anything with its methods (a test double)
+T = TypeVar("T")
 
 
-class POP3Session:
-    """The session state and plumbing that :class:`~src.handlers.pop3.POP3ProtocolHandler`
-    builds on; the handler's ``__init__`` sets the attributes declared here and its
-    :meth:`_client_factory` makes the clients.
+class SessionState(Enum):
+    """Where a session stands; the value is what ``POP3ProtocolHandler.state`` shows."""
+
+    CLOSED = "disconnected"
+    CONNECTED = "connected"
+    AUTHENTICATED = "authenticated"
+    LOST = "broken"
+
+
+class Session:
+    """The connection to one mailbox and what is known about it.
+
+    ``factory`` makes a connected client (the handler's, which looks up the patchable
+    poplib classes). ``oauth2_initial_response`` says whether XOAUTH2 may send the
+    token with the ``AUTH`` command.
     """
 
-    _connector: POP3Connector
-    _oauth2: TokenSource | None
-    _oauth2_initial_response: bool
-    _username: str
-    _password: Secret
-    _client: Client | None
-    _session_open: bool
-    _authenticated: bool
-    _broken: bool
-    _pending_deletions: int
+    def __init__(
+        self,
+        connector: POP3Connector,
+        credentials: Credentials,
+        factory: Callable[[], ClientFactory],
+        *,
+        oauth2_initial_response: bool = True,
+    ) -> None:
+        self.connector = connector
+        self.credentials = credentials
+        self._factory = factory
+        self._oauth2_initial_response = oauth2_initial_response
+        self._tokens_sent: list[str] = []
+        self._limit: TimeLimit | None = None
+        self._adapter: ClientAdapter | None = None
+        self._state = SessionState.CLOSED
+        self._pending_deletions = 0
+        forget_in_child(self)
 
-    # -- read-only view ----------------------------------------------------------
-
-    @property
-    def hostname(self) -> str:
-        """The server's host name."""
-        return self._connector.hostname
-
-    @property
-    def port(self) -> int:
-        """The server's port."""
-        return self._connector.port
+    # -- state -------------------------------------------------------------------
 
     @property
-    def username(self) -> str:
-        """The user name logins are made with."""
-        return self._username
+    def state(self) -> SessionState:
+        """Where the session stands."""
+        return self._state
 
     @property
-    def encryption(self) -> str:
-        """``'ssl'``, ``'tls'`` or ``'none'``."""
-        return self._connector.encryption
-
-    @property
-    def is_connected(self) -> bool:
-        """True while a session's connection is open."""
-        return self._client is not None
-
-    @property
-    def is_authenticated(self) -> bool:
-        """True once the open session has logged in."""
-        return self._authenticated
+    def is_open(self) -> bool:
+        """True from opening until ``QUIT`` or abort, also after the connection was lost."""
+        return self._state is not SessionState.CLOSED
 
     @property
     def pending_deletions(self) -> int:
-        """Messages marked for deletion in the open session and not yet committed."""
+        """Deletions marked in this session and not yet committed."""
         return self._pending_deletions
 
-    @property
-    def state(self) -> str:
-        """``'disconnected'``, ``'connected'``, ``'authenticated'`` or ``'broken'``."""
-        if self._broken:
-            return "broken"
-        if self._client is None:
-            return "disconnected"
-        return "authenticated" if self._authenticated else "connected"
-
-    def abort(self) -> None:
-        """Close the connection at once, without ``QUIT``: pending deletions are dropped.
-
-        The server commits nothing for a session that ends this way. Never raises.
-        """
-        client, pending = self._client, self._pending_deletions
-        self._client = None
-        self._session_open = self._authenticated = self._broken = False
+    def _reset(self, state: SessionState) -> ClientAdapter | None:
+        """Enter ``state`` with no connection and nothing pending; return the old
+        connection, for the caller to close."""
+        adapter, self._adapter = self._adapter, None
+        self._state = state
         self._pending_deletions = 0
-        if client is not None:
-            close_quietly(client)
-            log.debug(
-                "POP3 session with %s:%d aborted; %d deletion(s) dropped",
-                self.hostname,
-                self.port,
-                pending,
-            )
+        return adapter
 
-    # -- opening and closing -----------------------------------------------------
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's session without touching its socket."""
+        self._reset(SessionState.CLOSED)
+
+    def deletion_marked(self) -> None:
+        """Count one more deletion that ``QUIT`` would commit."""
+        self._pending_deletions += 1
+
+    def deletions_undone(self) -> None:
+        """``RSET`` went through: nothing is pending any more."""
+        self._pending_deletions = 0
+
+    def secrets(self) -> list[str]:
+        """Everything secret this session may have sent, to mask in server replies."""
+        password = self.credentials.password
+        return [password.reveal() if password is not None else "", *self._tokens_sent]
+
+    # -- opening and ending ------------------------------------------------------
+
+    def open(self, *, login: bool) -> None:
+        """Open a connection (logged in if asked), with the connector's retries."""
+        adapter = self.connector.open(self._factory(), self._login if login else None)
+        self._reset(SessionState.AUTHENTICATED if login else SessionState.CONNECTED)
+        self._adapter = adapter
+        log.debug("POP3 session with %s open", self.connector.where)
 
     @contextlib.contextmanager
-    def _session(self, *, login: bool = True) -> Iterator[Client]:
-        """Yield the open session's client, or open a session for the block."""
-        if self._session_open:
-            client = self._live_client()
+    def using(self, *, login: bool = True) -> Iterator[Session]:
+        """The open session for the block, or a session opened for the block alone.
+
+        A session opened here ends with ``QUIT`` when the block is left normally or by
+        an exception (each deletion marked was asked for), and at once when it is
+        interrupted; if deletions were due and ``QUIT`` failed, that is raised.
+        """
+        if self.is_open:
             if login:
-                self._ensure_login(client)
-            yield client
+                self.ensure_login()
+            yield self
             return
-        self._install(self._open(login=login), authenticated=login)
+        self.open(login=login)
         try:
-            yield self._client
+            yield self
         except Exception:
-            # QUIT still commits what was marked: each deletion was asked for.
-            self._end_session()
+            self.end()
             raise
         except BaseException:
-            # Interrupted (Ctrl-C, exit): leave at once, committing nothing.
             self.abort()
             raise
-        failure, pending = self._end_session()
+        failure, pending = self.end()
         if failure is not None and pending:
             raise _commit_failure(failure, pending)
 
-    def _install(self, client: Client, *, authenticated: bool) -> None:
-        self._client = client
-        self._session_open = True
-        self._authenticated = authenticated
-        self._broken = False
-        self._pending_deletions = 0
-        forget_in_child(self)
-        log.debug("POP3 session with %s:%d open", self.hostname, self.port)
-
-    def _after_fork_in_child(self) -> None:
-        """In a forked child: drop the parent's session without touching its socket."""
-        self._client = None
-        self._session_open = self._authenticated = self._broken = False
-        self._pending_deletions = 0
-
-    def _end_session(self) -> tuple[MailHandlerError | None, int]:
-        """Send QUIT and close; return what went wrong and how many deletions were due."""
-        client, broken, pending = self._client, self._broken, self._pending_deletions
-        self._client = None
-        self._session_open = self._authenticated = self._broken = False
-        self._pending_deletions = 0
-        if client is None:
-            lost = POP3ConnectionError("the POP3 session had already been lost")
-            return (lost if broken else None), 0
-        failure: MailHandlerError | None = None
+    def end(self) -> tuple[MailHandlerError | None, int]:
+        """Send ``QUIT`` and close; return what went wrong and how many deletions were due."""
+        lost = self._state is SessionState.LOST
+        pending = self._pending_deletions
+        adapter = self._reset(SessionState.CLOSED)
+        if adapter is None:
+            failure = POP3ConnectionError("the POP3 session had already been lost")
+            return (failure if lost else None), 0
+        error: MailHandlerError | None = None
         try:
-            with self._connector.time_limit("QUIT", lambda: socket_of(client)):
-                client.quit()
-        except Exception as error:
-            failure = self._translate(error, "QUIT")
+            with self.connector.time_limit("QUIT", lambda: adapter.socket):
+                adapter.quit()
+        except Exception as raised:
+            error = self._translate(raised, "QUIT")
             log.warning(
-                "POP3 QUIT to %s:%d failed (%s); closing the socket, %d deletion(s) "
+                "POP3 QUIT to %s failed (%s); closing the socket, %d deletion(s) "
                 "may not be committed",
-                self.hostname,
-                self.port,
-                failure,
+                self.connector.where,
+                error,
                 pending,
             )
         finally:
-            close_quietly(client)
-        log.debug("POP3 session with %s:%d closed", self.hostname, self.port)
-        return failure, pending
+            adapter.close()
+        log.debug("POP3 session with %s closed", self.connector.where)
+        return error, pending
 
-    def _open(self, *, login: bool) -> Client:
-        """A new connection, logged in if asked, with the connector's retries."""
-        return self._connector.open(self._client_factory(), self._login if login else None)
+    def abort(self) -> None:
+        """Close the connection at once, without ``QUIT``: pending deletions are dropped."""
+        pending = self._pending_deletions
+        adapter = self._reset(SessionState.CLOSED)
+        if adapter is not None:
+            adapter.close()
+            log.debug(
+                "POP3 session with %s aborted; %d deletion(s) dropped",
+                self.connector.where,
+                pending,
+            )
 
-    def _client_factory(self) -> ClientFactory:
-        """How a connection's client is made; the handler's, which looks up the poplib
-        classes in its own module."""
-        raise NotImplementedError
+    def lose(self, verb: str, error: BaseException) -> None:
+        """The connection broke or fell out of step during ``verb``: close it for good."""
+        if self._adapter is None:
+            return
+        log.warning(
+            "POP3 session with %s lost during %s (%s); %d deletion(s) not committed",
+            self.connector.where,
+            verb,
+            error,
+            self._pending_deletions,
+        )
+        adapter = self._reset(SessionState.LOST)
+        if adapter is not None:
+            adapter.close()
 
-    # -- login -------------------------------------------------------------------
+    # -- logging in --------------------------------------------------------------
 
-    def _replace_credentials(self, username: str | None, password: str | None) -> None:
+    def replace_credentials(self, username: str | None, password: str | None) -> None:
+        """Log in with these from now on (the stored ones fill in what is None)."""
         if username is None and password is None:
             return
-        if self._oauth2 is not None:
-            if password is not None:
-                raise MailValidationError(
-                    "this handler logs in with oauth2_token; it takes no password", "password"
-                )
-            oauth2_source(self._oauth2, username, None)
-        new_username = self._username if username is None else username
-        check_credentials(new_username, password if password is not None else "")
-        if self._authenticated and new_username != self._username:
-            raise MailValidationError(
+        old = self.credentials
+        if old.token is not None and password is not None:
+            raise ConfigurationError(
+                "this handler logs in with oauth2_token; it takes no password", "password"
+            )
+        new_username = old.username if username is None else username
+        if not new_username:
+            raise ConfigurationError("username must not be empty", "username")
+        if self._state is SessionState.AUTHENTICATED and new_username != old.username:
+            raise ConfigurationError(
                 "this session is already logged in as another user; disconnect() first",
                 "username",
             )
-        self._username = new_username
-        if password is not None:
-            self._password = Secret(password)
+        if old.token is not None:
+            self.credentials = Credentials.of(new_username, None, old.token)
+        else:
+            secret = password if password is not None else _revealed(old)
+            self.credentials = Credentials.of(new_username, secret)
 
-    def _ensure_login(self, client: Client) -> None:
-        if self._authenticated:
+    def ensure_login(self) -> None:
+        """Log the open session in, unless it is already."""
+        if self._state is SessionState.AUTHENTICATED:
             return
+        adapter = self.live()
         try:
-            with self._connector.time_limit("login", lambda: socket_of(client)):
-                self._login(client)
+            with self.connector.time_limit("login", lambda: adapter.socket):
+                self._login(adapter)
         except POP3ResponseError:
             raise
         except MailHandlerError as error:
-            self._lose_session("login", error)
+            self.lose("login", error)
             raise
-        self._authenticated = True
+        self._state = SessionState.AUTHENTICATED
 
-    def _login_xoauth2(self, client: Client, source: TokenSource) -> None:
-        """AUTH XOAUTH2 on ``client``; a refused token from a provider is renewed once."""
-        if self.encryption == "none":
-            log.warning(
-                "sending a POP3 OAuth2 token for %r to %s:%d without encryption",
-                self._username,
-                self.hostname,
-                self.port,
-            )
-        xoauth2_login(
-            client,
-            self._username,
-            source,
-            initial_response=self._oauth2_initial_response,
-            translate=lambda error, token: self._connector.translate(
-                error, "AUTH", during_login=True, secret=token
-            ),
-            where=self._connector.where,
-        )
-        log.debug("logged in to %s:%d as %r with XOAUTH2", self.hostname, self.port, self._username)
-
-    def _login(self, client: Client) -> None:
-        """USER and PASS (or XOAUTH2) on ``client``, whose state is not tracked here."""
-        if self._oauth2 is not None:
-            self._login_xoauth2(client, self._oauth2)
+    def _login(self, adapter: ClientAdapter) -> None:
+        """USER and PASS (or XOAUTH2) on a connection whose state is not tracked here."""
+        credentials = self.credentials
+        where = self.connector.where
+        plain = self.connector.encryption is Encryption.NONE
+        if credentials.token is not None:
+            self._login_xoauth2(adapter, credentials.token, plain=plain)
             return
-        for verb, method, argument in (
-            ("USER", client.user, self._username),
-            ("PASS", client.pass_, self._password.reveal()),
-        ):
-            if verb == "PASS" and self.encryption == "none":
+        steps = (
+            ("USER", adapter.user, credentials.username or ""),
+            ("PASS", adapter.password, _revealed(credentials)),
+        )
+        for verb, send, argument in steps:
+            if verb == "PASS" and plain:
                 # Only now: a server that insists on TLS refuses USER already
                 # (Dovecot's disable_plaintext_auth), and the password stays here.
                 log.warning(
-                    "sending the POP3 password for %r to %s:%d without encryption",
-                    self._username,
-                    self.hostname,
-                    self.port,
+                    "sending the POP3 password for %r to %s without encryption",
+                    credentials.username,
+                    where,
                 )
             failure = None
             try:
-                method(argument)
+                send(argument)
             except Exception as error:
                 failure = self._translate(error, verb, during_login=True)
             if failure is not None:
                 # Raised outside the handler so the original, which may hold the
                 # password or the server's echo of it, is not kept as the context.
                 raise failure
-        log.debug("logged in to %s:%d as %r", self.hostname, self.port, self._username)
+        log.debug("logged in to %s as %r", where, credentials.username)
+
+    def _login_xoauth2(self, adapter: ClientAdapter, source: TokenSource, *, plain: bool) -> None:
+        username = self.credentials.username or ""
+        if plain:
+            log.warning(
+                "sending a POP3 OAuth2 token for %r to %s without encryption",
+                username,
+                self.connector.where,
+            )
+        xoauth2_login(
+            adapter,
+            username,
+            source,
+            initial_response=self._oauth2_initial_response,
+            translate=lambda error, token: self._translate(error, "AUTH", during_login=True),
+            where=self.connector.where,
+            sending=self._remember_token,
+        )
+        log.debug("logged in to %s as %r with XOAUTH2", self.connector.where, username)
+
+    def _remember_token(self, token: str) -> None:
+        if token not in self._tokens_sent:
+            self._tokens_sent.append(token)
 
     # -- commands ----------------------------------------------------------------
 
-    def _live_client(self) -> Client:
-        if self._client is None:
+    def live(self) -> ClientAdapter:
+        """The open connection; :class:`POP3ConnectionError` if it was lost."""
+        if self._adapter is None:
             raise POP3ConnectionError(
                 "the POP3 session was lost, and deletions marked in it were not committed; "
                 "call disconnect() or connect() to start again"
             )
-        return self._client
+        return self._adapter
 
-    def _call(self, client: Client, method: str, *args: Any) -> Any:
-        """Run one client method; translate failures and drop a broken connection."""
-        verb = method.rstrip("_").split("_")[0].upper()
+    def run(
+        self, verb: str, command: Callable[[ClientAdapter], T], *, message: int | None = None
+    ) -> T:
+        """Run one command on the open connection within its time limit.
+
+        Failures become the library's errors; any but a ``-ERR`` reply loses the
+        session, since the stream can no longer be trusted to be in step. ``message``
+        names the message a reply over the size limit belongs to.
+        """
+        adapter = self.live()
         try:
-            with self._connector.time_limit(verb, lambda: socket_of(client)) as limit:
-                if method in _BATCHED and args:
-                    # A pipelined batch is many replies: each gets the full limit, so a
-                    # large mailbox on a slow link is not cut while replies keep coming.
-                    args = (*args[:-1], _restarting(args[-1], limit))
-                return getattr(client, method)(*args)
+            with self.connector.time_limit(verb, lambda: adapter.socket) as limit:
+                self._limit = limit
+                return command(adapter)
         except ResponseTooLargeError as error:
-            self._lose_session(verb, error)
-            if verb in ("RETR", "TOP") and args:
-                number = error.number if error.number is not None else args[0]
+            self.lose(verb, error)
+            number = error.number if error.number is not None else message
+            if number is not None:
                 raise POP3MessageTooLargeError(number, None, error.limit) from None
             raise POP3ProtocolError(f"{verb} reply larger than {error.limit} bytes") from None
         except Exception as error:
             translated = self._translate(error, verb)
             if not isinstance(translated, POP3ResponseError):
-                self._lose_session(verb, translated)
+                self.lose(verb, translated)
             raise translated from chain_cause(error)
+        finally:
+            self._limit = None
 
-    def _lose_session(self, verb: str, error: BaseException) -> None:
-        client = self._client
-        if client is None:
-            return
-        log.warning(
-            "POP3 session with %s:%d lost during %s (%s); %d deletion(s) not committed",
-            self.hostname,
-            self.port,
-            verb,
-            error,
-            self._pending_deletions,
-        )
-        self._client = None
-        self._authenticated = False
-        self._broken = True
-        self._pending_deletions = 0
-        close_quietly(client)
+    def restart_limit(self) -> None:
+        """Give the running command its full time again (after each reply of a batch)."""
+        if self._limit is not None:
+            self._limit.restart()
 
     def _translate(
         self, error: BaseException, verb: str, *, during_login: bool = False
     ) -> MailHandlerError:
-        return self._connector.translate(
-            error, verb, during_login=during_login, secret=self._password.reveal()
+        return self.connector.translate(
+            error, verb, during_login=during_login, secrets=self.secrets()
         )
 
-    def _caller(self, client: Client) -> commands.Call:
-        return functools.partial(self._call, client)
 
-
-# -- module helpers ----------------------------------------------------------------
-
-
-#: Client methods that read many replies in one exchange, with a per-reply callback last.
-_BATCHED = frozenset({"retr_many"})
-
-
-def _restarting(callback: Callable[..., Any], limit: TimeLimit) -> Callable[..., Any]:
-    def restart_then_deliver(*args: Any) -> Any:
-        limit.restart()
-        return callback(*args)
-
-    return restart_then_deliver
+def _revealed(credentials: Credentials) -> str:
+    return credentials.password.reveal() if credentials.password is not None else ""
 
 
 def _commit_failure(failure: MailHandlerError, pending: int) -> MailHandlerError:

@@ -14,9 +14,11 @@ consumed) and undoes the dot-stuffing in one pass.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .._net.masking import mask_secrets
 from ..errors import (
     POP3AuthenticationError,
     POP3ConnectionError,
@@ -145,30 +147,29 @@ def parse_error_reply(reply: bytes | str) -> ErrorReply | None:
 
 
 def error_for_reply(
-    reply: bytes | str, *, during_login: bool = False, secret: str | None = None
+    reply: bytes | str, *, during_login: bool = False, secrets: Iterable[str | None] = ()
 ) -> POP3ResponseError | POP3ProtocolError:
     """Turn a reply poplib refused into the library's exception.
 
     ``[IN-USE]`` and ``[LOGIN-DELAY]`` become :class:`POP3MailboxBusyError`. During a
     login, any other ``-ERR`` means the credentials were refused, except the RFC 3206
     ``[SYS/...]`` codes, which blame the server rather than the credentials. Anything
-    that is not ``-ERR`` at all is a protocol error. ``secret`` is masked out of the
-    text in case a server echoes it.
+    that is not ``-ERR`` at all is a protocol error. Every form of each of ``secrets``
+    (as is, or in base64, as a server echoing a SASL response sends it) is masked out
+    of the text.
     """
+    secrets = tuple(secrets)
     parsed = parse_error_reply(reply)
     if parsed is None:
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-        return POP3ProtocolError(f"unexpected reply from server: {_mask(text, secret)[:200]!r}")
-    text = _mask(parsed.text, secret)
+        shown = mask_secrets(text[:1000], secrets)[:200]
+        return POP3ProtocolError(f"unexpected reply from server: {shown!r}")
+    text = mask_secrets(parsed.text, secrets)
     if parsed.code in _BUSY_CODES:
         return POP3MailboxBusyError(text, parsed.code)
     if during_login and not (parsed.code or "").startswith(_SYSTEM_CODE_PREFIX):
         return POP3AuthenticationError(text, parsed.code)
     return POP3ResponseError(text, parsed.code)
-
-
-def _mask(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
 
 
 def parse_scan_line(line: bytes | str) -> tuple[int, int]:
@@ -181,19 +182,6 @@ def parse_scan_line(line: bytes | str) -> tuple[int, int]:
     if number < 1 or size < 0:
         raise POP3ProtocolError(f"malformed scan listing: {_preview(line)!r}")
     return number, size
-
-
-def parse_uid_line(line: bytes | str) -> tuple[int, str]:
-    """Parse ``"<number> <unique-id>"`` (a UIDL line)."""
-    parts = _words(line)
-    try:
-        number = int(parts[0])
-        uid = parts[1]
-    except (IndexError, ValueError):
-        raise POP3ProtocolError(f"malformed unique-id listing: {_preview(line)!r}") from None
-    if number < 1 or not uid:
-        raise POP3ProtocolError(f"malformed unique-id listing: {_preview(line)!r}")
-    return number, uid
 
 
 def strip_ok(reply: bytes | str) -> str:

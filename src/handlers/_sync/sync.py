@@ -17,20 +17,37 @@ Make ``handler_fn`` idempotent if that matters (the ``uid`` is a natural key).
 Deletions are committed by the session's ``QUIT``. If it never comes, the messages
 stay on the server, are recognised as seen next run, and (with ``delete_after``) are
 marked again then.
+
+All of this rests on each message having an ID of its own. A message whose ID breaks
+RFC 1939 (not 1 to 70 characters from ``!`` to ``~``) or is shared with another
+message cannot be told apart from others across runs, so it is *unsafe*: never handed
+over, never recorded, never deleted. It stays on the server, is logged at WARNING and
+counted in :attr:`SyncResult.unsafe`, with its message number in
+:attr:`SyncResult.unsafe_numbers` for a caller who wants to fetch it by hand.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .._net.logs import get_logger
 from ..errors import POP3MessageTooLargeError
-from .uid_store import UIDStore
+from .uid_store import UIDStore, is_valid_uid
 
 log = get_logger("sync")
+
+
+class UniqueIDs(Protocol):
+    """A mailbox's unique-ID listing: ``(number, uid)`` pairs in ascending order of
+    number, ``uid`` None where the server sent an invalid one; iterable more than once."""
+
+    def __iter__(self) -> Iterator[tuple[int, str | None]]: ...
+
+    def __len__(self) -> int: ...
 
 
 class SyncMailbox(Protocol):
@@ -38,7 +55,7 @@ class SyncMailbox(Protocol):
 
     def session(self) -> AbstractContextManager[Any]: ...
 
-    def list_uids(self) -> dict[int, str]: ...
+    def uid_listing(self) -> UniqueIDs: ...
 
     def fetch_message(self, message_id: int) -> dict[str, Any] | None: ...
 
@@ -63,6 +80,11 @@ class SyncResult:
     """Messages not handled: refused, too large, or ``handler_fn`` raised."""
     failed_uids: tuple[str, ...] = ()
     """Unique IDs of the failed messages; they are tried again next run."""
+    unsafe: int = 0
+    """Messages left alone because their unique ID is invalid or shared with another
+    message: not handed over, not recorded, not deleted."""
+    unsafe_numbers: tuple[int, ...] = ()
+    """Message numbers (valid in this run's session only) of the unsafe messages."""
 
 
 @dataclass
@@ -71,10 +93,14 @@ class _Tally:
     skipped: int = 0
     deleted: int = 0
     failed_uids: list[str] = field(default_factory=list)
+    unsafe_numbers: list[int] = field(default_factory=list)
 
     def result(self) -> SyncResult:
         failed = tuple(self.failed_uids)
-        return SyncResult(self.fetched, self.skipped, self.deleted, len(failed), failed)
+        unsafe = tuple(self.unsafe_numbers)
+        return SyncResult(
+            self.fetched, self.skipped, self.deleted, len(failed), failed, len(unsafe), unsafe
+        )
 
     def fail(self, uid: str) -> None:
         self.failed_uids.append(uid)
@@ -99,16 +125,21 @@ def sync_mailbox(
     """
     tally = _Tally()
     with handler.session():
-        uids = handler.list_uids()
-        seen_once: set[str] = set()
-        for number in sorted(uids):
-            uid = uids[number]
-            if uid in seen_once:
-                continue  # a server repeating an ID; list_uids() already warned
-            seen_once.add(uid)
+        listing = list(handler.uid_listing())
+        owners = Counter([uid for _, uid in listing if uid is not None and is_valid_uid(uid)])
+        for number, uid in listing:
+            if uid is None or owners.get(uid, 0) != 1:
+                tally.unsafe_numbers.append(number)
+                continue
             _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
+        if tally.unsafe_numbers:
+            log.warning(
+                "POP3 sync: messages %s left alone: their unique IDs are invalid or shared, "
+                "so they cannot be recognised next run",
+                tally.unsafe_numbers,
+            )
         if prune:
-            store.retain(seen_once)
+            store.retain(owners.keys())
     result = tally.result()
     log.debug("POP3 sync finished: %s", result)
     return result

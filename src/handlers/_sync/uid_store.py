@@ -18,12 +18,14 @@ A store belongs to one mailbox: IDs are only unique within a maildrop.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from ..errors import MailValidationError
 from .durable import write_durably
 
 _HEADER = "# mailhandlers POP3 unique-id store v1"
@@ -46,18 +48,22 @@ class UIDStore(Protocol):
         ...
 
 
-def check_uid(uid: str) -> str:
-    """Return ``uid`` if it is a valid RFC 1939 unique ID, else raise ``ValueError``.
+_UID = re.compile("[\x21-\x7e]{1,70}")
 
-    Valid IDs are 1 to 70 characters from ``!`` to ``~``, so they never contain
-    whitespace and fit on one line of a store file.
-    """
-    if (
-        not isinstance(uid, str)
-        or not 1 <= len(uid) <= 70
-        or any(not "\x21" <= char <= "\x7e" for char in uid)
-    ):
-        raise ValueError("a POP3 unique ID is 1 to 70 printable ASCII characters, no spaces")
+
+def is_valid_uid(uid: object) -> bool:
+    """Whether ``uid`` is a valid RFC 1939 unique ID: 1 to 70 characters from ``!`` to
+    ``~``, so it never contains whitespace and fits on one line of a store file."""
+    return isinstance(uid, str) and _UID.fullmatch(uid) is not None
+
+
+def check_uid(uid: str) -> str:
+    """Return ``uid`` if it is a valid RFC 1939 unique ID, else raise
+    :class:`~src.handlers.errors.MailValidationError` (a ``ValueError``)."""
+    if not is_valid_uid(uid):
+        raise MailValidationError(
+            "a POP3 unique ID is 1 to 70 printable ASCII characters, no spaces", "uid"
+        )
     return uid
 
 
