@@ -28,6 +28,7 @@ EXAMPLES: dict[type[MailHandlerError], MailHandlerError] = {
     errors.MailConnectionError: errors.MailConnectionError("connection reset"),
     errors.MailTimeoutError: errors.MailTimeoutError("no answer in 30s"),
     errors.PoolTimeoutError: errors.PoolTimeoutError("no free connection in 30s"),
+    errors.RateLimitTimeout: errors.RateLimitTimeout("smtp.example.org:587 ada", 2.5),
     errors.DNSLookupError: errors.DNSLookupError("SERVFAIL"),
     errors.DNSTimeoutError: errors.DNSTimeoutError("DNS timed out"),
     errors.OutcomeUnknownError: errors.OutcomeUnknownError("no reply after the dot"),

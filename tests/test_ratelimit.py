@@ -18,10 +18,10 @@ import pytest
 from src.handlers._net.ratelimit import (
     RateLimit,
     RateLimiter,
-    RateLimitTimeout,
     RedisRateStore,
     is_throttling_reply,
 )
+from src.handlers.errors import RateLimitTimeout
 
 KEY = ("smtp.example.test", 587, "alice")
 

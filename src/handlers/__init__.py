@@ -12,8 +12,11 @@ from ._auth.providers import (
     microsoft_app_tokens,
     microsoft_tokens,
 )
+from ._dkim.signer import DEFAULT_SIGNED_HEADERS, DKIMSigner
+from ._mime.dsn import DeliveryAction, DeliveryReport, RecipientReport, parse_delivery_report
 from ._mime.parser import ParseLimits, parse_message
 from ._net.connect import Proxy, open_connection
+from ._net.ratelimit import RateLimit, RateLimiter, RedisRateStore, is_throttling_reply
 from ._net.tls import client_certificate_context
 from ._sync.sync import SyncResult, sync_mailbox
 from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
@@ -45,6 +48,7 @@ from .errors import (
     POP3UnsupportedError,
     ProxyAuthenticationError,
     ProxyError,
+    RateLimitTimeout,
     SMTPDataRefused,
     SMTPNotSupportedError,
     SMTPRecipientsRefused,
@@ -67,12 +71,16 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_SIGNED_HEADERS",
     "MAX_RETRIES",
     "RETRYABLE_CODES",
     "RETRY_DELAYS",
     "ConfigurationError",
+    "DKIMSigner",
     "DNSLookupError",
     "DNSTimeoutError",
+    "DeliveryAction",
+    "DeliveryReport",
     "DeliveryResult",
     "FileUIDStore",
     "MailAuthenticationError",
@@ -105,6 +113,11 @@ __all__ = [
     "Proxy",
     "ProxyAuthenticationError",
     "ProxyError",
+    "RateLimit",
+    "RateLimitTimeout",
+    "RateLimiter",
+    "RecipientReport",
+    "RedisRateStore",
     "RetryPolicy",
     "SMTPConnectionPool",
     "SMTPDataRefused",
@@ -121,9 +134,11 @@ __all__ = [
     "UIDStore",
     "client_certificate_context",
     "google_tokens",
+    "is_throttling_reply",
     "microsoft_app_tokens",
     "microsoft_tokens",
     "open_connection",
+    "parse_delivery_report",
     "parse_message",
     "shared_pool",
     "sync_mailbox",

@@ -9,7 +9,8 @@ problems also derive from the built-in :class:`ConnectionError` and timeouts fro
     │   └── ConfigurationError                     a handler or pool setting is invalid
     ├── MailConnectionError (ConnectionError)      could not reach or lost the server
     │   ├── MailTimeoutError (TimeoutError)        no answer within the timeout/deadline
-    │   │   └── PoolTimeoutError                   no pooled connection became free in time
+    │   │   ├── PoolTimeoutError                   no pooled connection became free in time
+    │   │   └── RateLimitTimeout                   a rate limit gave no permit in time
     │   ├── POP3ConnectionError                    spec name for POP3 connection failures
     │   │   ├── POP3TimeoutError (TimeoutError)
     │   │   └── POP3SecurityError                  also a MailSecurityError: not retried
@@ -117,6 +118,20 @@ class MailTimeoutError(MailConnectionError, TimeoutError):
 
 class PoolTimeoutError(MailTimeoutError):
     """No connection became free within the pool's wait timeout."""
+
+
+class RateLimitTimeout(MailTimeoutError):
+    """A rate limit gave no permit before the deadline.
+
+    ``key`` names the limited server and login; ``retry_after`` hints when to try again:
+    one token interval at the current rate when a message token was missing, 0 when a
+    connection slot was.
+    """
+
+    def __init__(self, key: str, retry_after: float) -> None:
+        super().__init__(f"rate limit for {key}: no permit before the deadline")
+        self.key = key
+        self.retry_after = retry_after
 
 
 class DNSLookupError(MailConnectionError):
@@ -356,6 +371,7 @@ __all__ = [
     "PoolTimeoutError",
     "ProxyAuthenticationError",
     "ProxyError",
+    "RateLimitTimeout",
     "SMTPDataRefused",
     "SMTPNotSupportedError",
     "SMTPRecipientsRefused",

@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from ._auth.oauth2 import TokenProvider, TokenSource
+from ._mime.dsn import DeliveryAction, DeliveryReport, RecipientReport, parse_delivery_report
 from ._mime.parser import ParseLimits
 from ._net.config import Encryption, Endpoint, Timeouts
 from ._net.logs import get_logger
@@ -64,6 +65,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "POP3",
     "POP3_SSL",
+    "DeliveryAction",
+    "DeliveryReport",
     "FileUIDStore",
     "MemoryUIDStore",
     "POP3AuthenticationError",
@@ -76,9 +79,11 @@ __all__ = [
     "POP3TimeoutError",
     "POP3UnsupportedError",
     "ParseLimits",
+    "RecipientReport",
     "SQLiteUIDStore",
     "SyncResult",
     "UIDStore",
+    "parse_delivery_report",
     "sync_mailbox",
 ]
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
+from ..errors import RateLimitTimeout
 from .forksafe import forget_in_child
 from .logs import get_logger
 
@@ -41,7 +42,6 @@ __all__ = [
     "ConnectionSlot",
     "Permit",
     "RateLimit",
-    "RateLimitTimeout",
     "RateLimiter",
     "RateStore",
     "RedisRateStore",
@@ -54,22 +54,6 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
 _QUIET_PERIODS_TO_UNLIMITED = 10
-
-
-class RateLimitTimeout(TimeoutError):
-    """The permit could not be had before the deadline.
-
-    ``retry_after`` is a hint for when to try again: one token interval at the current
-    rate when a message token was missing, 0 when it was a connection slot.
-    """
-
-    def __init__(self, key: str, retry_after: float) -> None:
-        super().__init__(key, retry_after)
-        self.key = key
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        return f"rate limit for {self.key}: no permit before the deadline"
 
 
 def is_throttling_reply(code: int, enhanced_code: str | None = None) -> bool:
