@@ -945,6 +945,8 @@ class FakeConnection:
         self.last_used = clock
         self.pid = os.getpid()
         self.broken = False
+        self.retired = False
+        self.messages_sent = 0
         self.generation = 0
         self.dropped = False
         self.closes: list[bool] = []  # the polite flag of each close() call
@@ -1223,6 +1225,7 @@ def test_get_stats_counts_everything(
         "expired": 0,
         "dropped": 0,
         "discarded": 1,
+        "retired": 0,
         "waits": 0,
         "in_use": 1,
         "idle": 0,

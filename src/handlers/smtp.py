@@ -27,7 +27,7 @@ from ._net.control_chars import find_control_character
 from ._net.deadline import Deadline
 from ._net.logs import get_logger
 from ._smtp.connect import SMTPEncryption
-from ._smtp.connection import SMTPConnection, TransactionOutcome
+from ._smtp.connection import SMTPConnection, Transaction, TransactionOutcome
 from ._smtp.pool import SMTPConnectionPool
 from .errors import (
     MailHandlerError,
@@ -274,7 +274,10 @@ class SMTPProtocolHandler:
     # ------------------------------------------------------------------ connections
 
     def _checkout(self, deadline: Deadline | None = None) -> SMTPConnection:
-        if not self._slots.acquire(timeout=self._pool_wait_timeout):
+        wait = self._pool_wait_timeout
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline.remaining()))
+        if not self._slots.acquire(timeout=wait):
             raise PoolTimeoutError(f"all {self.pool_size} connections of this handler stayed busy")
         try:
             return self._pool.get_connection(
@@ -502,7 +505,7 @@ class SMTPProtocolHandler:
             except OutcomeUnknownError:
                 raise  # whatever cut the reply short, the message may have been delivered
             except (MailHandlerError, OSError) as error:
-                if deadline.expired:
+                if deadline.expired or deadline.remaining() <= 0:
                     raise MailTimeoutError(
                         f"sending did not finish within {self.operation_timeout:g}s "
                         "(operation_timeout)"
@@ -510,15 +513,36 @@ class SMTPProtocolHandler:
                 raise
 
     def _transact(self, message: OutgoingMessage, deadline: Deadline) -> TransactionOutcome:
+        transaction = Transaction()
+        try:
+            return self._transact_once(message, deadline, transaction)
+        except SMTPSenderRefused:
+            if transaction.refused_at_mail_after is None:
+                raise
+        # A transient refusal of MAIL on a session that already carried messages: the
+        # server's per-session message limit. A fresh connection, at once, is the remedy.
+        log.debug(
+            "SMTP server refused MAIL after %d messages on one connection; using a new one",
+            transaction.refused_at_mail_after,
+        )
+        return self._transact_once(message, deadline, Transaction())
+
+    def _transact_once(
+        self, message: OutgoingMessage, deadline: Deadline, transaction: Transaction
+    ) -> TransactionOutcome:
         connection = self._checkout(deadline)
         deadline.target = lambda: connection.client.sock
         try:
-            return connection.send(message)
+            if deadline.expired:
+                # The time ran out while no socket was there to cut (waiting for the
+                # pool): the exchange would have no bound.
+                raise MailTimeoutError("the operation_timeout ran out before sending began")
+            return connection.send(message, transaction)
         except (MailResponseError, SMTPNotSupportedError):
             raise  # the server answered (or nothing was sent): the session is in step
         except BaseException as error:
             connection.broken = True
-            if isinstance(error, Exception) and deadline.expired and connection.final_dot_sent:
+            if isinstance(error, Exception) and deadline.expired and transaction.final_dot_sent:
                 # The watchdog cut the wait for the final reply; whatever error that
                 # caused (even a reset), the server may have accepted the message.
                 raise OutcomeUnknownError(

@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from typing import Any, Literal
 
 from .logs import get_logger
-from .masking import MASK
+from .masking import MASK, mask_secrets
 
 log = get_logger("trace")
 
@@ -83,6 +83,7 @@ class Redactor:
         self.protocol = protocol
         self._in_exchange = False  # an AUTH/PASS/APOP exchange is under way
         self._secrets: list[str] = []
+        self._lasting: tuple[str, ...] = ()
 
     def client_line(self, line: str) -> str:
         """The loggable form of one command line the client sends."""
@@ -109,11 +110,18 @@ class Redactor:
             return f"{verb} {name} {MASK}"
         return line
 
+    def mask_always(self, secrets: tuple[str, ...]) -> None:
+        """Mask every form of ``secrets`` in every later reply, not just during a login
+        (a server may echo a password in any reply of the session)."""
+        self._lasting = secrets
+
     def server_line(self, line: str, *, continuation: bool) -> str:
         """The loggable form of one reply line; ``continuation`` marks a SASL challenge
         (SMTP ``334``, POP3 ``+``)."""
         for secret in self._secrets:
             line = line.replace(secret, MASK)
+        if self._lasting:
+            line = mask_secrets(line, self._lasting)
         if self._in_exchange and not continuation:
             self._in_exchange = False
             self._secrets.clear()

@@ -26,6 +26,7 @@ from .._mime.builder import OutgoingMessage
 from .._net import trace as wire_log
 from .._net.deadline import Deadline
 from .._net.logs import get_logger
+from .._net.masking import mask_secrets
 from .._net.tls import resolve_context
 from ..errors import (
     MailConnectionError,
@@ -55,6 +56,22 @@ _DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 
 
 @dataclass
+class Transaction:
+    """The state of one attempt to send one message, made fresh for every attempt.
+
+    A pooled connection outlives its transactions, so what one message's exchange
+    reached must never be read as another's: ``final_dot_sent`` belongs here.
+    """
+
+    final_dot_sent: bool = False
+    """True once this message's final dot went out: from then on, a reply that does not
+    arrive (or cannot be read) leaves the outcome unknown."""
+    refused_at_mail_after: int | None = None
+    """When MAIL got a transient refusal on a connection that had already carried
+    messages, how many: the server may limit the messages of one session."""
+
+
+@dataclass
 class TransactionOutcome:
     """What the server said about one message."""
 
@@ -81,9 +98,11 @@ class SMTPConnection:
         self.messages_sent = 0
         self.generation = 0  # set by the pool that owns the connection
         self.checked_out = False  # True while a caller holds it from the pool
-        # True once a message's final dot went out: from then on, a reply that does not
-        # arrive (or cannot be read) leaves the outcome unknown.
-        self.final_dot_sent = False
+        # Set when the session is fine but must not carry another message (the server's
+        # per-session message limit): the pool closes it instead of keeping it.
+        self.retired = False
+        # Every secret this session's login sent: masked in every reply text it reports.
+        self.secrets: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ opening
 
@@ -114,13 +133,14 @@ class SMTPConnection:
         context = resolve_context(ssl_context) if encryption is not SMTPEncryption.NONE else None
         name = local_hostname or default_local_hostname()
         client = connect(host, port, encryption, timeout, context, name, deadline)
+        secrets: tuple[str, ...] = ()
         try:
             ehlo(client)
             if encryption is SMTPEncryption.STARTTLS:
                 assert context is not None
                 starttls(client, host, context)
             if username:
-                login(
+                secrets = login(
                     client,
                     username,
                     password or "",
@@ -133,7 +153,12 @@ class SMTPConnection:
             close_quietly(client)
             raise
         log.debug("opened SMTP connection to %s:%s (%s)", host, port, encryption.value)
-        return cls(client, key, time.monotonic() if clock is None else clock)
+        connection = cls(client, key, time.monotonic() if clock is None else clock)
+        connection.secrets = secrets
+        tracer = wire_log.tracer_of(client)
+        if tracer is not None and secrets:
+            tracer.redactor.mask_always(secrets)
+        return connection
 
     # ------------------------------------------------------------------ health
 
@@ -206,6 +231,10 @@ class SMTPConnection:
         return self._check_reply(after, code, decode_reply(reply))
 
     def _check_reply(self, verb: str, code: int, text: str) -> tuple[int, str]:
+        if self.secrets and (code >= 400 or code < 200):
+            # Error texts end up in results, logs and exceptions; a server may echo
+            # what the login sent.
+            text = mask_secrets(text, self.secrets)
         if code < 200 or code > 599:
             self.broken = True
             raise MailProtocolError(f"unintelligible reply to {verb}: {text[:200]!r}")
@@ -253,20 +282,21 @@ class SMTPConnection:
             if self.has_extension("8bitmime"):
                 options.append("BODY=8BITMIME")
         if self.has_extension("size"):
-            limit = self.client.esmtp_features.get("size", "").strip()
-            if limit.isdigit() and int(limit) and len(message.data) > int(limit):
+            limit = _size_limit(self.client.esmtp_features.get("size", ""))
+            if limit is not None and len(message.data) > limit:
                 raise SMTPNotSupportedError(
                     f"message is {len(message.data)} bytes; the server accepts at most {limit}"
                 )
             options.append(f"SIZE={len(message.data)}")
         return options
 
-    def send(self, message: OutgoingMessage) -> TransactionOutcome:
+    def send(self, message: OutgoingMessage, transaction: Transaction) -> TransactionOutcome:
         """Run MAIL, RCPT and DATA for ``message``; pipelined when the server allows.
 
-        Returns the outcome when the message was accepted for at least one recipient;
-        raises SMTPSenderRefused, SMTPRecipientsRefused, SMTPDataRefused, a connection
-        error (message not accepted) or OutcomeUnknownError (body sent, no reply).
+        ``transaction`` records how far this attempt got. Returns the outcome when the
+        message was accepted for at least one recipient; raises SMTPSenderRefused,
+        SMTPRecipientsRefused, SMTPDataRefused, a connection error (message not
+        accepted) or OutcomeUnknownError (body sent, no reply).
         """
         options = " ".join(self._mail_options(message))
         # smtplib encodes commands as ASCII unless told otherwise; SMTPUTF8 needs UTF-8.
@@ -277,10 +307,13 @@ class SMTPConnection:
             replies = self._pipelined_envelope(mail_args, rcpt_lines)
         else:
             replies = self._lockstep_envelope(mail_args, rcpt_lines)
+        mail_code = replies[0][0]
+        if 400 <= mail_code < 500 and mail_code != 421 and self.messages_sent:
+            transaction.refused_at_mail_after = self.messages_sent
+            self.retired = True
         outcome = self._judge_envelope(message, replies)
-        self.final_dot_sent = False
         self._send_body(message.data)
-        self.final_dot_sent = True
+        transaction.final_dot_sent = True
         code, text = self._final_reply()
         if code != 250:
             raise SMTPDataRefused(code, text)
@@ -373,10 +406,16 @@ class SMTPConnection:
     # ------------------------------------------------------------------ closing
 
     def close(self, polite: bool = True) -> None:
-        """QUIT (if ``polite`` and healthy) and close the socket; never raises."""
-        if polite and not self.broken and self.pid == os.getpid():
-            with contextlib.suppress(OSError, smtplib.SMTPException):
-                self.client.docmd("QUIT")
+        """Say QUIT (if ``polite`` and healthy) and close the socket; never raises.
+
+        The QUIT goes out without waiting, and the 221 is not awaited: closing often
+        happens on the way to another send, whose time a slow goodbye must not take.
+        """
+        sock = self.client.sock
+        if polite and not self.broken and self.pid == os.getpid() and sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sock.setblocking(False)
+                sock.send(b"QUIT\r\n")
         close_quietly(self.client)
         self.broken = True
 
@@ -386,6 +425,18 @@ class SMTPConnection:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _size_limit(parameter: str) -> int | None:
+    """The byte limit of an EHLO ``SIZE`` parameter; None for no limit.
+
+    A value that is not plain ASCII digits (a superscript passes ``str.isdigit``) is
+    ignored rather than failing every send: the server still refuses what is too big.
+    """
+    value = parameter.strip()
+    if not value.isascii() or not value.isdigit():
+        return None
+    return int(value) or None
 
 
 def _readable(sock: socket.socket) -> bool:

@@ -118,8 +118,12 @@ class SMTPConnectionPool:
         self._in_use = 0
         self._generation = 0  # bumped by close_all: older connections are not kept
         self._stats = dict.fromkeys(
-            ("created", "reused", "closed", "expired", "dropped", "discarded", "waits"), 0
+            ("created", "reused", "closed", "expired", "dropped", "discarded", "retired", "waits"),
+            0,
         )
+        # Per key, the number of messages after which the server refused another on
+        # the same session: connections are retired when they reach it.
+        self._message_limits: dict[ConnectionKey, int] = {}
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: drop the parent's sockets without touching them."""
@@ -171,7 +175,7 @@ class SMTPConnectionPool:
         )
         limit = self.wait_timeout if wait_timeout is None else wait_timeout
         while True:
-            checkout = self._reserve(key, limit)
+            checkout = self._reserve(key, limit, deadline)
             if checkout.evict is not None:
                 self._close(checkout.evict, "evicted to make room")
             candidate = checkout.reuse
@@ -181,7 +185,11 @@ class SMTPConnectionPool:
                     self._count("reused")
                     log.debug("reusing SMTP connection to %s:%s", host, port)
                     return candidate
-                self._count("expired" if reason != "dropped by server" else "dropped")
+                self._count(
+                    {"dropped by server": "dropped", "message limit reached": "retired"}.get(
+                        reason, "expired"
+                    )
+                )
                 self._close(candidate, reason, polite=reason != "dropped by server")
             try:
                 connection = self._opener(
@@ -206,10 +214,14 @@ class SMTPConnectionPool:
             self._count("created")
             return connection
 
-    def _reserve(self, key: ConnectionKey, wait_timeout: float) -> _Checkout:
+    def _reserve(
+        self, key: ConnectionKey, wait_timeout: float, operation: Deadline | None
+    ) -> _Checkout:
         """Under the lock: take an idle connection, or a slot to open one (maybe by
-        evicting another server's idle connection), or wait."""
+        evicting another server's idle connection), or wait, never past ``operation``."""
         deadline = time.monotonic() + wait_timeout
+        if operation is not None and operation.remaining() < wait_timeout:
+            deadline = time.monotonic() + max(0.0, operation.remaining())
         with self._lock:
             while True:
                 idle = self._idle.get(key)
@@ -228,6 +240,11 @@ class SMTPConnectionPool:
                     return _Checkout(evict=victim)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if operation is not None and operation.remaining() <= 0:
+                        raise PoolTimeoutError(
+                            f"all {self.max_connections} connections stayed busy until the "
+                            f"operation_timeout of {operation.seconds:g}s ran out"
+                        )
                     raise PoolTimeoutError(
                         f"all {self.max_connections} connections stayed busy for {wait_timeout:g}s"
                     )
@@ -244,6 +261,8 @@ class SMTPConnectionPool:
         return oldest
 
     def _unfit_reason(self, connection: SMTPConnection) -> str | None:
+        if self._at_message_limit(connection):
+            return "message limit reached"
         now = self._clock()
         if now - connection.last_used > self.idle_timeout:
             return "idle too long"
@@ -252,6 +271,17 @@ class SMTPConnectionPool:
         if connection.is_dropped():
             return "dropped by server"
         return None
+
+    def _at_message_limit(self, connection: SMTPConnection) -> bool:
+        limit = self._message_limits.get(connection.key)  # type: ignore[call-overload]
+        return limit is not None and connection.messages_sent >= limit
+
+    def _learn_message_limit(self, connection: SMTPConnection) -> None:
+        """Under the lock: a retired connection's server refused another message after
+        ``messages_sent``; later connections of its key retire once they carried that
+        many. The latest observation replaces an earlier one."""
+        if isinstance(connection.key, ConnectionKey) and connection.messages_sent > 0:
+            self._message_limits[connection.key] = connection.messages_sent
 
     # ------------------------------------------------------------------ release
 
@@ -267,8 +297,12 @@ class SMTPConnectionPool:
                 log.warning("SMTP connection released twice; ignoring the second release")
                 return
             conn.checked_out = False
+            if conn.retired:
+                self._learn_message_limit(conn)
+            retire = conn.retired or self._at_message_limit(conn)
             keep = (
                 not conn.broken
+                and not retire
                 and not inherited
                 and conn.generation == self._generation
                 and isinstance(conn.key, ConnectionKey)
@@ -281,7 +315,12 @@ class SMTPConnectionPool:
             elif not inherited:
                 self._open = max(0, self._open - 1)
             self._freed.notify()
-        if not keep:
+        if keep:
+            return
+        if retire and not conn.broken and not inherited:
+            self._count("retired")
+            self._close(conn, "message limit reached")
+        else:
             self._count("discarded")
             self._close(conn, "broken", polite=False)
 
@@ -317,8 +356,9 @@ class SMTPConnectionPool:
             self._close(conn, "pool closed")
 
     def get_stats(self) -> dict[str, Any]:
-        """Counters: created, reused, closed, expired, dropped, discarded, waits, plus the
-        current in_use, idle and open counts and the bound."""
+        """Counters: created, reused, closed, expired, dropped, discarded, retired (at
+        the server's per-connection message limit), waits, plus the current in_use, idle
+        and open counts and the bound."""
         self._check_pid()
         with self._lock:
             stats: dict[str, Any] = dict(self._stats)
