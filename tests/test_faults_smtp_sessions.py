@@ -57,7 +57,7 @@ def make_handler(
     options.setdefault("timeout", TIMEOUT)
     options.setdefault("operation_timeout", OPERATION_TIMEOUT)
     options.setdefault("pool", SMTPConnectionPool(max_connections=4))
-    options.setdefault("retry_policy", RetryPolicy(max_retries=1, delays=(RETRY_DELAY,)))
+    options.setdefault("retry", RetryPolicy(max_retries=1, delays=(RETRY_DELAY,)))
     handler = SMTPProtocolHandler(
         *server.address, from_address="alice@example.com", sleep=sleeps, **options
     )
@@ -299,7 +299,7 @@ def test_deadline_bounds_the_wait_for_a_pool_slot(
             sleeps,
             pool=pool,
             operation_timeout=5.0,
-            retry_policy=RetryPolicy.never(),
+            retry=RetryPolicy.never(),
         )
         thread = threading.Thread(target=send, args=(holder, "holds the only slot"))
         thread.start()
@@ -347,13 +347,16 @@ def test_per_connection_message_limit_rolls_over_without_back_off(
     limited = SMTPDialogue(replies={"MAIL": [(250, "2.1.0 OK")] * LIMIT + [TOO_MANY] * 10})
     with ScriptedServer([limited] * 6) as server:
         handler = make_handler(server, handlers, sleeps)
-        results = [send(handler, f"message {n}") for n in range(13)]
-    assert [r.status for r in results] == [SMTPDeliveryStatus.SUCCESS] * 13
+        results = [send(handler, f"message {n}") for n in range(18)]
+    assert [r.status for r in results] == [SMTPDeliveryStatus.SUCCESS] * 18
     assert all(r.retry_count == 0 for r in results)
     assert sleeps == []
-    assert sum(bodies(server)) == 13
-    # The pool learnt the limit from the first refusal and rolled over before it later.
-    assert bodies(server) == (5, 5, 3)
+    assert bodies(server) == (5, 5, 5, 3)
+    # Two sessions refused the sixth message: from then on the pool rolls over first.
+    mails = [
+        sum(1 for line in c.received if line.startswith(b"MAIL")) for c in server.conversations
+    ]
+    assert mails == [6, 6, 5, 3]
     stats = handler.pool.get_stats()
-    assert stats["retired"] == 2
-    assert stats["created"] == 3
+    assert stats["retired"] == 3
+    assert stats["created"] == 4

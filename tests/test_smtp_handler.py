@@ -188,7 +188,7 @@ def test_wrong_password_fails_without_retry(start_server, make_handler, sleeps):
 def test_connect_returns_false_when_nothing_listens(make_handler):
     with ScriptedServer(smtp_accept_all) as server:
         host, port = server.address
-    handler = make_handler(host, port, retry_policy=None)
+    handler = make_handler(host, port, retry=None)
     assert handler.connect() is False
     assert handler.test_connection() is False
     assert handler.last_error

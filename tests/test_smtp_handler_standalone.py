@@ -29,8 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from src.handlers._mime.builder import OutgoingMessage, build_message
-from src.handlers._smtp.connection import SMTPConnection, SMTPEncryption, TransactionOutcome
-from src.handlers._smtp.pool import ConnectionKey, SMTPConnectionPool
+from src.handlers._smtp.connection import SMTPConnection, TransactionOutcome
+from src.handlers._smtp.pool import SMTPConnectionPool
+from src.handlers._smtp.settings import ConnectionKey, SessionSettings
 from src.handlers.errors import (
     MailAuthenticationError,
     MailConnectionError,
@@ -57,6 +58,7 @@ from src.handlers.retry import (
 from src.handlers.smtp import (
     DeliveryResult,
     SMTPDeliveryStatus,
+    SMTPEncryption,
     SMTPProtocolHandler,
 )
 from src.handlers.validation import SMTPMessageValidator, decode_attachments
@@ -969,8 +971,22 @@ class FakeOpener:
         self.options: list[dict[str, Any]] = []
         self.fail_next: BaseException | None = None
 
-    def __call__(self, host: str, port: int, **options: Any) -> FakeConnection:
-        self.options.append({"host": host, "port": port, **options})
+    def __call__(self, settings: SessionSettings, **options: Any) -> FakeConnection:
+        endpoint, credentials = settings.endpoint, settings.credentials
+        password = credentials.password.reveal() if credentials.password else None
+        self.options.append(
+            {
+                "host": endpoint.host,
+                "port": endpoint.port,
+                "encryption": endpoint.encryption,
+                "username": credentials.username,
+                "password": password,
+                "timeout": settings.timeouts.socket,
+                "local_hostname": settings.local_hostname,
+                "settings": settings,
+                **options,
+            }
+        )
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise error
@@ -1056,7 +1072,7 @@ def test_password_never_appears_in_keys_or_stats(pool: SMTPConnectionPool) -> No
     connection = get(pool, password=PASSWORD)
     for text in (repr(connection.key), str(connection.key), repr(pool), repr(pool.get_stats())):
         assert PASSWORD not in text
-        assert connection.key.secret_digest not in text
+        assert "CredentialIdentity" not in text and "identity" not in text
     put(pool, connection)
     assert PASSWORD not in repr(pool.get_stats())
 
@@ -1242,6 +1258,7 @@ def test_pool_after_fork_forgets_inherited_connections_without_closing_them(
     put(pool, first)
     put(pool, second)
     mocker.patch.object(os, "getpid", return_value=os.getpid() + 1)
+    pool._after_fork_in_child()  # what the fork-safety registry runs in a child
     stats = pool.get_stats()
     assert (stats["idle"], stats["open"], stats["in_use"]) == (0, 0, 0)
     fresh = get(pool)
@@ -1255,6 +1272,7 @@ def test_releasing_an_inherited_connection_after_fork_keeps_the_bound(
     pool = make_pool(clock, opener, max_connections=1)
     inherited = get(pool)  # in use by the thread that forks
     mocker.patch.object(os, "getpid", return_value=os.getpid() + 1)
+    pool._after_fork_in_child()  # what the fork-safety registry runs in a child
     own = get(pool)
     put(pool, inherited)
     assert inherited not in pool._idle.get(inherited.key, [])
@@ -1289,7 +1307,7 @@ def connection(mocker: Any) -> Any:
 @pytest.fixture
 def mock_pool(mocker: Any, connection: Any) -> Any:
     fake = mocker.Mock(spec=SMTPConnectionPool)
-    fake.get_connection.return_value = connection
+    fake.checkout.return_value = connection
     return fake
 
 
@@ -1424,7 +1442,7 @@ def test_connect_and_test_connection_report_failures_as_false(
     connection.noop.return_value = False
     assert handler.test_connection() is False
     assert handler.last_error is not None
-    mock_pool.get_connection.side_effect = MailAuthenticationError(535, "5.7.8 bad credentials")
+    mock_pool.checkout.side_effect = MailAuthenticationError(535, "5.7.8 bad credentials")
     assert handler.authenticate() is False
     assert handler.last_error is not None and "5.7.8" in handler.last_error
     assert PASSWORD not in handler.last_error
@@ -1490,8 +1508,8 @@ def test_successful_send(mock_pool: Any, connection: Any, sleep: Any) -> None:
     assert result.message_id == message.message_id
     assert message.recipients == ("rcpt@example.com", "other@example.net", "hidden@example.org")
     assert b"hidden@example.org" not in message.data
-    kwargs = mock_pool.get_connection.call_args
-    assert PASSWORD in kwargs.args  # the pool needs it to log in
+    settings = mock_pool.checkout.call_args.args[0]
+    assert settings.credentials.password.reveal() == PASSWORD  # the pool needs it to log in
     mock_pool.release_connection.assert_called_once_with("smtp.example.com", 587, connection)
     sleep.assert_not_called()
 
@@ -1564,7 +1582,7 @@ def test_421_then_success_is_retried_once(mock_pool: Any, connection: Any, sleep
     assert result.status is SMTPDeliveryStatus.SUCCESS
     assert result.retry_count == 1
     sleep.assert_called_once_with(1)
-    assert mock_pool.get_connection.call_count == 2
+    assert mock_pool.checkout.call_count == 2
     assert mock_pool.release_connection.call_count == 2
 
 
@@ -1618,12 +1636,12 @@ def test_permanent_data_refusal_is_failed(mock_pool: Any, connection: Any, sleep
 def test_authentication_failure_is_failed_and_not_retryable(
     mock_pool: Any, connection: Any, sleep: Any
 ) -> None:
-    mock_pool.get_connection.side_effect = MailAuthenticationError(535, "5.7.8 bad credentials")
+    mock_pool.checkout.side_effect = MailAuthenticationError(535, "5.7.8 bad credentials")
     result = send(make_handler(mock_pool, sleep))
     assert result.status is SMTPDeliveryStatus.FAILED
     assert result.is_retryable is False
     assert result.smtp_code == 535
-    assert mock_pool.get_connection.call_count == 1
+    assert mock_pool.checkout.call_count == 1
     connection.send.assert_not_called()
     sleep.assert_not_called()
     assert PASSWORD not in json.dumps(result.to_dict())
@@ -1651,7 +1669,7 @@ def test_unexpected_exception_becomes_a_failed_result(
     if where == "send":
         connection.send.side_effect = RuntimeError("boom")
     else:
-        mock_pool.get_connection.side_effect = KeyError("boom")
+        mock_pool.checkout.side_effect = KeyError("boom")
     result = send(make_handler(mock_pool, sleep))
     assert result.status is SMTPDeliveryStatus.FAILED
     assert result.is_retryable is False

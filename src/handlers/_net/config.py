@@ -64,12 +64,11 @@ def check_host(host: object) -> str:
     """``host`` stripped, if it can be a host name or address; else ConfigurationError."""
     if not isinstance(host, str) or not host.strip():
         raise ConfigurationError("hostname must be a non-empty string", "hostname")
-    host = host.strip()
-    if find_control_character(host) is not None or " " in host:
+    if find_control_character(host) is not None or " " in host.strip():
         raise ConfigurationError(
             "hostname must not contain spaces or control characters", "hostname"
         )
-    return host
+    return host.strip()
 
 
 def check_port(port: object) -> int:

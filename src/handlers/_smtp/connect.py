@@ -13,9 +13,9 @@ import functools
 import smtplib
 import socket
 import ssl
-from enum import Enum
 
 from .._net import trace as wire_log
+from .._net.config import Encryption, Endpoint
 from .._net.deadline import Deadline
 from .._net.tls import tls_error
 from ..errors import (
@@ -25,14 +25,6 @@ from ..errors import (
     MailTimeoutError,
     SMTPResponseError,
 )
-
-
-class SMTPEncryption(Enum):
-    """How the connection is protected."""
-
-    NONE = "none"
-    STARTTLS = "tls"
-    IMPLICIT_SSL = "ssl"
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,17 +110,16 @@ def close_quietly(client: smtplib.SMTP) -> None:
 
 
 def connect(
-    host: str,
-    port: int,
-    encryption: SMTPEncryption,
+    endpoint: Endpoint,
     timeout: float,
     context: ssl.SSLContext | None,
     local_hostname: str,
     deadline: Deadline | None,
 ) -> smtplib.SMTP:
+    host, port, encryption = endpoint.host, endpoint.port, endpoint.encryption
     client: smtplib.SMTP
     try:
-        if encryption is SMTPEncryption.IMPLICIT_SSL:
+        if encryption is Encryption.IMPLICIT_SSL:
             client = smtplib.SMTP_SSL(
                 local_hostname=local_hostname, timeout=timeout, context=context
             )
@@ -151,7 +142,7 @@ def connect(
         ) from None
     except smtplib.SMTPServerDisconnected as error:
         lost = disconnected(error)
-        if isinstance(lost, MailTimeoutError) and encryption is not SMTPEncryption.IMPLICIT_SSL:
+        if isinstance(lost, MailTimeoutError) and encryption is not Encryption.IMPLICIT_SSL:
             lost = MailTimeoutError(
                 f"no greeting from {host}:{port}: timed out after {timeout:g}s (a port "
                 "that expects TLS from the first byte, such as 465, stays silent until the "

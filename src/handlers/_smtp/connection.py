@@ -21,9 +21,9 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-from .._auth.oauth2 import TokenSource
 from .._mime.builder import OutgoingMessage
 from .._net import trace as wire_log
+from .._net.config import Encryption
 from .._net.deadline import Deadline
 from .._net.logs import get_logger
 from .._net.masking import mask_secrets
@@ -39,7 +39,6 @@ from ..errors import (
     SMTPSenderRefused,
 )
 from .auth import login
-from .connect import SMTPEncryption as SMTPEncryption  # still importable from here
 from .connect import (
     close_quietly,
     connect,
@@ -49,6 +48,7 @@ from .connect import (
     ehlo,
     starttls,
 )
+from .settings import SessionSettings
 
 log = get_logger("smtp")
 
@@ -109,44 +109,44 @@ class SMTPConnection:
     @classmethod
     def open(
         cls,
-        host: str,
-        port: int,
+        settings: SessionSettings,
         *,
-        encryption: SMTPEncryption,
-        username: str | None,
-        password: str | None,
-        timeout: float,
-        ssl_context: ssl.SSLContext | None,
-        local_hostname: str | None,
         key: object = None,
         clock: float | None = None,
         deadline: Deadline | None = None,
-        oauth2: TokenSource | None = None,
-        oauth2_initial_response: bool = True,
+        log_in: bool = True,
     ) -> SMTPConnection:
         """Connect, greet, secure and authenticate; raise a library error on any failure.
 
+        With ``log_in=False`` the session stops before AUTH (to see what the server
+        offers whatever the credentials).
+
         With a ``deadline``, the whole opening (greeting, TLS, login) is cut short when
-        it passes, however slowly the server drips its replies. With ``oauth2`` the
-        login uses XOAUTH2 instead of the password (see :mod:`src.handlers._auth.oauth2`).
+        it passes, however slowly the server drips its replies. Credentials with a
+        token source log in with XOAUTH2 (see :mod:`src.handlers._auth.oauth2`).
         """
-        context = resolve_context(ssl_context) if encryption is not SMTPEncryption.NONE else None
-        name = local_hostname or default_local_hostname()
-        client = connect(host, port, encryption, timeout, context, name, deadline)
+        endpoint, credentials = settings.endpoint, settings.credentials
+        host, port, encryption = endpoint.host, endpoint.port, endpoint.encryption
+        context = (
+            resolve_context(settings.ssl_context) if encryption is not Encryption.NONE else None
+        )
+        name = settings.local_hostname or default_local_hostname()
+        client = connect(endpoint, settings.timeouts.socket, context, name, deadline)
         secrets: tuple[str, ...] = ()
         try:
             ehlo(client)
-            if encryption is SMTPEncryption.STARTTLS:
+            if encryption is Encryption.STARTTLS:
                 assert context is not None
                 starttls(client, host, context)
-            if username:
+            if credentials.username:
+                password = credentials.password
                 secrets = login(
                     client,
-                    username,
-                    password or "",
-                    oauth2=oauth2,
-                    oauth2_initial_response=oauth2_initial_response,
-                    encrypted=encryption is not SMTPEncryption.NONE,
+                    credentials.username,
+                    password.reveal() if password is not None else "",
+                    oauth2=credentials.token,
+                    oauth2_initial_response=settings.oauth2_initial_response,
+                    encrypted=encryption is not Encryption.NONE,
                     where=f"{host}:{port}",
                 )
         except BaseException:
@@ -197,6 +197,17 @@ class SMTPConnection:
     def extensions(self) -> dict[str, str]:
         """The EHLO extensions, lower-case name to parameters."""
         return dict(self.client.esmtp_features)
+
+    @property
+    def server_name(self) -> str | None:
+        """The first line of the last EHLO (or HELO) reply: how the server names itself."""
+        reply = self.client.ehlo_resp or self.client.helo_resp or b""
+        return reply.decode("utf-8", "replace").split("\n", 1)[0] or None
+
+    @property
+    def tls_active(self) -> bool:
+        """Whether the session is encrypted (implicit TLS or after STARTTLS)."""
+        return isinstance(self.client.sock, ssl.SSLSocket)
 
     # ------------------------------------------------------------------ commands
 

@@ -12,65 +12,27 @@ can be closed to make room.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from .._auth.credentials import Credentials
 from .._auth.oauth2 import TokenProvider, TokenSource
+from .._net.config import Encryption, Endpoint, Timeouts
 from .._net.deadline import Deadline
 from .._net.forksafe import forget_in_child
 from .._net.logs import get_logger
 from ..errors import PoolTimeoutError
-from .connect import SMTPEncryption
 from .connection import SMTPConnection
+from .settings import ConnectionKey, SessionSettings
 
 log = get_logger("smtp.pool")
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class ConnectionKey:
-    """Identifies connections that may be shared. Holds digests, never a password or
-    token; ``credential`` tells OAuth2 logins apart (see :meth:`TokenSource.pool_identity`)."""
-
-    host: str
-    port: int
-    username: str | None
-    secret_digest: str = field(repr=False)
-    encryption: SMTPEncryption
-    context_id: int
-    local_hostname: str | None
-    credential: Hashable | None = field(default=None, repr=False)
-
-    @classmethod
-    def build(
-        cls,
-        host: str,
-        port: int,
-        username: str | None,
-        password: str | None,
-        encryption: SMTPEncryption,
-        ssl_context: ssl.SSLContext | None,
-        local_hostname: str | None,
-        oauth2: TokenSource | None = None,
-    ) -> ConnectionKey:
-        digest = hashlib.sha256((password or "").encode("utf-8", "surrogatepass")).hexdigest()
-        return cls(
-            host.lower(),
-            port,
-            username,
-            digest,
-            encryption,
-            id(ssl_context) if ssl_context is not None else 0,
-            local_hostname,
-            oauth2.pool_identity() if oauth2 is not None else None,
-        )
 
 
 @dataclass
@@ -124,16 +86,11 @@ class SMTPConnectionPool:
         # Per key, the number of messages after which the server refused another on
         # the same session: connections are retired when they reach it.
         self._message_limits: dict[ConnectionKey, int] = {}
+        self._refused_after: dict[ConnectionKey, int] = {}
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: drop the parent's sockets without touching them."""
         self._init_state()
-
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._init_state()
 
     # ------------------------------------------------------------------ checkout
 
@@ -143,7 +100,7 @@ class SMTPConnectionPool:
         port: int,
         username: str | None = None,
         password: str | None = None,
-        encryption: SMTPEncryption | str = SMTPEncryption.STARTTLS,
+        encryption: Encryption | str = Encryption.STARTTLS,
         *,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 30.0,
@@ -156,23 +113,35 @@ class SMTPConnectionPool:
         """Return a healthy connection for this server and login, opening one if needed.
 
         With ``oauth2_token`` (a token, a provider or a :class:`TokenSource`) new
-        connections log in with XOAUTH2 instead of the password.
+        connections log in with XOAUTH2 instead of the password. Bad settings raise
+        :class:`ConfigurationError`.
 
         Raises :class:`PoolTimeoutError` if the pool stays full for ``wait_timeout``
         seconds, or the library error that opening a connection raised.
         """
-        self._check_pid()
-        encryption = SMTPEncryption(encryption)
-        oauth2 = TokenSource.of(oauth2_token) if oauth2_token is not None else None
-        key = ConnectionKey.build(
-            host, port, username, password, encryption, ssl_context, local_hostname, oauth2
+        settings = SessionSettings(
+            Endpoint(host, port, Encryption.parse(encryption)),
+            Credentials.of(username, password, oauth2_token),
+            Timeouts(socket=timeout),
+            ssl_context,
+            local_hostname,
+            oauth2_initial_response,
         )
-        # Passed only when used, so an opener written before OAuth2 keeps working.
-        oauth2_options = (
-            {"oauth2": oauth2, "oauth2_initial_response": oauth2_initial_response}
-            if oauth2 is not None
-            else {}
-        )
+        return self.checkout(settings, wait_timeout=wait_timeout, deadline=deadline)
+
+    def checkout(
+        self,
+        settings: SessionSettings,
+        key: ConnectionKey | None = None,
+        *,
+        wait_timeout: float | None = None,
+        deadline: Deadline | None = None,
+    ) -> SMTPConnection:
+        """:meth:`get_connection` for settings made once; ``key`` is
+        ``ConnectionKey.of(settings)``, passed by callers that keep it."""
+        if key is None:
+            key = ConnectionKey.of(settings)
+        host, port = settings.endpoint.host, settings.endpoint.port
         limit = self.wait_timeout if wait_timeout is None else wait_timeout
         while True:
             checkout = self._reserve(key, limit, deadline)
@@ -192,20 +161,7 @@ class SMTPConnectionPool:
                 )
                 self._close(candidate, reason, polite=reason != "dropped by server")
             try:
-                connection = self._opener(
-                    host,
-                    port,
-                    encryption=encryption,
-                    username=username,
-                    password=password,
-                    timeout=timeout,
-                    ssl_context=ssl_context,
-                    local_hostname=local_hostname,
-                    key=key,
-                    clock=self._clock(),
-                    deadline=deadline,
-                    **oauth2_options,
-                )
+                connection = self._opener(settings, key=key, clock=self._clock(), deadline=deadline)
             except BaseException:
                 self._give_back_slot()
                 raise
@@ -278,10 +234,17 @@ class SMTPConnectionPool:
 
     def _learn_message_limit(self, connection: SMTPConnection) -> None:
         """Under the lock: a retired connection's server refused another message after
-        ``messages_sent``; later connections of its key retire once they carried that
-        many. The latest observation replaces an earlier one."""
-        if isinstance(connection.key, ConnectionKey) and connection.messages_sent > 0:
-            self._message_limits[connection.key] = connection.messages_sent
+        ``messages_sent``. Two sessions refused at the same count make it the key's
+        limit (one refusal may be a passing 4xx, and learning a limit of 1 from it would
+        cost a login per message); later connections of the key retire on reaching it."""
+        count = connection.messages_sent
+        if not isinstance(connection.key, ConnectionKey) or count <= 0:
+            return
+        if self._refused_after.get(connection.key) == count:
+            if self._message_limits.get(connection.key) != count:
+                log.debug("SMTP server takes %d messages per connection; rolling over", count)
+            self._message_limits[connection.key] = count
+        self._refused_after[connection.key] = count
 
     # ------------------------------------------------------------------ release
 
@@ -289,7 +252,6 @@ class SMTPConnectionPool:
         """Give ``conn`` back. A broken connection, or one from another process, is
         closed instead of kept. ``host`` and ``port`` are accepted for compatibility;
         the connection knows its own key."""
-        self._check_pid()
         with self._lock:
             # A connection inherited across fork() was never counted in this process.
             inherited = conn.pid != self._pid
@@ -345,7 +307,6 @@ class SMTPConnectionPool:
 
     def close_all(self) -> None:
         """Close every idle connection now; connections in use close when released."""
-        self._check_pid()
         with self._lock:
             idle = [c for connections in self._idle.values() for c in connections]
             self._idle.clear()
@@ -359,7 +320,6 @@ class SMTPConnectionPool:
         """Counters: created, reused, closed, expired, dropped, discarded, retired (at
         the server's per-connection message limit), waits, plus the current in_use, idle
         and open counts and the bound."""
-        self._check_pid()
         with self._lock:
             stats: dict[str, Any] = dict(self._stats)
             stats["in_use"] = self._in_use
