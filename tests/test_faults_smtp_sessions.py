@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import pickle
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -360,3 +361,42 @@ def test_per_connection_message_limit_rolls_over_without_back_off(
     stats = handler.pool.get_stats()
     assert stats["retired"] == 3
     assert stats["created"] == 4
+
+
+# ---------------------------------------------------------------------- wrong mode for the port
+
+
+def test_starttls_against_an_implicit_tls_port_fails_at_once(
+    server_ssl_context: ssl.SSLContext,
+    client_ssl_context: ssl.SSLContext,
+    sleeps: Sleeps,
+    handlers: list[SMTPProtocolHandler],
+) -> None:
+    def implicit_tls(conv: Conversation) -> None:
+        conv.start_tls(server_ssl_context)
+        SMTPDialogue()(conv)
+
+    with ScriptedServer(implicit_tls) as server:
+        handler = make_handler(
+            server, handlers, sleeps, encryption="tls", timeout=0.5, ssl_context=client_ssl_context
+        )
+        result = send(handler, "wrong mode")
+        assert server.join(timeout=5.0)  # the server's side of the probe has finished
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert result.is_retryable is False and sleeps == []
+    assert "encryption='ssl'" in (result.smtp_error or "")
+    assert server.connections == 1
+
+
+def test_implicit_tls_against_a_plain_port_fails_at_once(
+    client_ssl_context: ssl.SSLContext, sleeps: Sleeps, handlers: list[SMTPProtocolHandler]
+) -> None:
+    with ScriptedServer(SMTPDialogue()) as server:
+        handler = make_handler(
+            server, handlers, sleeps, encryption="ssl", ssl_context=client_ssl_context
+        )
+        result = send(handler, "wrong mode")
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert result.is_retryable is False and sleeps == []
+    assert "encryption='tls'" in (result.smtp_error or "")
+    assert server.connections == 1

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from fake_sleep import Sleeps
 
-from src.handlers._smtp.connection import SMTPConnection
+from src.handlers._smtp.client import SMTPClient
 from src.handlers.smtp import (
     SMTPConnectionPool,
     SMTPDeliveryStatus,
@@ -641,17 +641,19 @@ def test_pipelining_sends_the_envelope_in_one_batch(make_handler, mocker):
         extensions=("PIPELINING", "8BITMIME"),
         rcpt_replies={"bad@example.org": (550, "5.1.1 Unknown user")},
     )
-    writes = mocker.spy(SMTPConnection, "_send_bytes")
+    writes = mocker.spy(SMTPClient, "write_commands")
     with ScriptedServer(dialogue) as server:
         handler = make_handler(*server.address)
         result = send_simple(handler, to_addresses=["a@example.org", "bad@example.org"])
     assert result.status is SMTPDeliveryStatus.SUCCESS
     assert result.recipient_failures == {"bad@example.org": "550 5.1.1 Unknown user"}
     envelope = writes.call_args_list[0].args[1]
-    assert envelope == (
-        b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<a@example.org>\r\n"
-        b"RCPT TO:<bad@example.org>\r\nDATA\r\n"
-    )
+    assert envelope == [
+        "MAIL FROM:<alice@example.com>",
+        "RCPT TO:<a@example.org>",
+        "RCPT TO:<bad@example.org>",
+        "DATA",
+    ]
     verbs = [line.split(b" ")[0].strip().upper() for line in server.conversations[0].received[:5]]
     assert verbs == [b"EHLO", b"MAIL", b"RCPT", b"RCPT", b"DATA"]
 

@@ -1712,7 +1712,8 @@ def test_failing_connects_log_no_password(
 
 
 class FakeSMTP:
-    """Stands in for smtplib.SMTP: greets, offers STARTTLS and AUTH, refuses the login.
+    """Stands in for the library's smtplib client: greets, offers STARTTLS and AUTH,
+    refuses the login.
 
     It has the parts of smtplib.SMTP the library uses (send/getreply, esmtp_features,
     auth with the auth_* objects), so the library runs its real code paths on it.
@@ -1720,7 +1721,7 @@ class FakeSMTP:
 
     logins: list[tuple[str, str]] = []
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, label: str, **options: Any) -> None:
         self.sock = None
         self.esmtp_features = {"starttls": "", "auth": " PLAIN LOGIN"}
         self.user = self.password = ""
@@ -1760,7 +1761,7 @@ class FakeSMTP:
 @pytest.fixture
 def fake_smtp(mocker: Any) -> Iterator[type[FakeSMTP]]:
     FakeSMTP.logins = []
-    mocker.patch("smtplib.SMTP", FakeSMTP)
+    mocker.patch("src.handlers._smtp.connect.SMTPClient", FakeSMTP)
     yield FakeSMTP
 
 

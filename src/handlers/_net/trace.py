@@ -169,43 +169,6 @@ class WireTracer:
             log.debug("%s %s << %s", self._prefix, self.label, shown)
 
 
-_ATTRIBUTE = "_mailhandlers_tracer"
-
-
-def tracer_of(client: object) -> WireTracer | None:
-    """The tracer attached to ``client``, if any."""
-    tracer = getattr(client, _ATTRIBUTE, None)
-    return tracer if isinstance(tracer, WireTracer) else None
-
-
-def watch_smtp(client: Any, label: str, enabled: Callable[[], bool] = tracing_enabled) -> None:
-    """Attach a tracer to an ``smtplib.SMTP`` client before it connects.
-
-    Every line smtplib sends or reads passes through the tracer; it is logged only
-    while ``enabled()`` is true, by default while the caller is inside
-    :func:`tracing`. Lines the connection writes to the socket itself are recorded
-    with :func:`sent` and :func:`sent_data`.
-    """
-    send, getreply = client.send, client.getreply
-    tracer = WireTracer("smtp", label, enabled)
-
-    def traced_send(data: str | bytes) -> None:
-        tracer.sent(data)
-        send(data)
-
-    def traced_getreply() -> tuple[int, bytes]:
-        code, text = getreply()
-        message = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-        for line in message.split("\n") or [""]:
-            tracer.received(f"{code} {line}", continuation=code == 334)
-        return code, text
-
-    # Instance attributes shadow the methods, so smtplib's own calls go through them.
-    client.send = traced_send
-    client.getreply = traced_getreply
-    setattr(client, _ATTRIBUTE, tracer)
-
-
 def watch_pop3(client: Any, label: str, enabled: Callable[[], bool] = lambda: True) -> None:
     """Attach a tracer to a connected poplib-style client (the greeting is logged now).
 
@@ -235,23 +198,7 @@ def watch_pop3(client: Any, label: str, enabled: Callable[[], bool] = lambda: Tr
     client._putcmd = traced_putcmd
     client._send = traced_send
     client._getline = traced_getline
-    setattr(client, _ATTRIBUTE, tracer)
 
 
 def _text(line: bytes | str) -> str:
     return line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-
-
-def sent(client: object, commands: list[str]) -> None:
-    """Record commands a connection wrote to the socket itself (pipelining)."""
-    tracer = tracer_of(client)
-    if tracer is not None:
-        for command in commands:
-            tracer.sent(command)
-
-
-def sent_data(client: object, size: int) -> None:
-    """Record message data a connection wrote to the socket itself, by size."""
-    tracer = tracer_of(client)
-    if tracer is not None:
-        tracer.sent_data(size)

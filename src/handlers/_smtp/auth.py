@@ -31,7 +31,7 @@ from ..errors import (
     MailHandlerError,
     MailProtocolError,
 )
-from .connect import decode_reply, disconnected
+from .mapping import decode_reply, disconnected
 
 # The logger this code used before it moved here, so logging configured for SMTP
 # connections still sees the warning about credentials sent without encryption.

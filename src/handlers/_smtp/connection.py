@@ -15,14 +15,12 @@ import contextlib
 import os
 import re
 import select
-import smtplib
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
 
 from .._mime.builder import OutgoingMessage
-from .._net import trace as wire_log
 from .._net.config import Encryption
 from .._net.deadline import Deadline
 from .._net.logs import get_logger
@@ -39,15 +37,9 @@ from ..errors import (
     SMTPSenderRefused,
 )
 from .auth import login
-from .connect import (
-    close_quietly,
-    connect,
-    decode_reply,
-    default_local_hostname,
-    disconnected,
-    ehlo,
-    starttls,
-)
+from .client import SMTPClient
+from .connect import close_quietly, connect, default_local_hostname, ehlo, starttls
+from .mapping import decode_reply, map_errors
 from .settings import SessionSettings
 
 log = get_logger("smtp")
@@ -88,7 +80,7 @@ class SMTPConnection:
     Any failure mid-command marks it ``broken`` and it is never reused.
     """
 
-    def __init__(self, client: smtplib.SMTP, key: object, clock: float) -> None:
+    def __init__(self, client: SMTPClient, key: object, clock: float) -> None:
         self.client = client
         self.key = key
         self.created_at = clock
@@ -155,9 +147,8 @@ class SMTPConnection:
         log.debug("opened SMTP connection to %s:%s (%s)", host, port, encryption.value)
         connection = cls(client, key, time.monotonic() if clock is None else clock)
         connection.secrets = secrets
-        tracer = wire_log.tracer_of(client)
-        if tracer is not None and secrets:
-            tracer.redactor.mask_always(secrets)
+        if secrets:
+            client.mask_in_trace(secrets)
         return connection
 
     # ------------------------------------------------------------------ health
@@ -211,34 +202,17 @@ class SMTPConnection:
 
     # ------------------------------------------------------------------ commands
 
+    def _broke(self) -> None:
+        self.broken = True
+
     def _command(self, verb: str, args: str = "") -> tuple[int, str]:
-        try:
+        with map_errors(verb, on_failure=self._broke):
             code, reply = self.client.docmd(verb, args)
-        except smtplib.SMTPServerDisconnected as error:
-            self.broken = True
-            raise disconnected(error) from None
-        except smtplib.SMTPResponseException as error:  # a reply over its bounds
-            # Caught before OSError, which smtplib's exceptions also are.
-            self.broken = True
-            raise MailProtocolError(
-                f"bad reply to {verb}: {decode_reply(error.smtp_error)}"
-            ) from None
-        except OSError as error:
-            self.broken = True
-            raise disconnected(error) from None
         return self._check_reply(verb, code, decode_reply(reply))
 
     def _read_reply(self, after: str) -> tuple[int, str]:
-        try:
+        with map_errors(after, on_failure=self._broke):
             code, reply = self.client.getreply()
-        except smtplib.SMTPServerDisconnected as error:
-            self.broken = True
-            raise disconnected(error) from None
-        except smtplib.SMTPResponseException as error:
-            self.broken = True
-            raise MailProtocolError(
-                f"bad reply to {after}: {decode_reply(error.smtp_error)}"
-            ) from None
         return self._check_reply(after, code, decode_reply(reply))
 
     def _check_reply(self, verb: str, code: int, text: str) -> tuple[int, str]:
@@ -267,17 +241,6 @@ class SMTPConnection:
             return
         if code != 250:
             self.broken = True
-
-    def _send_bytes(self, data: bytes) -> None:
-        sock = self.client.sock
-        if sock is None:
-            self.broken = True
-            raise MailConnectionError("connection is closed")
-        try:
-            sock.sendall(data)
-        except OSError as error:
-            self.broken = True
-            raise disconnected(error) from None
 
     # ------------------------------------------------------------------ transaction
 
@@ -345,8 +308,8 @@ class SMTPConnection:
     def _pipelined_envelope(self, mail_args: str, rcpt_lines: list[str]) -> list[tuple[int, str]]:
         # RFC 2920: MAIL, every RCPT and DATA go out in one write; replies come back in order.
         commands = [f"MAIL {mail_args}", *rcpt_lines, "DATA"]
-        wire_log.sent(self.client, commands)
-        self._send_bytes(("\r\n".join(commands) + "\r\n").encode("utf-8"))
+        with map_errors("MAIL", on_failure=self._broke):
+            self.client.write_commands(commands)
         return [self._read_reply(command.split(" ", 1)[0]) for command in commands]
 
     def _judge_envelope(
@@ -381,7 +344,8 @@ class SMTPConnection:
         if len(replies) == expected and replies[-1][0] == 354:
             # The server accepted DATA despite refusing the envelope: send an empty
             # body's terminator so nothing is delivered, then reset.
-            self._send_bytes(b".\r\n")
+            with map_errors("DATA", on_failure=self._broke):
+                self.client.write_body(b".\r\n")
             self._read_reply("DATA")
         self.reset()
 
@@ -391,10 +355,10 @@ class SMTPConnection:
         payload = _DOT_AT_LINE_START.sub(b"..", data) if stuffing else data
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
-        wire_log.sent_data(self.client, len(payload))
         # A failure while sending is safe to retry: without the final dot the server
         # discards the partial message.
-        self._send_bytes(payload + b".\r\n")
+        with map_errors("DATA", on_failure=self._broke):
+            self.client.write_body(payload + b".\r\n")
 
     def _final_reply(self) -> tuple[int, str]:
         try:
