@@ -43,7 +43,14 @@ from .errors import (
     SMTPSenderRefused,
     parse_enhanced_code,
 )
-from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy, Sleep
+from .retry import (
+    MAX_RETRIES,
+    RETRY_DELAYS,
+    RETRYABLE_CODES,
+    RetryPolicy,
+    Sleep,
+    call_with_retry,
+)
 from .validation import SMTPMessageValidator, address_list
 
 __all__ = [
@@ -477,40 +484,42 @@ class SMTPProtocolHandler:
     def _deliver(
         self, message: OutgoingMessage, policy: RetryPolicy, retry: bool
     ) -> DeliveryResult:
-        while True:
-            try:
-                outcome = self._attempt(message)
-            except Exception as error:  # every failure becomes a result, never a crash
-                if policy.is_retryable(error):
-                    if not retry:
-                        return _failure(error, message, policy, SMTPDeliveryStatus.RETRY)
-                    if policy.is_exhausted():
-                        return _failure(error, message, policy, SMTPDeliveryStatus.TEMP_FAILED)
-                    delay = policy.next_delay()
-                    policy = policy.increment(error)
-                    log.info(
-                        "SMTP send of %s failed (%s); retry %d in %gs",
-                        message.message_id,
-                        error,
-                        policy.retries_done,
-                        delay,
-                    )
-                    self._sleep(delay)
-                    continue
-                result = _failure(error, message, policy, _permanent_status(error))
-                self.last_error = result.smtp_error
-                return result
-            self.last_error = None
-            return DeliveryResult(
-                status=SMTPDeliveryStatus.SUCCESS,
-                message_id=message.message_id,
-                smtp_code=outcome.code,
-                smtp_error=None,
-                recipient_failures=_failures_text(outcome.refused),
-                sent_at=datetime.now(UTC),
-                retry_count=policy.retries_done,
-                enhanced_status_code=parse_enhanced_code(outcome.text),
+        retries = 0
+
+        def before_retry(error: BaseException, number: int, delay: float) -> None:
+            nonlocal retries
+            retries = number
+            log.info(
+                "SMTP send of %s failed (%s); retry %d in %gs",
+                message.message_id,
+                error,
+                number,
+                delay,
             )
+
+        try:
+            outcome = call_with_retry(
+                lambda: self._attempt(message), policy, self._sleep, before_retry
+            )
+        except Exception as error:  # every failure becomes a result, never a crash
+            if policy.is_retryable(error):
+                status = SMTPDeliveryStatus.TEMP_FAILED if retry else SMTPDeliveryStatus.RETRY
+            else:
+                status = _permanent_status(error)
+            result = _failure(error, message, retries, status)
+            self.last_error = result.smtp_error
+            return result
+        self.last_error = None
+        return DeliveryResult(
+            status=SMTPDeliveryStatus.SUCCESS,
+            message_id=message.message_id,
+            smtp_code=outcome.code,
+            smtp_error=None,
+            recipient_failures=_failures_text(outcome.refused),
+            sent_at=datetime.now(UTC),
+            retry_count=retries,
+            enhanced_status_code=parse_enhanced_code(outcome.text),
+        )
 
     def _attempt(self, message: OutgoingMessage) -> TransactionOutcome:
         with Deadline(self.operation_timeout) as deadline, wire_log.tracing(self.trace):
@@ -592,7 +601,7 @@ def _describe(error: BaseException) -> str:
 def _failure(
     error: BaseException,
     message: OutgoingMessage,
-    policy: RetryPolicy,
+    retries: int,
     status: SMTPDeliveryStatus,
 ) -> DeliveryResult:
     code = error.code if isinstance(error, MailResponseError) else None
@@ -602,7 +611,7 @@ def _failure(
         message_id=message.message_id,
         smtp_code=code,
         smtp_error=text,
-        retry_count=policy.retries_done,
+        retry_count=retries,
         is_retryable=status in (SMTPDeliveryStatus.RETRY, SMTPDeliveryStatus.TEMP_FAILED),
         enhanced_status_code=error.enhanced_code if isinstance(error, MailResponseError) else None,
         outcome_unknown=isinstance(error, OutcomeUnknownError),
