@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import re
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import Any, Literal
 
 from .logs import get_logger
@@ -45,14 +44,25 @@ Protocol = Literal["smtp", "pop3"]
 _tracing: ContextVar[bool] = ContextVar("mailhandlers_wire_trace", default=False)
 
 
-@contextlib.contextmanager
-def tracing(enabled: bool) -> Iterator[None]:
-    """Within the block, SMTP connections used by this thread (or task) log their lines."""
-    token = _tracing.set(enabled)
-    try:
-        yield
-    finally:
-        _tracing.reset(token)
+class tracing:
+    """Within the block, SMTP connections used by this thread (or task) log their lines.
+
+    A class rather than a generator: every send enters it.
+    """
+
+    __slots__ = ("_enabled", "_token")
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._token: Token[bool] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _tracing.set(self._enabled)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _tracing.reset(self._token)
+            self._token = None
 
 
 def tracing_enabled() -> bool:

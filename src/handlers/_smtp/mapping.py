@@ -10,10 +10,10 @@ handshake cut short: a stripping attack looks just like that).
 
 from __future__ import annotations
 
-import contextlib
 import smtplib
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from types import TracebackType
 
 from .._net.tls import tls_error
 from ..errors import (
@@ -48,33 +48,57 @@ def disconnected(error: BaseException) -> MailConnectionError:
     return wrapped
 
 
-@contextlib.contextmanager
-def map_errors(
-    doing: str, host: str = "the server", on_failure: Callable[[], None] | None = None
-) -> Iterator[None]:
+class map_errors:
     """Run the block, turning what smtplib, socket and ssl raise into library errors.
 
     ``doing`` names the step in messages ("EHLO", "end of DATA"); ``host`` is named
     in TLS messages; ``on_failure`` runs before any error leaves the block (a
     connection marks itself broken). Library errors pass through unchanged.
+
+    A class rather than a generator: it runs several times per message, and entering
+    it costs two plain method calls.
     """
-    try:
-        yield
-        return
-    except MailHandlerError:
-        if on_failure is not None:
-            on_failure()
-        raise
-    except ssl.SSLError as error:
-        failure: MailHandlerError = tls_error(error, host)
-    except smtplib.SMTPServerDisconnected as error:
-        failure = disconnected(error)
-    except smtplib.SMTPResponseException as error:
-        # Caught before OSError, which smtplib's exceptions also are: a reply over
-        # its bounds, or one that smtplib itself refused.
-        failure = MailProtocolError(f"bad reply to {doing}: {decode_reply(error.smtp_error)}")
-    except OSError as error:
-        failure = disconnected(error)
-    if on_failure is not None:
-        on_failure()
-    raise failure from None
+
+    __slots__ = ("doing", "host", "on_failure")
+
+    def __init__(
+        self,
+        doing: str,
+        host: str = "the server",
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
+        self.doing = doing
+        self.host = host
+        self.on_failure = on_failure
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not isinstance(error, Exception):
+            return  # no error, or KeyboardInterrupt and friends: pass untouched
+        failure = self._translate(error)
+        if self.on_failure is not None:
+            self.on_failure()
+        if failure is not None:
+            raise failure from None
+
+    def _translate(self, error: Exception) -> MailHandlerError | None:
+        if isinstance(error, MailHandlerError):
+            return None
+        if isinstance(error, ssl.SSLError):
+            return tls_error(error, self.host)
+        if isinstance(error, smtplib.SMTPServerDisconnected):
+            return disconnected(error)
+        if isinstance(error, smtplib.SMTPResponseException):
+            # Checked before OSError, which smtplib's exceptions also are: a reply
+            # over its bounds, or one that smtplib itself refused.
+            return MailProtocolError(f"bad reply to {self.doing}: {decode_reply(error.smtp_error)}")
+        if isinstance(error, OSError):
+            return disconnected(error)
+        return None

@@ -31,7 +31,10 @@ class SessionSettings:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionKey:
-    """Identifies sessions that may be handed to any caller with the same settings."""
+    """Identifies sessions that may be handed to any caller with the same settings.
+
+    Its hash is computed once: the pool looks keys up several times per message.
+    """
 
     host: str
     port: int
@@ -39,6 +42,21 @@ class ConnectionKey:
     identity: CredentialIdentity = field(repr=False)
     context_id: int
     local_hostname: str | None
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = (
+            self.host,
+            self.port,
+            self.encryption,
+            self.identity,
+            self.context_id,
+            self.local_hostname,
+        )
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def of(cls, settings: SessionSettings) -> ConnectionKey:
