@@ -1,12 +1,11 @@
 """One SMTP connection: checking its health, its commands, and one mail transaction.
 
 :meth:`SMTPConnection.open` connects, greets and secures the connection with the helpers
-in :mod:`.smtp_connect`, then logs in with :mod:`.smtp_auth`.
-
-This is the choke point between the handler and :mod:`smtplib`. It turns every
-smtplib and socket failure into the library's exception tree and records the facts
-retry decisions need: whether the message body was handed over completely before the
-connection failed (then the outcome is unknown and the message must not be resent).
+in :mod:`.connect`, then logs in with :mod:`.auth`. Every exchange runs inside
+:func:`.mapping.map_errors`, so what reaches the handler is the library's exception
+tree. A :class:`Transaction`, made for each attempt, records the fact retry decisions
+need: whether this message's body was handed over completely before the connection
+failed (then the outcome is unknown and the message must not be resent).
 """
 
 from __future__ import annotations
