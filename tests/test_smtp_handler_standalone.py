@@ -33,6 +33,7 @@ from src.handlers._smtp.connection import SMTPConnection, TransactionOutcome
 from src.handlers._smtp.pool import SMTPConnectionPool
 from src.handlers._smtp.settings import ConnectionKey, SessionSettings
 from src.handlers.errors import (
+    ConfigurationError,
     MailAuthenticationError,
     MailConnectionError,
     MailProtocolError,
@@ -1780,3 +1781,46 @@ def test_refused_login_logs_no_password(
     assert all(PASSWORD not in str(record.args) for record in caplog.records)
     assert PASSWORD not in json.dumps(result.to_dict())
     assert handler.pool.get_stats()["open"] == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"encryption": "starttls2"}, "encryption"),
+        ({"pool_size": 0}, "pool_size"),
+        ({"timeout": -1}, "timeout"),
+        ({"operation_timeout": 0}, "operation_timeout"),
+        ({"pool_wait_timeout": float("nan")}, "pool_wait_timeout"),
+        ({"local_hostname": "bad name"}, "local_hostname"),
+        ({"retry": 3}, "retry"),
+        ({"port": 70000}, "port"),
+        ({"password": "pw", "oauth2_token": "token"}, "password"),
+    ],
+)
+def test_bad_handler_settings_are_configuration_errors(
+    mock_pool: Any, options: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        make_handler(mock_pool, **options)
+    assert caught.value.field == field
+    assert isinstance(caught.value, ValueError)
+    if field == "encryption":
+        assert {"tls", "ssl", "none"} <= set(caught.value.choices)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_connections": 0}, {"idle_timeout": -5}, {"wait_timeout": 0}, {"max_connections": 1.5}],
+)
+def test_bad_pool_settings_are_configuration_errors(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        SMTPConnectionPool(**options)
+
+
+def test_the_pool_key_is_built_once_per_handler(mock_pool: Any, connection: Any) -> None:
+    handler = make_handler(mock_pool)
+    for _ in range(3):
+        send(handler)
+    keys = {id(call.args[1]) for call in mock_pool.checkout.call_args_list}
+    settings = {id(call.args[0]) for call in mock_pool.checkout.call_args_list}
+    assert len(keys) == 1 and len(settings) == 1

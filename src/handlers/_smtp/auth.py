@@ -31,7 +31,7 @@ from ..errors import (
     MailHandlerError,
     MailProtocolError,
 )
-from .mapping import decode_reply, disconnected
+from .mapping import decode_reply, translate
 
 # The logger this code used before it moved here, so logging configured for SMTP
 # connections still sees the warning about credentials sent without encryption.
@@ -103,14 +103,14 @@ def _attempt_login(
         return MailAuthenticationError(
             None, "the server offers no authentication mechanism this client supports"
         )
-    except smtplib.SMTPServerDisconnected as error:
-        return _masked(disconnected(error), secrets)
     except smtplib.SMTPResponseException as error:  # SMTPAuthenticationError included
         # A server may echo the AUTH payload (or the password) in its refusal.
         text = decode_reply(error.smtp_error)
         if explain_refusal is not None:
             text = explain_refusal(text)
         return MailAuthenticationError(error.smtp_code, mask_secrets(text, secrets))
+    except smtplib.SMTPServerDisconnected as error:
+        return _masked(error, secrets)
     except smtplib.SMTPException:
         # smtplib gives up after five challenges, quoting the last reply: a server
         # that keeps answering with 334 will not let this login finish.
@@ -120,13 +120,15 @@ def _attempt_login(
     except (binascii.Error, ValueError, UnicodeError):
         return MailProtocolError("the server sent a login challenge that is not valid base64")
     except OSError as error:
-        return _masked(disconnected(error), secrets)
+        return _masked(error, secrets)
     return None
 
 
-def _masked(error: MailConnectionError, secrets: Sequence[str]) -> MailConnectionError:
-    masked = type(error)(mask_secrets(str(error), secrets))
-    masked.reset_by_peer = error.reset_by_peer
+def _masked(error: OSError, secrets: Sequence[str]) -> MailHandlerError:
+    """:func:`.mapping.translate`'s error for ``error``, with ``secrets`` masked."""
+    failure = translate(error, "AUTH") or MailConnectionError(str(error))
+    masked = type(failure)(*(mask_secrets(str(arg), secrets) for arg in failure.args))
+    masked.__dict__.update(failure.__dict__)
     return masked
 
 

@@ -82,23 +82,28 @@ class map_errors:
     ) -> None:
         if not isinstance(error, Exception):
             return  # no error, or KeyboardInterrupt and friends: pass untouched
-        failure = self._translate(error)
+        failure = translate(error, self.doing, self.host)
         if self.on_failure is not None:
             self.on_failure()
         if failure is not None:
             raise failure from None
 
-    def _translate(self, error: Exception) -> MailHandlerError | None:
-        if isinstance(error, MailHandlerError):
-            return None
-        if isinstance(error, ssl.SSLError):
-            return tls_error(error, self.host)
-        if isinstance(error, smtplib.SMTPServerDisconnected):
-            return disconnected(error)
-        if isinstance(error, smtplib.SMTPResponseException):
-            # Checked before OSError, which smtplib's exceptions also are: a reply
-            # over its bounds, or one that smtplib itself refused.
-            return MailProtocolError(f"bad reply to {self.doing}: {decode_reply(error.smtp_error)}")
-        if isinstance(error, OSError):
-            return disconnected(error)
+
+def translate(
+    error: BaseException, doing: str, host: str = "the server"
+) -> MailHandlerError | None:
+    """The library error for what smtplib, socket or ssl raised while ``doing``; None
+    for a library error (already translated) or anything else (a bug, left as is)."""
+    if isinstance(error, MailHandlerError):
         return None
+    if isinstance(error, ssl.SSLError):
+        return tls_error(error, host)
+    if isinstance(error, smtplib.SMTPServerDisconnected):
+        return disconnected(error)
+    if isinstance(error, smtplib.SMTPResponseException):
+        # Checked before OSError, which smtplib's exceptions also are: a reply over
+        # its bounds, or one that smtplib itself refused.
+        return MailProtocolError(f"bad reply to {doing}: {decode_reply(error.smtp_error)}")
+    if isinstance(error, OSError):
+        return disconnected(error)
+    return None

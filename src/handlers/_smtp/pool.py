@@ -22,11 +22,11 @@ from typing import Any
 
 from .._auth.credentials import Credentials
 from .._auth.oauth2 import TokenProvider, TokenSource
-from .._net.config import Encryption, Endpoint, Timeouts
+from .._net.config import Encryption, Endpoint, Timeouts, check_seconds
 from .._net.deadline import Deadline
 from .._net.forksafe import forget_in_child
 from .._net.logs import get_logger
-from ..errors import PoolTimeoutError
+from ..errors import ConfigurationError, PoolTimeoutError
 from .connection import SMTPConnection
 from .settings import ConnectionKey, SessionSettings
 
@@ -60,8 +60,16 @@ class SMTPConnectionPool:
         clock: Clock = time.monotonic,
         opener: Callable[..., SMTPConnection] = SMTPConnection.open,
     ) -> None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ConfigurationError("max_connections must be an integer", "max_connections")
         if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+            raise ConfigurationError("max_connections must be at least 1", "max_connections")
+        for value, name in (
+            (idle_timeout, "idle_timeout"),
+            (stale_timeout, "stale_timeout"),
+            (wait_timeout, "wait_timeout"),
+        ):
+            check_seconds(value, name)
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.stale_timeout = stale_timeout
