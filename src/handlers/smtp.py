@@ -209,8 +209,10 @@ class SMTPProtocolHandler:
     ``sleep`` (for tests), ``pool`` (an
     :class:`SMTPConnectionPool`; defaults to the process-wide :func:`shared_pool`),
     ``pool_wait_timeout`` (how long a send waits for a free connection),
-    ``operation_timeout`` (a bound on one whole attempt, connecting included, however
-    slowly the server answers; default ten times ``timeout``),
+    ``operation_timeout`` (a bound on one whole attempt, the wait for a pooled
+    connection and connecting included, however slowly the server answers, and on each
+    :meth:`connect`, :meth:`test_connection` and :meth:`capabilities`; default ten times
+    ``timeout``),
     ``check_deliverability`` (True, or a ``DeliverabilityChecker``: refuse recipients
     whose domain DNS says takes no mail; off by default), ``oauth2_token`` (an OAuth2
     access token, or a callable returning one, to log in with XOAUTH2 instead of a
@@ -315,16 +317,17 @@ class SMTPProtocolHandler:
             self._slots.release()
 
     def _probe(self, check_noop: bool) -> bool:
-        with wire_log.tracing(self.trace):
-            return self._probe_untraced(check_noop)
+        with Deadline(self.operation_timeout) as deadline, wire_log.tracing(self.trace):
+            return self._probe_within(check_noop, deadline)
 
-    def _probe_untraced(self, check_noop: bool) -> bool:
+    def _probe_within(self, check_noop: bool, deadline: Deadline) -> bool:
         try:
-            connection = self._checkout()
+            connection = self._checkout(deadline)
         except MailHandlerError as error:
             self.last_error = str(error)
             log.info("SMTP %s:%s unavailable: %s", self.hostname, self.port, error)
             return False
+        deadline.target = lambda: connection.client.sock
         try:
             if check_noop and not connection.noop():
                 self.last_error = "server did not answer NOOP with 250"
