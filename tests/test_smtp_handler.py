@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from fake_sleep import Sleeps
 
+from src.handlers._net.trace import WireTracer
 from src.handlers._smtp.client import SMTPClient
 from src.handlers.smtp import (
     SMTPConnectionPool,
@@ -845,3 +846,36 @@ def test_non_ascii_password_logs_in_with_utf8_plain(start_server, make_handler):
     assert result.status is SMTPDeliveryStatus.SUCCESS, result.smtp_error
     assert server.wait_for_messages(1)[0].username == "jörg"
     assert password not in repr(vars(handler))
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["tracing off", "tracing on"])
+def test_the_trace_is_called_only_when_tracing_is_on(make_handler, mocker, trace):
+    sent = mocker.spy(WireTracer, "sent")
+    received = mocker.spy(WireTracer, "received")
+    dialogue = SMTPDialogue(extensions=("PIPELINING",), auth_mechanisms=("PLAIN",))
+    with ScriptedServer(dialogue) as server:
+        handler = make_handler(*server.address, username="u", password="pw", trace=trace)
+        assert send_simple(handler).status is SMTPDeliveryStatus.SUCCESS
+    assert (sent.call_count > 0) is trace
+    assert (received.call_count > 0) is trace
+
+
+def test_capabilities_are_read_after_starttls_and_before_any_login(
+    make_handler, server_ssl_context
+):
+    dialogue = SMTPDialogue(
+        extensions=("SIZE 1000000", "PIPELINING"),
+        tls_context=server_ssl_context,
+        auth_mechanisms=("PLAIN", "LOGIN"),
+    )
+    with ScriptedServer(dialogue) as server:
+        handler = make_handler(*server.address, username="u", password="pw", encryption="tls")
+        capabilities = handler.capabilities()
+        server.join()
+    assert capabilities.tls is True
+    assert capabilities.server == "localhost"
+    assert capabilities.extensions["SIZE"] == "1000000"
+    assert capabilities.offers("pipelining") and capabilities.extensions["AUTH"] == "PLAIN LOGIN"
+    assert not capabilities.offers("STARTTLS")  # not offered again once TLS is on
+    verbs = [line.split(b" ")[0].strip().upper() for line in server.conversations[0].received]
+    assert b"AUTH" not in verbs and b"MAIL" not in verbs

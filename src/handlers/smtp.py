@@ -368,7 +368,7 @@ class SMTPProtocolHandler:
             try:
                 return SMTPCapabilities(
                     connection.server_name,
-                    {name.upper(): value for name, value in connection.extensions.items()},
+                    {name.upper(): value.strip() for name, value in connection.extensions.items()},
                     connection.tls_active,
                 )
             finally:

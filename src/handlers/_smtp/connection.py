@@ -129,7 +129,7 @@ class SMTPConnection:
             if encryption is Encryption.STARTTLS:
                 assert context is not None
                 starttls(client, host, context)
-            if credentials.username:
+            if log_in and credentials.username:
                 password = credentials.password
                 secrets = login(
                     client,
