@@ -342,25 +342,35 @@ LIMIT = 5
 TOO_MANY = (452, "4.5.3 Too many recipients: Too many messages sent")
 
 
+@pytest.mark.parametrize(
+    ("messages", "per_session", "mails", "retired"),
+    [
+        (13, (5, 5, 3), [6, 6, 3], 2),
+        # Two sessions refused the sixth message: from then on the pool rolls over first.
+        (18, (5, 5, 5, 3), [6, 6, 5, 3], 3),
+    ],
+)
 def test_per_connection_message_limit_rolls_over_without_back_off(
-    sleeps: Sleeps, handlers: list[SMTPProtocolHandler]
+    messages: int,
+    per_session: tuple[int, ...],
+    mails: list[int],
+    retired: int,
+    sleeps: Sleeps,
+    handlers: list[SMTPProtocolHandler],
 ) -> None:
     limited = SMTPDialogue(replies={"MAIL": [(250, "2.1.0 OK")] * LIMIT + [TOO_MANY] * 10})
     with ScriptedServer([limited] * 6) as server:
         handler = make_handler(server, handlers, sleeps)
-        results = [send(handler, f"message {n}") for n in range(18)]
-    assert [r.status for r in results] == [SMTPDeliveryStatus.SUCCESS] * 18
+        results = [send(handler, f"message {n}") for n in range(messages)]
+    assert [r.status for r in results] == [SMTPDeliveryStatus.SUCCESS] * messages
     assert all(r.retry_count == 0 for r in results)
     assert sleeps == []
-    assert bodies(server) == (5, 5, 5, 3)
-    # Two sessions refused the sixth message: from then on the pool rolls over first.
-    mails = [
-        sum(1 for line in c.received if line.startswith(b"MAIL")) for c in server.conversations
-    ]
-    assert mails == [6, 6, 5, 3]
+    assert bodies(server) == per_session
+    seen = [sum(1 for line in c.received if line.startswith(b"MAIL")) for c in server.conversations]
+    assert seen == mails
     stats = handler.pool.get_stats()
-    assert stats["retired"] == 3
-    assert stats["created"] == 4
+    assert stats["retired"] == retired
+    assert stats["created"] == len(per_session)
 
 
 # ---------------------------------------------------------------------- wrong mode for the port
