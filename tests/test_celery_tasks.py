@@ -6,6 +6,7 @@ backend, both with the JSON serializer only; the tasks send to loopback test ser
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -27,6 +28,8 @@ from src.integrations.celery_tasks import (
     configure,
 )
 from src.testing.pytest_plugin import MailAccount
+from src.testing.scripted_server import Conversation, ScriptedServer
+from src.testing.smtp_scripts import send_reply
 from src.testing.smtp_server import SMTPTestServer
 
 SENDER = "app@example.test"
@@ -319,3 +322,45 @@ def test_a_forked_child_builds_its_own_handler(
     assert cached_handler_count() == 1
     assert len(smtp_server.wait_for_messages(3)) == 3
     assert smtp_server.sessions == 2
+
+
+def _auth_echo_loop(conv: Conversation) -> None:
+    """Answers every line after AUTH with ``334 <that line>``, forever."""
+    send_reply(conv, 220, "localhost ESMTP")
+    while (line := conv.recv_line()) is not None:
+        text = line.rstrip(b"\r\n").decode()
+        verb = text.split(" ", 1)[0].upper()
+        if verb == "EHLO":
+            send_reply(conv, 250, "localhost\nAUTH PLAIN")
+        elif verb == "QUIT":
+            send_reply(conv, 221, "bye")
+            return
+        else:
+            send_reply(conv, 334, text)
+
+
+def test_a_server_looping_on_auth_fails_once_with_the_password_masked(
+    celery_app: Any, worker: Any, pool: SMTPConnectionPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    password = "celery-loop-secret"
+    plain = base64.b64encode(f"\0ada\0{password}".encode()).decode()
+    with ScriptedServer(_auth_echo_loop) as server:
+        outcome = run(
+            celery_app,
+            SEND_TASK,
+            server.host,
+            server.port,
+            "ada",
+            password,
+            "none",
+            ["bob@example.test"],
+            "Hello",
+            "Body",
+            from_address=SENDER,
+        )
+    assert outcome["status"] == "failed" and outcome["is_retryable"] is False
+    assert outcome["retry_count"] == 0 and server.connections == 1
+    for secret in (password, plain, base64.b64encode(password.encode()).decode()):
+        assert secret not in json.dumps(outcome)
+        assert secret not in caplog.text

@@ -327,7 +327,7 @@ def make_handler(
         ssl_context=client_context,
         pool=SMTPConnectionPool(max_connections=4),
         operation_timeout=OPERATION_TIMEOUT,
-        retry_policy=RetryPolicy(max_retries=1, delays=(RETRY_DELAY,)),
+        retry=RetryPolicy(max_retries=1, delays=(RETRY_DELAY,)),
         sleep=sleeps.append,
         **options,
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from src.handlers._auth.credentials import Credentials
 from src.handlers._auth.oauth2 import (
     POP3_COMMAND_LIMIT,
     SMTP_COMMAND_LIMIT,
@@ -28,7 +29,8 @@ from src.handlers._auth.oauth2 import (
     parse_error_challenge,
     xoauth2_string,
 )
-from src.handlers._smtp.pool import ConnectionKey
+from src.handlers._net.config import Endpoint
+from src.handlers._smtp.settings import ConnectionKey, SessionSettings
 from src.handlers.errors import (
     MailAuthenticationError,
     MailValidationError,
@@ -163,16 +165,14 @@ def test_unusable_tokens_are_refused_up_front(bad: Any) -> None:
 
 def test_pool_key_tells_tokens_apart_but_not_a_providers_refreshes() -> None:
     def key(token: Any) -> ConnectionKey:
-        source = TokenSource(token)
-        return ConnectionKey.build(
-            "smtp.example.com", 587, USER, None, SMTPEncryption.STARTTLS, None, None, source
-        )
+        endpoint = Endpoint("smtp.example.com", 587, SMTPEncryption.STARTTLS)
+        return ConnectionKey.of(SessionSettings(endpoint, Credentials.of(USER, None, token)))
 
-    class Credentials:
+    class Vault:
         def token(self) -> str:
             return TOKEN
 
-    creds = Credentials()
+    creds = Vault()
     assert key(TOKEN) == key(TOKEN) and key(TOKEN) != key(WRONG)
     provider = Provider(TOKEN, FRESH)
     assert key(provider) == key(provider)  # whatever token it returns next

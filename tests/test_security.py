@@ -37,13 +37,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fake_sleep import Sleeps
 
+from src.handlers._auth.credentials import Credentials
 from src.handlers._auth.oauth2 import encode_xoauth2
 from src.handlers._mime.parser import ParseLimits, parse_message
 from src.handlers._net import tls
 from src.handlers._net import trace as wire_log
+from src.handlers._net.config import Endpoint, Timeouts
 from src.handlers._net.masking import MASK, mask_secrets
 from src.handlers._net.trace import Redactor
-from src.handlers._smtp.connection import SMTPConnection, SMTPEncryption
+from src.handlers._smtp.connection import SMTPConnection
+from src.handlers._smtp.settings import SessionSettings
 from src.handlers.errors import (
     MailAuthenticationError,
     MailHandlerError,
@@ -56,6 +59,7 @@ from src.handlers.pop3 import POP3ConnectionPool, POP3ProtocolHandler
 from src.handlers.smtp import (
     SMTPConnectionPool,
     SMTPDeliveryStatus,
+    SMTPEncryption,
     SMTPProtocolHandler,
 )
 from src.testing.pop3_server import POP3TestServer
@@ -985,14 +989,12 @@ def test_smtp_secrets_never_leave_the_library(
             results.append(handler.send_message(**BASE_SEND))
             with pytest.raises(MailAuthenticationError) as caught:
                 SMTPConnection.open(
-                    srv.host,
-                    srv.port,
-                    encryption=SMTPEncryption.STARTTLS,
-                    username=USER,
-                    password=WRONG,
-                    timeout=5,
-                    ssl_context=client_ssl_context,
-                    local_hostname=None,
+                    SessionSettings(
+                        Endpoint(srv.host, srv.port, SMTPEncryption.STARTTLS),
+                        Credentials.of(USER, WRONG),
+                        Timeouts(5),
+                        client_ssl_context,
+                    )
                 )
             texts += [*exception_texts(caught.value), str(handler.last_error)]
         assert results[-1].status is SMTPDeliveryStatus.FAILED

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from fake_sleep import Sleeps
 
-from src.handlers._smtp.connection import SMTPConnection
+from src.handlers._net.trace import WireTracer
+from src.handlers._smtp.client import SMTPClient
 from src.handlers.smtp import (
     SMTPConnectionPool,
     SMTPDeliveryStatus,
@@ -188,7 +189,7 @@ def test_wrong_password_fails_without_retry(start_server, make_handler, sleeps):
 def test_connect_returns_false_when_nothing_listens(make_handler):
     with ScriptedServer(smtp_accept_all) as server:
         host, port = server.address
-    handler = make_handler(host, port, retry_policy=None)
+    handler = make_handler(host, port, retry=None)
     assert handler.connect() is False
     assert handler.test_connection() is False
     assert handler.last_error
@@ -641,17 +642,19 @@ def test_pipelining_sends_the_envelope_in_one_batch(make_handler, mocker):
         extensions=("PIPELINING", "8BITMIME"),
         rcpt_replies={"bad@example.org": (550, "5.1.1 Unknown user")},
     )
-    writes = mocker.spy(SMTPConnection, "_send_bytes")
+    writes = mocker.spy(SMTPClient, "write_commands")
     with ScriptedServer(dialogue) as server:
         handler = make_handler(*server.address)
         result = send_simple(handler, to_addresses=["a@example.org", "bad@example.org"])
     assert result.status is SMTPDeliveryStatus.SUCCESS
     assert result.recipient_failures == {"bad@example.org": "550 5.1.1 Unknown user"}
     envelope = writes.call_args_list[0].args[1]
-    assert envelope == (
-        b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<a@example.org>\r\n"
-        b"RCPT TO:<bad@example.org>\r\nDATA\r\n"
-    )
+    assert envelope == [
+        "MAIL FROM:<alice@example.com>",
+        "RCPT TO:<a@example.org>",
+        "RCPT TO:<bad@example.org>",
+        "DATA",
+    ]
     verbs = [line.split(b" ")[0].strip().upper() for line in server.conversations[0].received[:5]]
     assert verbs == [b"EHLO", b"MAIL", b"RCPT", b"RCPT", b"DATA"]
 
@@ -843,3 +846,36 @@ def test_non_ascii_password_logs_in_with_utf8_plain(start_server, make_handler):
     assert result.status is SMTPDeliveryStatus.SUCCESS, result.smtp_error
     assert server.wait_for_messages(1)[0].username == "jörg"
     assert password not in repr(vars(handler))
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["tracing off", "tracing on"])
+def test_the_trace_is_called_only_when_tracing_is_on(make_handler, mocker, trace):
+    sent = mocker.spy(WireTracer, "sent")
+    received = mocker.spy(WireTracer, "received")
+    dialogue = SMTPDialogue(extensions=("PIPELINING",), auth_mechanisms=("PLAIN",))
+    with ScriptedServer(dialogue) as server:
+        handler = make_handler(*server.address, username="u", password="pw", trace=trace)
+        assert send_simple(handler).status is SMTPDeliveryStatus.SUCCESS
+    assert (sent.call_count > 0) is trace
+    assert (received.call_count > 0) is trace
+
+
+def test_capabilities_are_read_after_starttls_and_before_any_login(
+    make_handler, server_ssl_context
+):
+    dialogue = SMTPDialogue(
+        extensions=("SIZE 1000000", "PIPELINING"),
+        tls_context=server_ssl_context,
+        auth_mechanisms=("PLAIN", "LOGIN"),
+    )
+    with ScriptedServer(dialogue) as server:
+        handler = make_handler(*server.address, username="u", password="pw", encryption="tls")
+        capabilities = handler.capabilities()
+        server.join()
+    assert capabilities.tls is True
+    assert capabilities.server == "localhost"
+    assert capabilities.extensions["SIZE"] == "1000000"
+    assert capabilities.offers("pipelining") and capabilities.extensions["AUTH"] == "PLAIN LOGIN"
+    assert not capabilities.offers("STARTTLS")  # not offered again once TLS is on
+    verbs = [line.split(b" ")[0].strip().upper() for line in server.conversations[0].received]
+    assert b"AUTH" not in verbs and b"MAIL" not in verbs

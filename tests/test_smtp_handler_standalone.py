@@ -29,9 +29,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from src.handlers._mime.builder import OutgoingMessage, build_message
-from src.handlers._smtp.connection import SMTPConnection, SMTPEncryption, TransactionOutcome
-from src.handlers._smtp.pool import ConnectionKey, SMTPConnectionPool
+from src.handlers._smtp.connection import SMTPConnection, TransactionOutcome
+from src.handlers._smtp.pool import SMTPConnectionPool
+from src.handlers._smtp.settings import ConnectionKey, SessionSettings
 from src.handlers.errors import (
+    ConfigurationError,
     MailAuthenticationError,
     MailConnectionError,
     MailProtocolError,
@@ -57,6 +59,7 @@ from src.handlers.retry import (
 from src.handlers.smtp import (
     DeliveryResult,
     SMTPDeliveryStatus,
+    SMTPEncryption,
     SMTPProtocolHandler,
 )
 from src.handlers.validation import SMTPMessageValidator, decode_attachments
@@ -945,6 +948,8 @@ class FakeConnection:
         self.last_used = clock
         self.pid = os.getpid()
         self.broken = False
+        self.retired = False
+        self.messages_sent = 0
         self.generation = 0
         self.dropped = False
         self.closes: list[bool] = []  # the polite flag of each close() call
@@ -967,8 +972,22 @@ class FakeOpener:
         self.options: list[dict[str, Any]] = []
         self.fail_next: BaseException | None = None
 
-    def __call__(self, host: str, port: int, **options: Any) -> FakeConnection:
-        self.options.append({"host": host, "port": port, **options})
+    def __call__(self, settings: SessionSettings, **options: Any) -> FakeConnection:
+        endpoint, credentials = settings.endpoint, settings.credentials
+        password = credentials.password.reveal() if credentials.password else None
+        self.options.append(
+            {
+                "host": endpoint.host,
+                "port": endpoint.port,
+                "encryption": endpoint.encryption,
+                "username": credentials.username,
+                "password": password,
+                "timeout": settings.timeouts.socket,
+                "local_hostname": settings.local_hostname,
+                "settings": settings,
+                **options,
+            }
+        )
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise error
@@ -1054,7 +1073,7 @@ def test_password_never_appears_in_keys_or_stats(pool: SMTPConnectionPool) -> No
     connection = get(pool, password=PASSWORD)
     for text in (repr(connection.key), str(connection.key), repr(pool), repr(pool.get_stats())):
         assert PASSWORD not in text
-        assert connection.key.secret_digest not in text
+        assert "CredentialIdentity" not in text and "identity" not in text
     put(pool, connection)
     assert PASSWORD not in repr(pool.get_stats())
 
@@ -1223,6 +1242,7 @@ def test_get_stats_counts_everything(
         "expired": 0,
         "dropped": 0,
         "discarded": 1,
+        "retired": 0,
         "waits": 0,
         "in_use": 1,
         "idle": 0,
@@ -1239,6 +1259,7 @@ def test_pool_after_fork_forgets_inherited_connections_without_closing_them(
     put(pool, first)
     put(pool, second)
     mocker.patch.object(os, "getpid", return_value=os.getpid() + 1)
+    pool._after_fork_in_child()  # what the fork-safety registry runs in a child
     stats = pool.get_stats()
     assert (stats["idle"], stats["open"], stats["in_use"]) == (0, 0, 0)
     fresh = get(pool)
@@ -1252,6 +1273,7 @@ def test_releasing_an_inherited_connection_after_fork_keeps_the_bound(
     pool = make_pool(clock, opener, max_connections=1)
     inherited = get(pool)  # in use by the thread that forks
     mocker.patch.object(os, "getpid", return_value=os.getpid() + 1)
+    pool._after_fork_in_child()  # what the fork-safety registry runs in a child
     own = get(pool)
     put(pool, inherited)
     assert inherited not in pool._idle.get(inherited.key, [])
@@ -1286,7 +1308,7 @@ def connection(mocker: Any) -> Any:
 @pytest.fixture
 def mock_pool(mocker: Any, connection: Any) -> Any:
     fake = mocker.Mock(spec=SMTPConnectionPool)
-    fake.get_connection.return_value = connection
+    fake.checkout.return_value = connection
     return fake
 
 
@@ -1421,7 +1443,7 @@ def test_connect_and_test_connection_report_failures_as_false(
     connection.noop.return_value = False
     assert handler.test_connection() is False
     assert handler.last_error is not None
-    mock_pool.get_connection.side_effect = MailAuthenticationError(535, "5.7.8 bad credentials")
+    mock_pool.checkout.side_effect = MailAuthenticationError(535, "5.7.8 bad credentials")
     assert handler.authenticate() is False
     assert handler.last_error is not None and "5.7.8" in handler.last_error
     assert PASSWORD not in handler.last_error
@@ -1487,8 +1509,8 @@ def test_successful_send(mock_pool: Any, connection: Any, sleep: Any) -> None:
     assert result.message_id == message.message_id
     assert message.recipients == ("rcpt@example.com", "other@example.net", "hidden@example.org")
     assert b"hidden@example.org" not in message.data
-    kwargs = mock_pool.get_connection.call_args
-    assert PASSWORD in kwargs.args  # the pool needs it to log in
+    settings = mock_pool.checkout.call_args.args[0]
+    assert settings.credentials.password.reveal() == PASSWORD  # the pool needs it to log in
     mock_pool.release_connection.assert_called_once_with("smtp.example.com", 587, connection)
     sleep.assert_not_called()
 
@@ -1561,7 +1583,7 @@ def test_421_then_success_is_retried_once(mock_pool: Any, connection: Any, sleep
     assert result.status is SMTPDeliveryStatus.SUCCESS
     assert result.retry_count == 1
     sleep.assert_called_once_with(1)
-    assert mock_pool.get_connection.call_count == 2
+    assert mock_pool.checkout.call_count == 2
     assert mock_pool.release_connection.call_count == 2
 
 
@@ -1615,12 +1637,12 @@ def test_permanent_data_refusal_is_failed(mock_pool: Any, connection: Any, sleep
 def test_authentication_failure_is_failed_and_not_retryable(
     mock_pool: Any, connection: Any, sleep: Any
 ) -> None:
-    mock_pool.get_connection.side_effect = MailAuthenticationError(535, "5.7.8 bad credentials")
+    mock_pool.checkout.side_effect = MailAuthenticationError(535, "5.7.8 bad credentials")
     result = send(make_handler(mock_pool, sleep))
     assert result.status is SMTPDeliveryStatus.FAILED
     assert result.is_retryable is False
     assert result.smtp_code == 535
-    assert mock_pool.get_connection.call_count == 1
+    assert mock_pool.checkout.call_count == 1
     connection.send.assert_not_called()
     sleep.assert_not_called()
     assert PASSWORD not in json.dumps(result.to_dict())
@@ -1648,7 +1670,7 @@ def test_unexpected_exception_becomes_a_failed_result(
     if where == "send":
         connection.send.side_effect = RuntimeError("boom")
     else:
-        mock_pool.get_connection.side_effect = KeyError("boom")
+        mock_pool.checkout.side_effect = KeyError("boom")
     result = send(make_handler(mock_pool, sleep))
     assert result.status is SMTPDeliveryStatus.FAILED
     assert result.is_retryable is False
@@ -1691,7 +1713,8 @@ def test_failing_connects_log_no_password(
 
 
 class FakeSMTP:
-    """Stands in for smtplib.SMTP: greets, offers STARTTLS and AUTH, refuses the login.
+    """Stands in for the library's smtplib client: greets, offers STARTTLS and AUTH,
+    refuses the login.
 
     It has the parts of smtplib.SMTP the library uses (send/getreply, esmtp_features,
     auth with the auth_* objects), so the library runs its real code paths on it.
@@ -1699,7 +1722,7 @@ class FakeSMTP:
 
     logins: list[tuple[str, str]] = []
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, label: str, **options: Any) -> None:
         self.sock = None
         self.esmtp_features = {"starttls": "", "auth": " PLAIN LOGIN"}
         self.user = self.password = ""
@@ -1739,7 +1762,7 @@ class FakeSMTP:
 @pytest.fixture
 def fake_smtp(mocker: Any) -> Iterator[type[FakeSMTP]]:
     FakeSMTP.logins = []
-    mocker.patch("smtplib.SMTP", FakeSMTP)
+    mocker.patch("src.handlers._smtp.connect.SMTPClient", FakeSMTP)
     yield FakeSMTP
 
 
@@ -1758,3 +1781,46 @@ def test_refused_login_logs_no_password(
     assert all(PASSWORD not in str(record.args) for record in caplog.records)
     assert PASSWORD not in json.dumps(result.to_dict())
     assert handler.pool.get_stats()["open"] == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"encryption": "starttls2"}, "encryption"),
+        ({"pool_size": 0}, "pool_size"),
+        ({"timeout": -1}, "timeout"),
+        ({"operation_timeout": 0}, "operation_timeout"),
+        ({"pool_wait_timeout": float("nan")}, "pool_wait_timeout"),
+        ({"local_hostname": "bad name"}, "local_hostname"),
+        ({"retry": 3}, "retry"),
+        ({"port": 70000}, "port"),
+        ({"password": "pw", "oauth2_token": "token"}, "password"),
+    ],
+)
+def test_bad_handler_settings_are_configuration_errors(
+    mock_pool: Any, options: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        make_handler(mock_pool, **options)
+    assert caught.value.field == field
+    assert isinstance(caught.value, ValueError)
+    if field == "encryption":
+        assert {"tls", "ssl", "none"} <= set(caught.value.choices)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_connections": 0}, {"idle_timeout": -5}, {"wait_timeout": 0}, {"max_connections": 1.5}],
+)
+def test_bad_pool_settings_are_configuration_errors(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        SMTPConnectionPool(**options)
+
+
+def test_the_pool_key_is_built_once_per_handler(mock_pool: Any, connection: Any) -> None:
+    handler = make_handler(mock_pool)
+    for _ in range(3):
+        send(handler)
+    keys = {id(call.args[1]) for call in mock_pool.checkout.call_args_list}
+    settings = {id(call.args[0]) for call in mock_pool.checkout.call_args_list}
+    assert len(keys) == 1 and len(settings) == 1

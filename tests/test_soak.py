@@ -214,7 +214,7 @@ def test_every_message_is_accounted_for_exactly_once(request: pytest.FixtureRequ
             pool_size=POOL_BOUND,
             pool=pool,
             timeout=10.0,
-            retry_policy=RETRY,
+            retry=RETRY,
             sleep=lambda seconds: time.sleep(min(seconds, 0.001)),
         )
         with handler, ThreadPoolExecutor(max_workers=THREADS) as workers:

@@ -14,16 +14,13 @@ import ssl
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..handlers._net import trace as wire_log
-from ..handlers._smtp.connect import SMTPEncryption
-from ..handlers._smtp.connection import SMTPConnection
 from ..handlers.errors import (
-    MailAuthenticationError,
     POP3AuthenticationError,
     POP3MailboxBusyError,
 )
 from ..handlers.pop3 import POP3ProtocolHandler
 from ..handlers.retry import RetryPolicy
+from ..handlers.smtp import SMTPConnectionPool, SMTPProtocolHandler
 from .common import (
     ExitCode,
     add_connection_options,
@@ -147,8 +144,7 @@ def run(args: argparse.Namespace, redactor: Redactor) -> int:
     assert isinstance(context, ObservingContext)
     report = CheckReport(args.protocol, args.host, port, encryption)
     if args.protocol == "smtp":
-        with wire_log.tracing(args.verbose):
-            _check_smtp(args, report, password, context)
+        _check_smtp(args, report, password, context)
     else:
         _check_pop3(args, report, password, context)
     if args.json:
@@ -161,36 +157,33 @@ def run(args: argparse.Namespace, redactor: Redactor) -> int:
 def _check_smtp(
     args: argparse.Namespace, report: CheckReport, password: str | None, context: ObservingContext
 ) -> None:
-    def open_connection(user: str | None) -> SMTPConnection:
-        return SMTPConnection.open(
+    def handler(user: str | None) -> SMTPProtocolHandler:
+        return SMTPProtocolHandler(
             args.host,
             report.port,
-            encryption=SMTPEncryption(report.encryption),
-            username=user,
-            password=password,
+            user,
+            password if user else None,
+            report.encryption,
             timeout=args.timeout,
             ssl_context=context,
             local_hostname=args.ehlo_name,
+            retry=RetryPolicy.never(),
+            pool=SMTPConnectionPool(max_connections=1),
+            trace=args.verbose,
         )
 
-    connection = open_connection(None)
-    try:
-        report.tls = context.last
-        greeting = connection.client.ehlo_resp or b""
-        report.server = greeting.decode("utf-8", "replace").split("\n", 1)[0] or None
-        report.capabilities = [
-            " ".join([name.upper(), *params.split()])
-            for name, params in connection.extensions.items()
-        ]
-    finally:
-        connection.close()
+    capabilities = handler(None).capabilities()
+    report.tls = context.last
+    report.server = capabilities.server
+    report.capabilities = [
+        " ".join([name, *params.split()]) for name, params in capabilities.extensions.items()
+    ]
     if args.user:
-        try:
-            open_connection(args.user).close()
-        except MailAuthenticationError as error:
-            report.auth, report.auth_ok = f"refused: {error}", False
-        else:
-            report.auth, report.auth_ok = f"ok (as {args.user})", True
+        with handler(args.user) as login:
+            if login.authenticate():
+                report.auth, report.auth_ok = f"ok (as {args.user})", True
+            else:
+                report.auth, report.auth_ok = f"refused: {login.last_error}", False
 
 
 def _check_pop3(

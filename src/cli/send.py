@@ -127,7 +127,7 @@ def _send(
             timeout=args.timeout,
             ssl_context=optional_ssl_context(args.cafile),
             local_hostname=args.ehlo_name,
-            retry_policy=RetryPolicy(max_retries=args.retries),
+            retry=RetryPolicy(max_retries=args.retries),
             pool=SMTPConnectionPool(max_connections=1),
             trace=args.verbose,
         )

@@ -59,6 +59,7 @@ from .pop3 import DEFAULT_MAX_MESSAGE_SIZE, POP3ConnectionPool, POP3ProtocolHand
 from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy
 from .smtp import (
     DeliveryResult,
+    SMTPCapabilities,
     SMTPConnectionPool,
     SMTPDeliveryStatus,
     SMTPEncryption,
@@ -119,6 +120,7 @@ __all__ = [
     "RecipientReport",
     "RedisRateStore",
     "RetryPolicy",
+    "SMTPCapabilities",
     "SMTPConnectionPool",
     "SMTPDataRefused",
     "SMTPDeliveryStatus",

@@ -18,18 +18,20 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from ._auth.oauth2 import TokenProvider, TokenSource, token_source_for
-from ._auth.secret import Secret
+from ._auth.credentials import Credentials
+from ._auth.oauth2 import TokenProvider, TokenSource
 from ._mime.addresses import check_address
 from ._mime.builder import OutgoingMessage, build_message
 from ._net import trace as wire_log
+from ._net.config import Encryption, Endpoint, Timeouts
 from ._net.control_chars import find_control_character
 from ._net.deadline import Deadline
 from ._net.logs import get_logger
-from ._smtp.connect import SMTPEncryption
-from ._smtp.connection import SMTPConnection, TransactionOutcome
+from ._smtp.connection import SMTPConnection, Transaction, TransactionOutcome
 from ._smtp.pool import SMTPConnectionPool
+from ._smtp.settings import ConnectionKey, SessionSettings
 from .errors import (
+    ConfigurationError,
     MailHandlerError,
     MailResponseError,
     MailTimeoutError,
@@ -41,14 +43,22 @@ from .errors import (
     SMTPSenderRefused,
     parse_enhanced_code,
 )
-from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy, Sleep
-from .validation import SMTPMessageValidator, address_list, check_server_address
+from .retry import (
+    MAX_RETRIES,
+    RETRY_DELAYS,
+    RETRYABLE_CODES,
+    RetryPolicy,
+    Sleep,
+    call_with_retry,
+)
+from .validation import SMTPMessageValidator, address_list
 
 __all__ = [
     "MAX_RETRIES",
     "RETRYABLE_CODES",
     "RETRY_DELAYS",
     "DeliveryResult",
+    "SMTPCapabilities",
     "SMTPConnectionPool",
     "SMTPDeliveryStatus",
     "SMTPEncryption",
@@ -59,6 +69,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ._dns.deliverability import DeliverabilityChecker
+
+SMTPEncryption = Encryption
+"""The spec's name for :class:`Encryption`: ``NONE``, ``STARTTLS``, ``IMPLICIT_SSL``."""
 
 log = get_logger("smtp")
 
@@ -115,6 +128,24 @@ class DeliveryResult:
         }
 
 
+@dataclass(frozen=True)
+class SMTPCapabilities:
+    """What a server offers this client: its EHLO reply, after STARTTLS when the
+    handler uses it, before any login."""
+
+    server: str | None
+    """The first line of the EHLO reply, usually the server's host name."""
+    extensions: dict[str, str]
+    """Each extension keyword (upper case) mapped to its parameters (``""`` for none),
+    e.g. ``{"SIZE": "35882577", "AUTH": "PLAIN LOGIN", "PIPELINING": ""}``."""
+    tls: bool
+    """Whether the session these were read from was encrypted."""
+
+    def offers(self, extension: str) -> bool:
+        """Whether ``extension`` (any case) was advertised."""
+        return extension.upper() in self.extensions
+
+
 _shared_pool: SMTPConnectionPool | None = None
 _shared_pool_lock = threading.Lock()
 
@@ -148,20 +179,7 @@ def _deliverability_checker(
     return option or None
 
 
-def _parse_encryption(value: SMTPEncryption | str) -> SMTPEncryption:
-    if isinstance(value, SMTPEncryption):
-        return value
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        aliases = {"starttls": "tls", "implicit": "ssl", "plain": "none"}
-        try:
-            return SMTPEncryption(aliases.get(lowered, lowered))
-        except ValueError:
-            pass
-    raise ValueError(f"encryption must be one of 'tls', 'ssl', 'none' (got {value!r})")
-
-
-def _check_local_hostname(name: str) -> None:
+def _check_local_hostname(name: object) -> str:
     # The EHLO argument goes to the server as is: smtplib refuses CR/LF there only
     # after connecting, and lets NUL and non-ASCII through.
     if (
@@ -171,7 +189,11 @@ def _check_local_hostname(name: str) -> None:
         or find_control_character(name) is not None
         or " " in name
     ):
-        raise ValueError("local_hostname must be ASCII without spaces or control characters")
+        raise ConfigurationError(
+            "local_hostname must be ASCII without spaces or control characters",
+            "local_hostname",
+        )
+    return name
 
 
 class SMTPProtocolHandler:
@@ -182,11 +204,15 @@ class SMTPProtocolHandler:
 
     Keyword-only options: ``timeout`` (seconds per socket operation), ``ssl_context``
     (defaults to a shared verifying context), ``local_hostname`` (EHLO name),
-    ``retry_policy`` (a :class:`RetryPolicy`), ``sleep`` (for tests), ``pool`` (an
+    ``retry`` (a :class:`RetryPolicy` for transient failures; not the same as
+    :meth:`send_message`'s ``retry`` flag, which turns retrying off for one send),
+    ``sleep`` (for tests), ``pool`` (an
     :class:`SMTPConnectionPool`; defaults to the process-wide :func:`shared_pool`),
     ``pool_wait_timeout`` (how long a send waits for a free connection),
-    ``operation_timeout`` (a bound on one whole attempt, connecting included, however
-    slowly the server answers; default ten times ``timeout``),
+    ``operation_timeout`` (a bound on one whole attempt, the wait for a pooled
+    connection and connecting included, however slowly the server answers, and on each
+    :meth:`connect`, :meth:`test_connection` and :meth:`capabilities`; default ten times
+    ``timeout``),
     ``check_deliverability`` (True, or a ``DeliverabilityChecker``: refuse recipients
     whose domain DNS says takes no mail; off by default), ``oauth2_token`` (an OAuth2
     access token, or a callable returning one, to log in with XOAUTH2 instead of a
@@ -203,14 +229,14 @@ class SMTPProtocolHandler:
         port: int,
         username: str | None = None,
         password: str | None = None,
-        encryption: SMTPEncryption | str = "tls",
+        encryption: Encryption | str = "tls",
         from_address: str | None = None,
         pool_size: int = 10,
         *,
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         local_hostname: str | None = None,
-        retry_policy: RetryPolicy | None = None,
+        retry: RetryPolicy | None = None,
         sleep: Sleep = time.sleep,
         pool: SMTPConnectionPool | None = None,
         pool_wait_timeout: float = 30.0,
@@ -220,39 +246,36 @@ class SMTPProtocolHandler:
         oauth2_initial_response: bool = True,
         trace: bool = False,
     ) -> None:
-        check_server_address(hostname, port)
-        if pool_size < 1:
-            raise ValueError("pool_size must be at least 1")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        for value, name in ((username, "username"), (password, "password")):
-            if value is not None and find_control_character(value) is not None:
-                raise ValueError(f"{name} must not contain control characters")
-        self._oauth2 = token_source_for(oauth2_token, username, password)
-        self.oauth2_initial_response = oauth2_initial_response
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigurationError("pool_size must be an integer of at least 1", "pool_size")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError("retry must be a RetryPolicy (or None)", "retry")
+        endpoint = Endpoint(hostname, port, Encryption.parse(encryption))
+        credentials = Credentials.of(username, password, oauth2_token)
+        timeouts = Timeouts(timeout, operation_timeout, pool_wait_timeout)
         if local_hostname is not None:
-            _check_local_hostname(local_hostname)
+            local_hostname = _check_local_hostname(local_hostname)
         if from_address is not None:
             valid, error = SMTPMessageValidator.validate_email_address(from_address)
             if not valid:
-                raise ValueError(f"from_address: {error}")
-        self.hostname = hostname.strip()
-        self.port = port
+                raise ConfigurationError(f"from_address: {error}", "from_address")
+        self._settings = SessionSettings(
+            endpoint, credentials, timeouts, ssl_context, local_hostname, oauth2_initial_response
+        )
+        self._key = ConnectionKey.of(self._settings)
+        self.hostname = endpoint.host
+        self.port = endpoint.port
         self.username = username
-        self._password = Secret(password) if password is not None else None
-        self.encryption = _parse_encryption(encryption)
+        self.encryption = endpoint.encryption
         self.from_address = from_address
         self.pool_size = pool_size
-        self.timeout = timeout
+        self.timeout = timeouts.socket
         self.ssl_context = ssl_context
         self.local_hostname = local_hostname
-        self.retry_policy = retry_policy or RetryPolicy()
+        self.retry = retry if retry is not None else RetryPolicy()
         self._sleep = sleep
         self._pool = pool if pool is not None else shared_pool()
-        self._pool_wait_timeout = pool_wait_timeout
-        if operation_timeout is not None and operation_timeout <= 0:
-            raise ValueError("operation_timeout must be positive")
-        self.operation_timeout = operation_timeout or timeout * 10
+        self.operation_timeout = timeouts.operation or timeouts.socket * 10
         self._deliverability = _deliverability_checker(check_deliverability)
         self._slots = threading.BoundedSemaphore(pool_size)
         self.last_error: str | None = None
@@ -274,33 +297,18 @@ class SMTPProtocolHandler:
     # ------------------------------------------------------------------ connections
 
     def _checkout(self, deadline: Deadline | None = None) -> SMTPConnection:
-        if not self._slots.acquire(timeout=self._pool_wait_timeout):
+        wait = self._settings.timeouts.pool_wait
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline.remaining()))
+        if not self._slots.acquire(timeout=wait):
             raise PoolTimeoutError(f"all {self.pool_size} connections of this handler stayed busy")
         try:
-            return self._pool.get_connection(
-                self.hostname,
-                self.port,
-                self.username,
-                self._password.reveal() if self._password is not None else None,
-                self.encryption,
-                ssl_context=self.ssl_context,
-                timeout=self.timeout,
-                local_hostname=self.local_hostname,
-                wait_timeout=self._pool_wait_timeout,
-                deadline=deadline,
-                **self._oauth2_options(),
+            return self._pool.checkout(
+                self._settings, self._key, wait_timeout=wait, deadline=deadline
             )
         except BaseException:
             self._slots.release()
             raise
-
-    def _oauth2_options(self) -> dict[str, Any]:
-        if self._oauth2 is None:
-            return {}
-        return {
-            "oauth2_token": self._oauth2,
-            "oauth2_initial_response": self.oauth2_initial_response,
-        }
 
     def _checkin(self, connection: SMTPConnection) -> None:
         try:
@@ -309,16 +317,17 @@ class SMTPProtocolHandler:
             self._slots.release()
 
     def _probe(self, check_noop: bool) -> bool:
-        with wire_log.tracing(self.trace):
-            return self._probe_untraced(check_noop)
+        with Deadline(self.operation_timeout) as deadline, wire_log.tracing(self.trace):
+            return self._probe_within(check_noop, deadline)
 
-    def _probe_untraced(self, check_noop: bool) -> bool:
+    def _probe_within(self, check_noop: bool, deadline: Deadline) -> bool:
         try:
-            connection = self._checkout()
+            connection = self._checkout(deadline)
         except MailHandlerError as error:
             self.last_error = str(error)
             log.info("SMTP %s:%s unavailable: %s", self.hostname, self.port, error)
             return False
+        deadline.target = lambda: connection.client.sock
         try:
             if check_noop and not connection.noop():
                 self.last_error = "server did not answer NOOP with 250"
@@ -346,6 +355,24 @@ class SMTPProtocolHandler:
     def test_connection(self) -> bool:
         """True if the server can be reached, secured, logged into and answers NOOP."""
         return self._probe(check_noop=True)
+
+    def capabilities(self) -> SMTPCapabilities:
+        """Connect (and STARTTLS, as configured) on a new session, read the server's
+        EHLO capabilities, and close it without logging in.
+
+        Raises the library's errors (:class:`MailConnectionError`,
+        :class:`MailSecurityError`, ...) when the server cannot be reached or secured.
+        """
+        with Deadline(self.operation_timeout) as deadline, wire_log.tracing(self.trace):
+            connection = SMTPConnection.open(self._settings, deadline=deadline, log_in=False)
+            try:
+                return SMTPCapabilities(
+                    connection.server_name,
+                    {name.upper(): value.strip() for name, value in connection.extensions.items()},
+                    connection.tls_active,
+                )
+            finally:
+                connection.close()
 
     def close(self) -> None:
         """Stop using the server. Idempotent.
@@ -400,7 +427,7 @@ class SMTPProtocolHandler:
         except MailValidationError as error:
             self.last_error = str(error)
             return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=str(error))
-        policy = self.retry_policy if retry else RetryPolicy.never()
+        policy = self.retry if retry else RetryPolicy.never()
         return self._deliver(message, policy, retry)
 
     def _sender(self, from_address: str | None) -> str:
@@ -460,40 +487,42 @@ class SMTPProtocolHandler:
     def _deliver(
         self, message: OutgoingMessage, policy: RetryPolicy, retry: bool
     ) -> DeliveryResult:
-        while True:
-            try:
-                outcome = self._attempt(message)
-            except Exception as error:  # every failure becomes a result, never a crash
-                if policy.is_retryable(error):
-                    if not retry:
-                        return _failure(error, message, policy, SMTPDeliveryStatus.RETRY)
-                    if policy.is_exhausted():
-                        return _failure(error, message, policy, SMTPDeliveryStatus.TEMP_FAILED)
-                    delay = policy.next_delay()
-                    policy = policy.increment(error)
-                    log.info(
-                        "SMTP send of %s failed (%s); retry %d in %gs",
-                        message.message_id,
-                        error,
-                        policy.retries_done,
-                        delay,
-                    )
-                    self._sleep(delay)
-                    continue
-                result = _failure(error, message, policy, _permanent_status(error))
-                self.last_error = result.smtp_error
-                return result
-            self.last_error = None
-            return DeliveryResult(
-                status=SMTPDeliveryStatus.SUCCESS,
-                message_id=message.message_id,
-                smtp_code=outcome.code,
-                smtp_error=None,
-                recipient_failures=_failures_text(outcome.refused),
-                sent_at=datetime.now(UTC),
-                retry_count=policy.retries_done,
-                enhanced_status_code=parse_enhanced_code(outcome.text),
+        retries = 0
+
+        def before_retry(error: BaseException, number: int, delay: float) -> None:
+            nonlocal retries
+            retries = number
+            log.info(
+                "SMTP send of %s failed (%s); retry %d in %gs",
+                message.message_id,
+                error,
+                number,
+                delay,
             )
+
+        try:
+            outcome = call_with_retry(
+                lambda: self._attempt(message), policy, self._sleep, before_retry
+            )
+        except Exception as error:  # every failure becomes a result, never a crash
+            if policy.is_retryable(error):
+                status = SMTPDeliveryStatus.TEMP_FAILED if retry else SMTPDeliveryStatus.RETRY
+            else:
+                status = _permanent_status(error)
+            result = _failure(error, message, retries, status)
+            self.last_error = result.smtp_error
+            return result
+        self.last_error = None
+        return DeliveryResult(
+            status=SMTPDeliveryStatus.SUCCESS,
+            message_id=message.message_id,
+            smtp_code=outcome.code,
+            smtp_error=None,
+            recipient_failures=_failures_text(outcome.refused),
+            sent_at=datetime.now(UTC),
+            retry_count=retries,
+            enhanced_status_code=parse_enhanced_code(outcome.text),
+        )
 
     def _attempt(self, message: OutgoingMessage) -> TransactionOutcome:
         with Deadline(self.operation_timeout) as deadline, wire_log.tracing(self.trace):
@@ -502,7 +531,7 @@ class SMTPProtocolHandler:
             except OutcomeUnknownError:
                 raise  # whatever cut the reply short, the message may have been delivered
             except (MailHandlerError, OSError) as error:
-                if deadline.expired:
+                if deadline.expired or deadline.remaining() <= 0:
                     raise MailTimeoutError(
                         f"sending did not finish within {self.operation_timeout:g}s "
                         "(operation_timeout)"
@@ -510,15 +539,36 @@ class SMTPProtocolHandler:
                 raise
 
     def _transact(self, message: OutgoingMessage, deadline: Deadline) -> TransactionOutcome:
+        transaction = Transaction()
+        try:
+            return self._transact_once(message, deadline, transaction)
+        except SMTPSenderRefused:
+            if transaction.refused_at_mail_after is None:
+                raise
+        # A transient refusal of MAIL on a session that already carried messages: the
+        # server's per-session message limit. A fresh connection, at once, is the remedy.
+        log.debug(
+            "SMTP server refused MAIL after %d messages on one connection; using a new one",
+            transaction.refused_at_mail_after,
+        )
+        return self._transact_once(message, deadline, Transaction())
+
+    def _transact_once(
+        self, message: OutgoingMessage, deadline: Deadline, transaction: Transaction
+    ) -> TransactionOutcome:
         connection = self._checkout(deadline)
         deadline.target = lambda: connection.client.sock
         try:
-            return connection.send(message)
+            if deadline.expired:
+                # The time ran out while no socket was there to cut (waiting for the
+                # pool): the exchange would have no bound.
+                raise MailTimeoutError("the operation_timeout ran out before sending began")
+            return connection.send(message, transaction)
         except (MailResponseError, SMTPNotSupportedError):
             raise  # the server answered (or nothing was sent): the session is in step
         except BaseException as error:
             connection.broken = True
-            if isinstance(error, Exception) and deadline.expired and connection.final_dot_sent:
+            if isinstance(error, Exception) and deadline.expired and transaction.final_dot_sent:
                 # The watchdog cut the wait for the final reply; whatever error that
                 # caused (even a reset), the server may have accepted the message.
                 raise OutcomeUnknownError(
@@ -554,7 +604,7 @@ def _describe(error: BaseException) -> str:
 def _failure(
     error: BaseException,
     message: OutgoingMessage,
-    policy: RetryPolicy,
+    retries: int,
     status: SMTPDeliveryStatus,
 ) -> DeliveryResult:
     code = error.code if isinstance(error, MailResponseError) else None
@@ -564,7 +614,7 @@ def _failure(
         message_id=message.message_id,
         smtp_code=code,
         smtp_error=text,
-        retry_count=policy.retries_done,
+        retry_count=retries,
         is_retryable=status in (SMTPDeliveryStatus.RETRY, SMTPDeliveryStatus.TEMP_FAILED),
         enhanced_status_code=error.enhanced_code if isinstance(error, MailResponseError) else None,
         outcome_unknown=isinstance(error, OutcomeUnknownError),

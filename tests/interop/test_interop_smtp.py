@@ -268,19 +268,18 @@ def test_implicit_tls_on_a_starttls_port_fails_at_once(mail_stack: MailStack) ->
     assert "encryption='tls'" in (result.smtp_error or "")
 
 
-def test_starttls_on_an_implicit_tls_port_times_out(mail_stack: MailStack) -> None:
-    """'tls' on smtps: both sides wait for the other, until our timeout.
+def test_starttls_on_an_implicit_tls_port_fails_at_once(mail_stack: MailStack) -> None:
+    """'tls' on smtps: no plain greeting comes; the port answers a TLS ClientHello.
 
-    It counts as transient (a silent server may just be overloaded), so with retries
-    on it would be tried again; the message names the likely cause.
+    The mode is wrong for the port, which no retry can mend: FAILED, not retryable,
+    and the message names the fix.
     """
     stack = mail_stack
     sender = smtp_handler(stack, "tls", "bob", port=stack.smtps_port, timeout=1)
     with sender:
-        result = sender.send_message([stack.address("alice")], "x", text_body="y", retry=False)
-    assert result.status is SMTPDeliveryStatus.RETRY
-    assert result.is_retryable
-    assert "no greeting" in (result.smtp_error or "")
+        result = sender.send_message([stack.address("alice")], "x", text_body="y")
+    assert result.status is SMTPDeliveryStatus.FAILED
+    assert not result.is_retryable and result.retry_count == 0
     assert "encryption='ssl'" in (result.smtp_error or "")
 
 

@@ -67,6 +67,10 @@ class Deadline:
             log.debug("operation deadline of %gs passed; cutting its connection", self.seconds)
             _cut(sock)
 
+    def remaining(self) -> float:
+        """Seconds left before the deadline passes (zero or less once it has)."""
+        return self.when - self._clock()
+
     def restart(self) -> None:
         """Give the operation its full time limit again, counted from now."""
         self.when = self._clock() + self.seconds

@@ -27,7 +27,7 @@ from .secret import Secret
 
 #: OpenSSL's reasons when the first bytes from the server are not a TLS record, as
 #: when implicit TLS ('ssl') meets a server that greets in plain text.
-_PLAINTEXT_REPLY = frozenset({"WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "UNKNOWN_PROTOCOL"})
+PLAINTEXT_REPLY = frozenset({"WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "UNKNOWN_PROTOCOL"})
 
 _lock = threading.Lock()
 _default_context: ssl.SSLContext | None = None
@@ -64,7 +64,7 @@ def describe_tls_failure(error: BaseException, hostname: str) -> str:
     if isinstance(error, ssl.SSLError):
         reason = getattr(error, "reason", None)
         text = f"TLS handshake with {hostname} failed: {reason or error}"
-        if reason in _PLAINTEXT_REPLY:
+        if reason in PLAINTEXT_REPLY:
             text += (
                 " (the server answered in plain text: for a port that starts without TLS, "
                 "such as 587, 25 or 110, use encryption='tls')"

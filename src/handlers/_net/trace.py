@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import re
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import Any, Literal
 
 from .logs import get_logger
-from .masking import MASK
+from .masking import MASK, mask_secrets
 
 log = get_logger("trace")
 
@@ -45,14 +44,25 @@ Protocol = Literal["smtp", "pop3"]
 _tracing: ContextVar[bool] = ContextVar("mailhandlers_wire_trace", default=False)
 
 
-@contextlib.contextmanager
-def tracing(enabled: bool) -> Iterator[None]:
-    """Within the block, SMTP connections used by this thread (or task) log their lines."""
-    token = _tracing.set(enabled)
-    try:
-        yield
-    finally:
-        _tracing.reset(token)
+class tracing:
+    """Within the block, SMTP connections used by this thread (or task) log their lines.
+
+    A class rather than a generator: every send enters it.
+    """
+
+    __slots__ = ("_enabled", "_token")
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._token: Token[bool] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _tracing.set(self._enabled)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _tracing.reset(self._token)
+            self._token = None
 
 
 def tracing_enabled() -> bool:
@@ -83,6 +93,7 @@ class Redactor:
         self.protocol = protocol
         self._in_exchange = False  # an AUTH/PASS/APOP exchange is under way
         self._secrets: list[str] = []
+        self._lasting: tuple[str, ...] = ()
 
     def client_line(self, line: str) -> str:
         """The loggable form of one command line the client sends."""
@@ -109,11 +120,18 @@ class Redactor:
             return f"{verb} {name} {MASK}"
         return line
 
+    def mask_always(self, secrets: tuple[str, ...]) -> None:
+        """Mask every form of ``secrets`` in every later reply, not just during a login
+        (a server may echo a password in any reply of the session)."""
+        self._lasting = secrets
+
     def server_line(self, line: str, *, continuation: bool) -> str:
         """The loggable form of one reply line; ``continuation`` marks a SASL challenge
         (SMTP ``334``, POP3 ``+``)."""
         for secret in self._secrets:
             line = line.replace(secret, MASK)
+        if self._lasting:
+            line = mask_secrets(line, self._lasting)
         if self._in_exchange and not continuation:
             self._in_exchange = False
             self._secrets.clear()
@@ -161,43 +179,6 @@ class WireTracer:
             log.debug("%s %s << %s", self._prefix, self.label, shown)
 
 
-_ATTRIBUTE = "_mailhandlers_tracer"
-
-
-def tracer_of(client: object) -> WireTracer | None:
-    """The tracer attached to ``client``, if any."""
-    tracer = getattr(client, _ATTRIBUTE, None)
-    return tracer if isinstance(tracer, WireTracer) else None
-
-
-def watch_smtp(client: Any, label: str, enabled: Callable[[], bool] = tracing_enabled) -> None:
-    """Attach a tracer to an ``smtplib.SMTP`` client before it connects.
-
-    Every line smtplib sends or reads passes through the tracer; it is logged only
-    while ``enabled()`` is true, by default while the caller is inside
-    :func:`tracing`. Lines the connection writes to the socket itself are recorded
-    with :func:`sent` and :func:`sent_data`.
-    """
-    send, getreply = client.send, client.getreply
-    tracer = WireTracer("smtp", label, enabled)
-
-    def traced_send(data: str | bytes) -> None:
-        tracer.sent(data)
-        send(data)
-
-    def traced_getreply() -> tuple[int, bytes]:
-        code, text = getreply()
-        message = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-        for line in message.split("\n") or [""]:
-            tracer.received(f"{code} {line}", continuation=code == 334)
-        return code, text
-
-    # Instance attributes shadow the methods, so smtplib's own calls go through them.
-    client.send = traced_send
-    client.getreply = traced_getreply
-    setattr(client, _ATTRIBUTE, tracer)
-
-
 def watch_pop3(client: Any, label: str, enabled: Callable[[], bool] = lambda: True) -> None:
     """Attach a tracer to a connected poplib-style client (the greeting is logged now).
 
@@ -227,23 +208,7 @@ def watch_pop3(client: Any, label: str, enabled: Callable[[], bool] = lambda: Tr
     client._putcmd = traced_putcmd
     client._send = traced_send
     client._getline = traced_getline
-    setattr(client, _ATTRIBUTE, tracer)
 
 
 def _text(line: bytes | str) -> str:
     return line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-
-
-def sent(client: object, commands: list[str]) -> None:
-    """Record commands a connection wrote to the socket itself (pipelining)."""
-    tracer = tracer_of(client)
-    if tracer is not None:
-        for command in commands:
-            tracer.sent(command)
-
-
-def sent_data(client: object, size: int) -> None:
-    """Record message data a connection wrote to the socket itself, by size."""
-    tracer = tracer_of(client)
-    if tracer is not None:
-        tracer.sent_data(size)

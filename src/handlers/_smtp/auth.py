@@ -9,7 +9,9 @@ another only when the server refused the mechanism itself, never the credentials
 from __future__ import annotations
 
 import base64
+import binascii
 import smtplib
+from collections.abc import Callable, Sequence
 
 from .._auth.oauth2 import MECHANISM as XOAUTH2
 from .._auth.oauth2 import (
@@ -19,11 +21,17 @@ from .._auth.oauth2 import (
     explain,
     initial_response_fits,
     login_with_refresh,
+    xoauth2_string,
 )
 from .._net.logs import get_logger
 from .._net.masking import mask_secrets
-from ..errors import MailAuthenticationError, MailProtocolError
-from .connect import decode_reply, disconnected
+from ..errors import (
+    MailAuthenticationError,
+    MailConnectionError,
+    MailHandlerError,
+    MailProtocolError,
+)
+from .mapping import decode_reply, translate
 
 # The logger this code used before it moved here, so logging configured for SMTP
 # connections still sees the warning about credentials sent without encryption.
@@ -47,7 +55,12 @@ def login(
     oauth2_initial_response: bool = True,
     encrypted: bool = True,
     where: str = "the server",
-) -> None:
+) -> tuple[str, ...]:
+    """Log in; return the secrets that went out, for masking the session's later replies.
+
+    Every failure is a library error whose text has those secrets masked, raised with
+    no exception chained to it (smtplib's exceptions hold the unmasked replies).
+    """
     if not client.has_extn("auth"):
         if not encrypted and client.has_extn("starttls"):
             # Postfix with smtpd_tls_auth_only, and most submission servers, list
@@ -63,26 +76,60 @@ def login(
     if not encrypted:
         log.warning("sending SMTP credentials to %s without encryption", where)
     if oauth2 is not None:
-        _login_xoauth2(client, username, oauth2, oauth2_initial_response)
-        return
+        return _login_xoauth2(client, username, oauth2, oauth2_initial_response)
+    secrets = (password, f"\0{username}\0{password}")
+    failure = _attempt_login(lambda: _password_login(client, username, password), secrets)
+    if failure is not None:
+        raise failure
+    return secrets
+
+
+def _attempt_login(
+    run: Callable[[], object],
+    secrets: Sequence[str],
+    explain_refusal: Callable[[str], str] | None = None,
+) -> MailHandlerError | None:
+    """Run one login exchange; return (never raise) the library error it ended in.
+
+    Returning it lets the caller raise it outside the ``except`` block, so that
+    smtplib's exception, which holds the server's unmasked reply, is not kept as
+    its ``__context__``.
+    """
     try:
-        _password_login(client, username, password)
-    except smtplib.SMTPAuthenticationError as error:
-        # A server may echo the AUTH payload (or the password) in its refusal.
-        text = mask_secrets(decode_reply(error.smtp_error), [password])
-        raise MailAuthenticationError(error.smtp_code, text) from None
+        run()
+    except MailHandlerError as error:
+        return error
     except smtplib.SMTPNotSupportedError:
-        raise MailAuthenticationError(
+        return MailAuthenticationError(
             None, "the server offers no authentication mechanism this client supports"
-        ) from None
-    except smtplib.SMTPServerDisconnected as error:
-        raise disconnected(error) from None
-    except smtplib.SMTPResponseException as error:
+        )
+    except smtplib.SMTPResponseException as error:  # SMTPAuthenticationError included
         # A server may echo the AUTH payload (or the password) in its refusal.
-        text = mask_secrets(decode_reply(error.smtp_error), [password])
-        raise MailAuthenticationError(error.smtp_code, text) from None
+        text = decode_reply(error.smtp_error)
+        if explain_refusal is not None:
+            text = explain_refusal(text)
+        return MailAuthenticationError(error.smtp_code, mask_secrets(text, secrets))
+    except smtplib.SMTPServerDisconnected as error:
+        return _masked(error, secrets)
+    except smtplib.SMTPException:
+        # smtplib gives up after five challenges, quoting the last reply: a server
+        # that keeps answering with 334 will not let this login finish.
+        return MailProtocolError(
+            "the server kept answering the login with more challenges; giving up"
+        )
+    except (binascii.Error, ValueError, UnicodeError):
+        return MailProtocolError("the server sent a login challenge that is not valid base64")
     except OSError as error:
-        raise disconnected(error) from None
+        return _masked(error, secrets)
+    return None
+
+
+def _masked(error: OSError, secrets: Sequence[str]) -> MailHandlerError:
+    """:func:`.mapping.translate`'s error for ``error``, with ``secrets`` masked."""
+    failure = translate(error, "AUTH") or MailConnectionError(str(error))
+    masked = type(failure)(*(mask_secrets(str(arg), secrets) for arg in failure.args))
+    masked.__dict__.update(failure.__dict__)
+    return masked
 
 
 def _password_login(client: smtplib.SMTP, username: str, password: str) -> None:
@@ -132,14 +179,18 @@ def _utf8_plain_login(
 
 def _login_xoauth2(
     client: smtplib.SMTP, username: str, source: TokenSource, initial_response: bool
-) -> None:
+) -> tuple[str, ...]:
     if XOAUTH2 not in client.esmtp_features.get("auth", "").upper().split():
         raise MailAuthenticationError(
             None, "the server does not offer AUTH XOAUTH2; cannot log in with an OAuth2 token"
         )
+    sent: list[str] = []
 
     def attempt(token: str) -> None:
-        _xoauth2_once(client, username, token, initial_response)
+        sent.extend((token, xoauth2_string(username, token)))
+        failure = _xoauth2_once(client, username, token, initial_response, sent)
+        if failure is not None:
+            raise failure
 
     login_with_refresh(
         source,
@@ -147,20 +198,17 @@ def _login_xoauth2(
         lambda reason: MailAuthenticationError(None, reason),
         where="the SMTP server",
     )
+    return tuple(sent)
 
 
-def _xoauth2_once(client: smtplib.SMTP, username: str, token: str, initial_response: bool) -> None:
+def _xoauth2_once(
+    client: smtplib.SMTP, username: str, token: str, initial_response: bool, secrets: list[str]
+) -> MailHandlerError | None:
     """One XOAUTH2 exchange; one step when allowed and the AUTH line fits (RFC 4954)."""
     exchange = XOAUTH2Exchange(username, token)
     one_step = initial_response and initial_response_fits(username, token, SMTP_COMMAND_LIMIT)
-    try:
-        client.auth(XOAUTH2, exchange, initial_response_ok=one_step)
-    except smtplib.SMTPServerDisconnected as error:
-        raise disconnected(error) from None
-    except smtplib.SMTPResponseException as error:  # SMTPAuthenticationError included
-        text = explain(decode_reply(error.smtp_error), exchange.failure, token)
-        raise MailAuthenticationError(error.smtp_code, text) from None
-    except smtplib.SMTPException:
-        raise MailProtocolError("the server kept sending XOAUTH2 challenges") from None
-    except OSError as error:
-        raise disconnected(error) from None
+    return _attempt_login(
+        lambda: client.auth(XOAUTH2, exchange, initial_response_ok=one_step),
+        secrets,
+        lambda text: explain(text, exchange.failure, token),
+    )

@@ -1,12 +1,11 @@
 """One SMTP connection: checking its health, its commands, and one mail transaction.
 
 :meth:`SMTPConnection.open` connects, greets and secures the connection with the helpers
-in :mod:`.smtp_connect`, then logs in with :mod:`.smtp_auth`.
-
-This is the choke point between the handler and :mod:`smtplib`. It turns every
-smtplib and socket failure into the library's exception tree and records the facts
-retry decisions need: whether the message body was handed over completely before the
-connection failed (then the outcome is unknown and the message must not be resent).
+in :mod:`.connect`, then logs in with :mod:`.auth`. Every exchange runs inside
+:func:`.mapping.map_errors`, so what reaches the handler is the library's exception
+tree. A :class:`Transaction`, made for each attempt, records the fact retry decisions
+need: whether this message's body was handed over completely before the connection
+failed (then the outcome is unknown and the message must not be resent).
 """
 
 from __future__ import annotations
@@ -15,17 +14,16 @@ import contextlib
 import os
 import re
 import select
-import smtplib
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
 
-from .._auth.oauth2 import TokenSource
 from .._mime.builder import OutgoingMessage
-from .._net import trace as wire_log
+from .._net.config import Encryption
 from .._net.deadline import Deadline
 from .._net.logs import get_logger
+from .._net.masking import mask_secrets
 from .._net.tls import resolve_context
 from ..errors import (
     MailConnectionError,
@@ -38,20 +36,30 @@ from ..errors import (
     SMTPSenderRefused,
 )
 from .auth import login
-from .connect import SMTPEncryption as SMTPEncryption  # still importable from here
-from .connect import (
-    close_quietly,
-    connect,
-    decode_reply,
-    default_local_hostname,
-    disconnected,
-    ehlo,
-    starttls,
-)
+from .client import SMTPClient
+from .connect import close_quietly, connect, default_local_hostname, ehlo, starttls
+from .mapping import decode_reply, map_errors
+from .settings import SessionSettings
 
 log = get_logger("smtp")
 
 _DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
+
+
+@dataclass
+class Transaction:
+    """The state of one attempt to send one message, made fresh for every attempt.
+
+    A pooled connection outlives its transactions, so what one message's exchange
+    reached must never be read as another's: ``final_dot_sent`` belongs here.
+    """
+
+    final_dot_sent: bool = False
+    """True once this message's final dot went out: from then on, a reply that does not
+    arrive (or cannot be read) leaves the outcome unknown."""
+    refused_at_mail_after: int | None = None
+    """When MAIL got a transient refusal on a connection that had already carried
+    messages, how many: the server may limit the messages of one session."""
 
 
 @dataclass
@@ -71,7 +79,7 @@ class SMTPConnection:
     Any failure mid-command marks it ``broken`` and it is never reused.
     """
 
-    def __init__(self, client: smtplib.SMTP, key: object, clock: float) -> None:
+    def __init__(self, client: SMTPClient, key: object, clock: float) -> None:
         self.client = client
         self.key = key
         self.created_at = clock
@@ -81,59 +89,66 @@ class SMTPConnection:
         self.messages_sent = 0
         self.generation = 0  # set by the pool that owns the connection
         self.checked_out = False  # True while a caller holds it from the pool
-        # True once a message's final dot went out: from then on, a reply that does not
-        # arrive (or cannot be read) leaves the outcome unknown.
-        self.final_dot_sent = False
+        # Set when the session is fine but must not carry another message (the server's
+        # per-session message limit): the pool closes it instead of keeping it.
+        self.retired = False
+        # Every secret this session's login sent: masked in every reply text it reports.
+        self.secrets: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ opening
 
     @classmethod
     def open(
         cls,
-        host: str,
-        port: int,
+        settings: SessionSettings,
         *,
-        encryption: SMTPEncryption,
-        username: str | None,
-        password: str | None,
-        timeout: float,
-        ssl_context: ssl.SSLContext | None,
-        local_hostname: str | None,
         key: object = None,
         clock: float | None = None,
         deadline: Deadline | None = None,
-        oauth2: TokenSource | None = None,
-        oauth2_initial_response: bool = True,
+        log_in: bool = True,
     ) -> SMTPConnection:
         """Connect, greet, secure and authenticate; raise a library error on any failure.
 
+        With ``log_in=False`` the session stops before AUTH (to see what the server
+        offers whatever the credentials).
+
         With a ``deadline``, the whole opening (greeting, TLS, login) is cut short when
-        it passes, however slowly the server drips its replies. With ``oauth2`` the
-        login uses XOAUTH2 instead of the password (see :mod:`src.handlers._auth.oauth2`).
+        it passes, however slowly the server drips its replies. Credentials with a
+        token source log in with XOAUTH2 (see :mod:`src.handlers._auth.oauth2`).
         """
-        context = resolve_context(ssl_context) if encryption is not SMTPEncryption.NONE else None
-        name = local_hostname or default_local_hostname()
-        client = connect(host, port, encryption, timeout, context, name, deadline)
+        endpoint, credentials = settings.endpoint, settings.credentials
+        host, port, encryption = endpoint.host, endpoint.port, endpoint.encryption
+        context = (
+            resolve_context(settings.ssl_context) if encryption is not Encryption.NONE else None
+        )
+        name = settings.local_hostname or default_local_hostname()
+        client = connect(endpoint, settings.timeouts.socket, context, name, deadline)
+        secrets: tuple[str, ...] = ()
         try:
             ehlo(client)
-            if encryption is SMTPEncryption.STARTTLS:
+            if encryption is Encryption.STARTTLS:
                 assert context is not None
                 starttls(client, host, context)
-            if username:
-                login(
+            if log_in and credentials.username:
+                password = credentials.password
+                secrets = login(
                     client,
-                    username,
-                    password or "",
-                    oauth2=oauth2,
-                    oauth2_initial_response=oauth2_initial_response,
-                    encrypted=encryption is not SMTPEncryption.NONE,
+                    credentials.username,
+                    password.reveal() if password is not None else "",
+                    oauth2=credentials.token,
+                    oauth2_initial_response=settings.oauth2_initial_response,
+                    encrypted=encryption is not Encryption.NONE,
                     where=f"{host}:{port}",
                 )
         except BaseException:
             close_quietly(client)
             raise
         log.debug("opened SMTP connection to %s:%s (%s)", host, port, encryption.value)
-        return cls(client, key, time.monotonic() if clock is None else clock)
+        connection = cls(client, key, time.monotonic() if clock is None else clock)
+        connection.secrets = secrets
+        if secrets:
+            client.mask_in_trace(secrets)
+        return connection
 
     # ------------------------------------------------------------------ health
 
@@ -173,39 +188,37 @@ class SMTPConnection:
         """The EHLO extensions, lower-case name to parameters."""
         return dict(self.client.esmtp_features)
 
+    @property
+    def server_name(self) -> str | None:
+        """The first line of the last EHLO (or HELO) reply: how the server names itself."""
+        reply = self.client.ehlo_resp or self.client.helo_resp or b""
+        return reply.decode("utf-8", "replace").split("\n", 1)[0] or None
+
+    @property
+    def tls_active(self) -> bool:
+        """Whether the session is encrypted (implicit TLS or after STARTTLS)."""
+        return isinstance(self.client.sock, ssl.SSLSocket)
+
     # ------------------------------------------------------------------ commands
 
+    def _broke(self) -> None:
+        self.broken = True
+
     def _command(self, verb: str, args: str = "") -> tuple[int, str]:
-        try:
+        with map_errors(verb, on_failure=self._broke):
             code, reply = self.client.docmd(verb, args)
-        except smtplib.SMTPServerDisconnected as error:
-            self.broken = True
-            raise disconnected(error) from None
-        except smtplib.SMTPResponseException as error:  # a reply over its bounds
-            # Caught before OSError, which smtplib's exceptions also are.
-            self.broken = True
-            raise MailProtocolError(
-                f"bad reply to {verb}: {decode_reply(error.smtp_error)}"
-            ) from None
-        except OSError as error:
-            self.broken = True
-            raise disconnected(error) from None
         return self._check_reply(verb, code, decode_reply(reply))
 
     def _read_reply(self, after: str) -> tuple[int, str]:
-        try:
+        with map_errors(after, on_failure=self._broke):
             code, reply = self.client.getreply()
-        except smtplib.SMTPServerDisconnected as error:
-            self.broken = True
-            raise disconnected(error) from None
-        except smtplib.SMTPResponseException as error:
-            self.broken = True
-            raise MailProtocolError(
-                f"bad reply to {after}: {decode_reply(error.smtp_error)}"
-            ) from None
         return self._check_reply(after, code, decode_reply(reply))
 
     def _check_reply(self, verb: str, code: int, text: str) -> tuple[int, str]:
+        if self.secrets and (code >= 400 or code < 200):
+            # Error texts end up in results, logs and exceptions; a server may echo
+            # what the login sent.
+            text = mask_secrets(text, self.secrets)
         if code < 200 or code > 599:
             self.broken = True
             raise MailProtocolError(f"unintelligible reply to {verb}: {text[:200]!r}")
@@ -228,17 +241,6 @@ class SMTPConnection:
         if code != 250:
             self.broken = True
 
-    def _send_bytes(self, data: bytes) -> None:
-        sock = self.client.sock
-        if sock is None:
-            self.broken = True
-            raise MailConnectionError("connection is closed")
-        try:
-            sock.sendall(data)
-        except OSError as error:
-            self.broken = True
-            raise disconnected(error) from None
-
     # ------------------------------------------------------------------ transaction
 
     def _mail_options(self, message: OutgoingMessage) -> list[str]:
@@ -253,20 +255,21 @@ class SMTPConnection:
             if self.has_extension("8bitmime"):
                 options.append("BODY=8BITMIME")
         if self.has_extension("size"):
-            limit = self.client.esmtp_features.get("size", "").strip()
-            if limit.isdigit() and int(limit) and len(message.data) > int(limit):
+            limit = _size_limit(self.client.esmtp_features.get("size", ""))
+            if limit is not None and len(message.data) > limit:
                 raise SMTPNotSupportedError(
                     f"message is {len(message.data)} bytes; the server accepts at most {limit}"
                 )
             options.append(f"SIZE={len(message.data)}")
         return options
 
-    def send(self, message: OutgoingMessage) -> TransactionOutcome:
+    def send(self, message: OutgoingMessage, transaction: Transaction) -> TransactionOutcome:
         """Run MAIL, RCPT and DATA for ``message``; pipelined when the server allows.
 
-        Returns the outcome when the message was accepted for at least one recipient;
-        raises SMTPSenderRefused, SMTPRecipientsRefused, SMTPDataRefused, a connection
-        error (message not accepted) or OutcomeUnknownError (body sent, no reply).
+        ``transaction`` records how far this attempt got. Returns the outcome when the
+        message was accepted for at least one recipient; raises SMTPSenderRefused,
+        SMTPRecipientsRefused, SMTPDataRefused, a connection error (message not
+        accepted) or OutcomeUnknownError (body sent, no reply).
         """
         options = " ".join(self._mail_options(message))
         # smtplib encodes commands as ASCII unless told otherwise; SMTPUTF8 needs UTF-8.
@@ -277,10 +280,13 @@ class SMTPConnection:
             replies = self._pipelined_envelope(mail_args, rcpt_lines)
         else:
             replies = self._lockstep_envelope(mail_args, rcpt_lines)
+        mail_code = replies[0][0]
+        if 400 <= mail_code < 500 and mail_code != 421 and self.messages_sent:
+            transaction.refused_at_mail_after = self.messages_sent
+            self.retired = True
         outcome = self._judge_envelope(message, replies)
-        self.final_dot_sent = False
         self._send_body(message.data)
-        self.final_dot_sent = True
+        transaction.final_dot_sent = True
         code, text = self._final_reply()
         if code != 250:
             raise SMTPDataRefused(code, text)
@@ -301,8 +307,8 @@ class SMTPConnection:
     def _pipelined_envelope(self, mail_args: str, rcpt_lines: list[str]) -> list[tuple[int, str]]:
         # RFC 2920: MAIL, every RCPT and DATA go out in one write; replies come back in order.
         commands = [f"MAIL {mail_args}", *rcpt_lines, "DATA"]
-        wire_log.sent(self.client, commands)
-        self._send_bytes(("\r\n".join(commands) + "\r\n").encode("utf-8"))
+        with map_errors("MAIL", on_failure=self._broke):
+            self.client.write_commands(commands)
         return [self._read_reply(command.split(" ", 1)[0]) for command in commands]
 
     def _judge_envelope(
@@ -337,7 +343,8 @@ class SMTPConnection:
         if len(replies) == expected and replies[-1][0] == 354:
             # The server accepted DATA despite refusing the envelope: send an empty
             # body's terminator so nothing is delivered, then reset.
-            self._send_bytes(b".\r\n")
+            with map_errors("DATA", on_failure=self._broke):
+                self.client.write_body(b".\r\n")
             self._read_reply("DATA")
         self.reset()
 
@@ -347,10 +354,10 @@ class SMTPConnection:
         payload = _DOT_AT_LINE_START.sub(b"..", data) if stuffing else data
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
-        wire_log.sent_data(self.client, len(payload))
         # A failure while sending is safe to retry: without the final dot the server
         # discards the partial message.
-        self._send_bytes(payload + b".\r\n")
+        with map_errors("DATA", on_failure=self._broke):
+            self.client.write_body(payload + b".\r\n")
 
     def _final_reply(self) -> tuple[int, str]:
         try:
@@ -373,10 +380,16 @@ class SMTPConnection:
     # ------------------------------------------------------------------ closing
 
     def close(self, polite: bool = True) -> None:
-        """QUIT (if ``polite`` and healthy) and close the socket; never raises."""
-        if polite and not self.broken and self.pid == os.getpid():
-            with contextlib.suppress(OSError, smtplib.SMTPException):
-                self.client.docmd("QUIT")
+        """Say QUIT (if ``polite`` and healthy) and close the socket; never raises.
+
+        The QUIT goes out without waiting, and the 221 is not awaited: closing often
+        happens on the way to another send, whose time a slow goodbye must not take.
+        """
+        sock = self.client.sock
+        if polite and not self.broken and self.pid == os.getpid() and sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sock.setblocking(False)
+                sock.send(b"QUIT\r\n")
         close_quietly(self.client)
         self.broken = True
 
@@ -386,6 +399,18 @@ class SMTPConnection:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _size_limit(parameter: str) -> int | None:
+    """The byte limit of an EHLO ``SIZE`` parameter; None for no limit.
+
+    A value that is not plain ASCII digits (a superscript passes ``str.isdigit``) is
+    ignored rather than failing every send: the server still refuses what is too big.
+    """
+    value = parameter.strip()
+    if not value.isascii() or not value.isdigit():
+        return None
+    return int(value) or None
 
 
 def _readable(sock: socket.socket) -> bool:

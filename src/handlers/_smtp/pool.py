@@ -12,65 +12,27 @@ can be closed to make room.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from .._auth.credentials import Credentials
 from .._auth.oauth2 import TokenProvider, TokenSource
+from .._net.config import Encryption, Endpoint, Timeouts, check_seconds
 from .._net.deadline import Deadline
 from .._net.forksafe import forget_in_child
 from .._net.logs import get_logger
-from ..errors import PoolTimeoutError
-from .connect import SMTPEncryption
+from ..errors import ConfigurationError, PoolTimeoutError
 from .connection import SMTPConnection
+from .settings import ConnectionKey, SessionSettings
 
 log = get_logger("smtp.pool")
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class ConnectionKey:
-    """Identifies connections that may be shared. Holds digests, never a password or
-    token; ``credential`` tells OAuth2 logins apart (see :meth:`TokenSource.pool_identity`)."""
-
-    host: str
-    port: int
-    username: str | None
-    secret_digest: str = field(repr=False)
-    encryption: SMTPEncryption
-    context_id: int
-    local_hostname: str | None
-    credential: Hashable | None = field(default=None, repr=False)
-
-    @classmethod
-    def build(
-        cls,
-        host: str,
-        port: int,
-        username: str | None,
-        password: str | None,
-        encryption: SMTPEncryption,
-        ssl_context: ssl.SSLContext | None,
-        local_hostname: str | None,
-        oauth2: TokenSource | None = None,
-    ) -> ConnectionKey:
-        digest = hashlib.sha256((password or "").encode("utf-8", "surrogatepass")).hexdigest()
-        return cls(
-            host.lower(),
-            port,
-            username,
-            digest,
-            encryption,
-            id(ssl_context) if ssl_context is not None else 0,
-            local_hostname,
-            oauth2.pool_identity() if oauth2 is not None else None,
-        )
 
 
 @dataclass
@@ -98,8 +60,16 @@ class SMTPConnectionPool:
         clock: Clock = time.monotonic,
         opener: Callable[..., SMTPConnection] = SMTPConnection.open,
     ) -> None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ConfigurationError("max_connections must be an integer", "max_connections")
         if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+            raise ConfigurationError("max_connections must be at least 1", "max_connections")
+        for value, name in (
+            (idle_timeout, "idle_timeout"),
+            (stale_timeout, "stale_timeout"),
+            (wait_timeout, "wait_timeout"),
+        ):
+            check_seconds(value, name)
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.stale_timeout = stale_timeout
@@ -118,18 +88,17 @@ class SMTPConnectionPool:
         self._in_use = 0
         self._generation = 0  # bumped by close_all: older connections are not kept
         self._stats = dict.fromkeys(
-            ("created", "reused", "closed", "expired", "dropped", "discarded", "waits"), 0
+            ("created", "reused", "closed", "expired", "dropped", "discarded", "retired", "waits"),
+            0,
         )
+        # Per key, the number of messages after which the server refused another on
+        # the same session: connections are retired when they reach it.
+        self._message_limits: dict[ConnectionKey, int] = {}
+        self._refused_after: dict[ConnectionKey, int] = {}
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: drop the parent's sockets without touching them."""
         self._init_state()
-
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._init_state()
 
     # ------------------------------------------------------------------ checkout
 
@@ -139,7 +108,7 @@ class SMTPConnectionPool:
         port: int,
         username: str | None = None,
         password: str | None = None,
-        encryption: SMTPEncryption | str = SMTPEncryption.STARTTLS,
+        encryption: Encryption | str = Encryption.STARTTLS,
         *,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 30.0,
@@ -152,26 +121,38 @@ class SMTPConnectionPool:
         """Return a healthy connection for this server and login, opening one if needed.
 
         With ``oauth2_token`` (a token, a provider or a :class:`TokenSource`) new
-        connections log in with XOAUTH2 instead of the password.
+        connections log in with XOAUTH2 instead of the password. Bad settings raise
+        :class:`ConfigurationError`.
 
         Raises :class:`PoolTimeoutError` if the pool stays full for ``wait_timeout``
         seconds, or the library error that opening a connection raised.
         """
-        self._check_pid()
-        encryption = SMTPEncryption(encryption)
-        oauth2 = TokenSource.of(oauth2_token) if oauth2_token is not None else None
-        key = ConnectionKey.build(
-            host, port, username, password, encryption, ssl_context, local_hostname, oauth2
+        settings = SessionSettings(
+            Endpoint(host, port, Encryption.parse(encryption)),
+            Credentials.of(username, password, oauth2_token),
+            Timeouts(socket=timeout),
+            ssl_context,
+            local_hostname,
+            oauth2_initial_response,
         )
-        # Passed only when used, so an opener written before OAuth2 keeps working.
-        oauth2_options = (
-            {"oauth2": oauth2, "oauth2_initial_response": oauth2_initial_response}
-            if oauth2 is not None
-            else {}
-        )
+        return self.checkout(settings, wait_timeout=wait_timeout, deadline=deadline)
+
+    def checkout(
+        self,
+        settings: SessionSettings,
+        key: ConnectionKey | None = None,
+        *,
+        wait_timeout: float | None = None,
+        deadline: Deadline | None = None,
+    ) -> SMTPConnection:
+        """:meth:`get_connection` for settings made once; ``key`` is
+        ``ConnectionKey.of(settings)``, passed by callers that keep it."""
+        if key is None:
+            key = ConnectionKey.of(settings)
+        host, port = settings.endpoint.host, settings.endpoint.port
         limit = self.wait_timeout if wait_timeout is None else wait_timeout
         while True:
-            checkout = self._reserve(key, limit)
+            checkout = self._reserve(key, limit, deadline)
             if checkout.evict is not None:
                 self._close(checkout.evict, "evicted to make room")
             candidate = checkout.reuse
@@ -181,23 +162,14 @@ class SMTPConnectionPool:
                     self._count("reused")
                     log.debug("reusing SMTP connection to %s:%s", host, port)
                     return candidate
-                self._count("expired" if reason != "dropped by server" else "dropped")
+                self._count(
+                    {"dropped by server": "dropped", "message limit reached": "retired"}.get(
+                        reason, "expired"
+                    )
+                )
                 self._close(candidate, reason, polite=reason != "dropped by server")
             try:
-                connection = self._opener(
-                    host,
-                    port,
-                    encryption=encryption,
-                    username=username,
-                    password=password,
-                    timeout=timeout,
-                    ssl_context=ssl_context,
-                    local_hostname=local_hostname,
-                    key=key,
-                    clock=self._clock(),
-                    deadline=deadline,
-                    **oauth2_options,
-                )
+                connection = self._opener(settings, key=key, clock=self._clock(), deadline=deadline)
             except BaseException:
                 self._give_back_slot()
                 raise
@@ -206,10 +178,14 @@ class SMTPConnectionPool:
             self._count("created")
             return connection
 
-    def _reserve(self, key: ConnectionKey, wait_timeout: float) -> _Checkout:
+    def _reserve(
+        self, key: ConnectionKey, wait_timeout: float, operation: Deadline | None
+    ) -> _Checkout:
         """Under the lock: take an idle connection, or a slot to open one (maybe by
-        evicting another server's idle connection), or wait."""
+        evicting another server's idle connection), or wait, never past ``operation``."""
         deadline = time.monotonic() + wait_timeout
+        if operation is not None and operation.remaining() < wait_timeout:
+            deadline = time.monotonic() + max(0.0, operation.remaining())
         with self._lock:
             while True:
                 idle = self._idle.get(key)
@@ -228,6 +204,11 @@ class SMTPConnectionPool:
                     return _Checkout(evict=victim)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if operation is not None and operation.remaining() <= 0:
+                        raise PoolTimeoutError(
+                            f"all {self.max_connections} connections stayed busy until the "
+                            f"operation_timeout of {operation.seconds:g}s ran out"
+                        )
                     raise PoolTimeoutError(
                         f"all {self.max_connections} connections stayed busy for {wait_timeout:g}s"
                     )
@@ -244,6 +225,8 @@ class SMTPConnectionPool:
         return oldest
 
     def _unfit_reason(self, connection: SMTPConnection) -> str | None:
+        if self._at_message_limit(connection):
+            return "message limit reached"
         now = self._clock()
         if now - connection.last_used > self.idle_timeout:
             return "idle too long"
@@ -253,13 +236,30 @@ class SMTPConnectionPool:
             return "dropped by server"
         return None
 
+    def _at_message_limit(self, connection: SMTPConnection) -> bool:
+        limit = self._message_limits.get(connection.key)  # type: ignore[call-overload]
+        return limit is not None and connection.messages_sent >= limit
+
+    def _learn_message_limit(self, connection: SMTPConnection) -> None:
+        """Under the lock: a retired connection's server refused another message after
+        ``messages_sent``. Two sessions refused at the same count make it the key's
+        limit (one refusal may be a passing 4xx, and learning a limit of 1 from it would
+        cost a login per message); later connections of the key retire on reaching it."""
+        count = connection.messages_sent
+        if not isinstance(connection.key, ConnectionKey) or count <= 0:
+            return
+        if self._refused_after.get(connection.key) == count:
+            if self._message_limits.get(connection.key) != count:
+                log.debug("SMTP server takes %d messages per connection; rolling over", count)
+            self._message_limits[connection.key] = count
+        self._refused_after[connection.key] = count
+
     # ------------------------------------------------------------------ release
 
     def release_connection(self, host: str, port: int, conn: SMTPConnection) -> None:
         """Give ``conn`` back. A broken connection, or one from another process, is
         closed instead of kept. ``host`` and ``port`` are accepted for compatibility;
         the connection knows its own key."""
-        self._check_pid()
         with self._lock:
             # A connection inherited across fork() was never counted in this process.
             inherited = conn.pid != self._pid
@@ -267,8 +267,12 @@ class SMTPConnectionPool:
                 log.warning("SMTP connection released twice; ignoring the second release")
                 return
             conn.checked_out = False
+            if conn.retired:
+                self._learn_message_limit(conn)
+            retire = conn.retired or self._at_message_limit(conn)
             keep = (
                 not conn.broken
+                and not retire
                 and not inherited
                 and conn.generation == self._generation
                 and isinstance(conn.key, ConnectionKey)
@@ -281,7 +285,12 @@ class SMTPConnectionPool:
             elif not inherited:
                 self._open = max(0, self._open - 1)
             self._freed.notify()
-        if not keep:
+        if keep:
+            return
+        if retire and not conn.broken and not inherited:
+            self._count("retired")
+            self._close(conn, "message limit reached")
+        else:
             self._count("discarded")
             self._close(conn, "broken", polite=False)
 
@@ -306,7 +315,6 @@ class SMTPConnectionPool:
 
     def close_all(self) -> None:
         """Close every idle connection now; connections in use close when released."""
-        self._check_pid()
         with self._lock:
             idle = [c for connections in self._idle.values() for c in connections]
             self._idle.clear()
@@ -317,9 +325,9 @@ class SMTPConnectionPool:
             self._close(conn, "pool closed")
 
     def get_stats(self) -> dict[str, Any]:
-        """Counters: created, reused, closed, expired, dropped, discarded, waits, plus the
-        current in_use, idle and open counts and the bound."""
-        self._check_pid()
+        """Counters: created, reused, closed, expired, dropped, discarded, retired (at
+        the server's per-connection message limit), waits, plus the current in_use, idle
+        and open counts and the bound."""
         with self._lock:
             stats: dict[str, Any] = dict(self._stats)
             stats["in_use"] = self._in_use
