@@ -1508,11 +1508,6 @@ def test_pop3_error_never_shows_the_base64_echo_of_a_secret(
     check_base64_echo_is_masked(login, caplog, include_trace=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the wire trace's Redactor masks a PASS argument only as sent, not its base64 "
-    "echo; it belongs to the trace module, which is to switch to mask_secrets",
-)
 def test_pop3_trace_never_shows_the_base64_echo_of_a_password(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

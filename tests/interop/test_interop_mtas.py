@@ -181,11 +181,11 @@ def _send_many(mta: _MTA, listener: str, count: int) -> None:
 # ---------------------------------------------------------------- OpenSMTPD
 
 
-@pytest.mark.xfail(strict=True, reason="D12: per-connection message limit; fix pending")
 def test_opensmtpd_130_messages_through_one_handler(opensmtpd: OpenSMTPD) -> None:
     """OpenSMTPD takes 100 messages per session, then answers every MAIL FROM with
-    ``452 4.5.3 Too many recipients: Too many messages sent``. The handler retries on
-    the same pooled connection, so message 101 and later end TEMP_FAILED."""
+    ``452 4.5.3 Too many recipients: Too many messages sent``. That 4xx retires the
+    connection and the message goes out at once on a fresh one (D12: the handler used to
+    retry on the same connection, so message 101 and later ended TEMP_FAILED)."""
     _send_many(opensmtpd, "plain", 130)
 
 

@@ -128,10 +128,8 @@ class Redactor:
     def server_line(self, line: str, *, continuation: bool) -> str:
         """The loggable form of one reply line; ``continuation`` marks a SASL challenge
         (SMTP ``334``, POP3 ``+``)."""
-        for secret in self._secrets:
-            line = line.replace(secret, MASK)
-        if self._lasting:
-            line = mask_secrets(line, self._lasting)
+        if self._secrets or self._lasting:
+            line = mask_secrets(line, [*self._secrets, *self._lasting])
         if self._in_exchange and not continuation:
             self._in_exchange = False
             self._secrets.clear()
