@@ -31,9 +31,9 @@ import dkim
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from src.handlers._auth.secret import Secret
 from src.handlers._dkim.signer import DKIMSigner
 from src.handlers._mime.builder import build_message
+from src.handlers._net.secret import Secret
 from src.handlers.errors import ConfigurationError, MailValidationError
 from src.testing.dns_server import LoopbackDNSServer
 

@@ -17,6 +17,7 @@ from ._mime.dsn import DeliveryAction, DeliveryReport, RecipientReport, parse_de
 from ._mime.parser import ParseLimits, parse_message
 from ._net.connect import Proxy, open_connection
 from ._net.ratelimit import RateLimit, RateLimiter, RedisRateStore, is_throttling_reply
+from ._net.secret import Secret
 from ._net.tls import client_certificate_context
 from ._sync.sync import SyncResult, sync_mailbox
 from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
@@ -132,6 +133,7 @@ __all__ = [
     "SMTPResponseError",
     "SMTPSenderRefused",
     "SQLiteUIDStore",
+    "Secret",
     "SyncResult",
     "UIDStore",
     "client_certificate_context",

@@ -18,9 +18,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from .._net.control_chars import find_control_character
+from .._net.secret import Secret, keyed_digest
 from ..errors import ConfigurationError
 from .oauth2 import TokenProvider, TokenSource, token_source_for
-from .secret import Secret, keyed_digest
 
 __all__ = ["CredentialIdentity", "Credentials"]
 

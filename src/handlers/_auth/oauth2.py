@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from .._net.logs import get_logger
+from .._net.secret import keyed_digest
 from ..errors import MailAuthenticationError, MailHandlerError, MailValidationError
-from .secret import keyed_digest
 
 log = get_logger("oauth2")
 

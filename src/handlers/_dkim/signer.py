@@ -20,9 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .._auth.secret import Secret
 from .._net.control_chars import find_control_character
 from .._net.logs import get_logger
+from .._net.secret import Secret
 from ..errors import ConfigurationError, MailValidationError
 from .keys import KeyFormatError, normalise_key
 

@@ -27,10 +27,10 @@ from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
 from .._auth.oauth2 import TokenSource
-from .._auth.secret import Secret
 from .._net.config import Encryption
 from .._net.forksafe import forget_in_child
 from .._net.logs import get_logger
+from .._net.secret import Secret
 from ..errors import (
     ConfigurationError,
     MailHandlerError,
