@@ -52,6 +52,9 @@ EXAMPLES: dict[type[MailHandlerError], MailHandlerError] = {
     errors.POP3MessageTooLargeError: errors.POP3MessageTooLargeError(3, 9_000_000, 1_000_000),
     errors.POP3UnsupportedError: errors.POP3UnsupportedError("UIDL not supported"),
     errors.POP3PoolClosedError: errors.POP3PoolClosedError("the pool has been closed"),
+    errors.SyncLeaseError: errors.SyncLeaseError("lease trouble", "alice"),
+    errors.AccountBusyError: errors.AccountBusyError("busy", "alice", 12.5),
+    errors.LeaseLostError: errors.LeaseLostError("lost", "alice"),
 }
 
 

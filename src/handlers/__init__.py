@@ -7,12 +7,16 @@ underscore are private.
 import logging
 
 from ._mime.parser import ParseLimits, parse_message
+from ._sync.lease import Lease
 from ._sync.sync import SyncResult, sync_mailbox
+from ._sync.transactional import DBUIDStore, TransactionalUIDStore, sync_transactional
 from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 from .errors import (
+    AccountBusyError,
     ConfigurationError,
     DNSLookupError,
     DNSTimeoutError,
+    LeaseLostError,
     MailAuthenticationError,
     MailConnectionError,
     MailHandlerError,
@@ -38,6 +42,7 @@ from .errors import (
     SMTPRecipientsRefused,
     SMTPResponseError,
     SMTPSenderRefused,
+    SyncLeaseError,
 )
 from .pop3 import DEFAULT_MAX_MESSAGE_SIZE, POP3ConnectionPool, POP3ProtocolHandler
 from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy
@@ -58,11 +63,15 @@ __all__ = [
     "MAX_RETRIES",
     "RETRYABLE_CODES",
     "RETRY_DELAYS",
+    "AccountBusyError",
     "ConfigurationError",
+    "DBUIDStore",
     "DNSLookupError",
     "DNSTimeoutError",
     "DeliveryResult",
     "FileUIDStore",
+    "Lease",
+    "LeaseLostError",
     "MailAuthenticationError",
     "MailConnectionError",
     "MailHandlerError",
@@ -99,9 +108,12 @@ __all__ = [
     "SMTPResponseError",
     "SMTPSenderRefused",
     "SQLiteUIDStore",
+    "SyncLeaseError",
     "SyncResult",
+    "TransactionalUIDStore",
     "UIDStore",
     "parse_message",
     "shared_pool",
     "sync_mailbox",
+    "sync_transactional",
 ]
