@@ -46,6 +46,12 @@ def server() -> Iterator[POP3TestServer]:
         yield srv
 
 
+@pytest.fixture(params=[1, 3], ids=["batch1", "batch3"])
+def batch(request: pytest.FixtureRequest) -> int:
+    """Messages per transaction."""
+    return int(request.param)
+
+
 def handler_for(srv: POP3TestServer) -> POP3ProtocolHandler:
     return POP3ProtocolHandler(
         srv.host, srv.port, "user", "password", "none", 5, sleep=lambda seconds: None
@@ -86,10 +92,12 @@ def saved(connection: Any) -> list[str]:
 # -- the transactional path ---------------------------------------------------------
 
 
-def test_save_and_uid_commit_together_then_delete(server: POP3TestServer, connect: Any) -> None:
+def test_save_and_uid_commit_together_then_delete(
+    server: POP3TestServer, connect: Any, batch: int
+) -> None:
     conn = connect()
     make_app_table(conn)
-    store = DBUIDStore(conn, account="alice")
+    store = DBUIDStore(conn, account="alice", batch_size=batch)
     assert isinstance(store, TransactionalUIDStore)
     result = handler_for(server).sync(store, saver(placeholder(conn)), delete_after=True)
     assert result == SyncResult(fetched=5, deleted=5)
@@ -101,26 +109,30 @@ def test_save_and_uid_commit_together_then_delete(server: POP3TestServer, connec
 
 
 def test_a_crash_after_the_save_commits_neither_and_the_message_comes_once(
-    server: POP3TestServer, connect: Any
+    server: POP3TestServer, connect: Any, batch: int
 ) -> None:
     conn = connect()
     make_app_table(conn)
-    store = DBUIDStore(conn, account="alice", lease_ttl=0.2)
+    store = DBUIDStore(conn, account="alice", batch_size=batch, lease_ttl=0.2)
     with pytest.raises(Crash):
         handler_for(server).sync(store, saver(placeholder(conn), crash_on="m2"), delete_after=True)
-    assert saved(conn) == ["m0", "m1"]  # m2's row was rolled back with its UID
+    committed = (2 // batch) * batch  # whole batches before the one holding m2
+    # m2's row was rolled back with its UID, and with it the rest of its batch
+    assert saved(conn) == [f"m{i}" for i in range(committed)]
     assert server.messages() == MESSAGES  # no QUIT: the marked deletions did not happen
     time.sleep(0.3)  # the lease was released; even if not, it has expired by now
     result = handler_for(server).sync(store, saver(placeholder(conn)), delete_after=True)
-    assert result == SyncResult(fetched=3, skipped=2, deleted=5)
+    assert result == SyncResult(fetched=5 - committed, skipped=committed, deleted=5)
     assert saved(conn) == [f"m{i}" for i in range(5)]
     assert server.messages() == []
 
 
-def test_a_failing_save_is_rolled_back_and_retried(server: POP3TestServer, connect: Any) -> None:
+def test_a_failing_save_is_rolled_back_and_retried(
+    server: POP3TestServer, connect: Any, batch: int
+) -> None:
     conn = connect()
     make_app_table(conn)
-    store = DBUIDStore(conn, account="alice")
+    store = DBUIDStore(conn, account="alice", batch_size=batch)
     result = handler_for(server).sync(store, saver(placeholder(conn), fail_on="m3"))
     assert result.fetched == 4 and result.failed == 1
     assert saved(conn) == ["m0", "m1", "m2", "m4"]

@@ -84,6 +84,8 @@ class DBUIDStore:
     per account. ``lease_ttl`` is how long the lease outlives a worker that stopped
     renewing it (each committed message renews it); ``lease_wait`` is how long
     :meth:`run` waits for another worker's lease before raising ``AccountBusyError``.
+    ``batch_size`` messages share one transaction (and one pipelined download): fewer
+    commits, the same exactly-once guarantee.
 
     Example::
 
@@ -104,12 +106,16 @@ class DBUIDStore:
         lease_wait: float = 0.0,
         holder: str | None = None,
         create_tables: bool = True,
+        batch_size: int = 1,
     ) -> None:
         if not isinstance(account, str) or not account:
             raise ConfigurationError("account must be a non-empty string", "account")
         self.account = account
         self.table = check_table_name(table)
         self.lease_wait = lease_wait
+        if batch_size < 1:
+            raise ConfigurationError("batch_size must be at least 1", "batch_size")
+        self.batch_size = batch_size
         self._tx = Transactions(connection, dialect_of(connection))
         self.lease = Lease(
             connection,
@@ -270,26 +276,29 @@ def sync_transactional(
 ) -> SyncResult:
     """Hand each new message to ``handler_fn(message, cursor)`` and record it in one commit.
 
-    See the module docstring for the order of steps. Invalid (not RFC 1939) and
-    repeated UIDs are never handed over, recorded or deleted; they count as failed.
-    A failed ``handler_fn`` rolls its transaction back and the message is tried next
-    run. Raises :class:`~src.handlers.errors.AccountBusyError` when another worker
-    holds the account and :class:`~src.handlers.errors.LeaseLostError` when the lease
-    was taken over mid-run (what was committed before stays; nothing after is).
+    See the module docstring for the order of steps. A store with a ``batch_size``
+    attribute above 1 (:class:`DBUIDStore`) gets that many messages per transaction,
+    downloaded with pipelined ``RETR`` when the mailbox offers ``fetch_messages``.
+    ``handler_fn`` must write only through the cursor: when it raises for one message
+    of a batch, the batch's transaction is rolled back and run again without that
+    message (so it may be called again for the others, in a new transaction).
+
+    Invalid (not RFC 1939) and repeated UIDs are never handed over, recorded or
+    deleted; they count as failed. A failed message is tried again next run. Raises
+    :class:`~src.handlers.errors.AccountBusyError` when another worker holds the
+    account and :class:`~src.handlers.errors.LeaseLostError` when the lease was taken
+    over mid-run (what was committed before stays; nothing after is).
     """
+    batch_size = max(1, int(getattr(store, "batch_size", 1)))
     fetched = skipped = deleted = 0
     failed: list[str] = []
     with store.run() as recorded, handler.session():
         uids = handler.list_uids()
         seen: set[str] = set()
+        todo: list[tuple[int, str]] = []
         for number in sorted(uids):
             uid = uids[number]
-            try:
-                check_uid(uid)
-            except ValueError:
-                failed.append(uid)
-                continue
-            if uid in seen:
+            if not _valid(uid) or uid in seen:
                 failed.append(uid)
                 continue
             seen.add(uid)
@@ -298,12 +307,14 @@ def sync_transactional(
                 if delete_after and handler.delete_message(number):
                     deleted += 1
                 continue
-            if not _handle(handler, store, handler_fn, number, uid):
-                failed.append(uid)
-                continue
-            fetched += 1
-            if delete_after and handler.delete_message(number):
-                deleted += 1
+            todo.append((number, uid))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            messages = _download(handler, chunk, failed, batched=batch_size > 1)
+            done = _save_batch(store, handler_fn, messages, failed)
+            fetched += len(done)
+            if delete_after:
+                deleted += sum(1 for number in done if handler.delete_message(number))
         if prune:
             store.retain(seen)
     result = SyncResult(fetched, skipped, deleted, len(failed), tuple(failed))
@@ -311,33 +322,79 @@ def sync_transactional(
     return result
 
 
-def _handle(
-    handler: SyncMailbox,
+def _valid(uid: str) -> bool:
+    try:
+        check_uid(uid)
+    except ValueError:
+        return False
+    return True
+
+
+_Fetched = tuple[int, str, dict[str, Any]]
+
+
+def _download(
+    handler: SyncMailbox, chunk: list[tuple[int, str]], failed: list[str], *, batched: bool
+) -> list[_Fetched]:
+    fetch_many = getattr(handler, "fetch_messages", None)
+    if batched and fetch_many is not None and len(chunk) > 1:
+        # Pipelined RETR; refused and too large messages are left out (and logged).
+        by_number = {message.get("popId"): message for message in fetch_many([n for n, _ in chunk])}
+        found = []
+        for number, uid in chunk:
+            message = by_number.get(number)
+            if message is None:
+                failed.append(uid)
+            else:
+                found.append((number, uid, message))
+        return found
+    found = []
+    for number, uid in chunk:
+        try:
+            one = handler.fetch_message(number)
+        except POP3MessageTooLargeError as error:
+            log.warning("POP3 sync: message %s not handled: %s", uid, error)
+            one = None
+        if one is None:
+            failed.append(uid)
+        else:
+            found.append((number, uid, one))
+    return found
+
+
+def _save_batch(
     store: TransactionalUIDStore,
     handler_fn: TransactionalCallback,
-    number: int,
-    uid: str,
-) -> bool:
-    try:
-        message = handler.fetch_message(number)
-    except POP3MessageTooLargeError as error:
-        log.warning("POP3 sync: message %s not handled: %s", uid, error)
-        return False
-    if message is None:
-        return False
-    message["uid"] = uid
-    cursor = store.begin()
-    try:
-        handler_fn(message, cursor)
-        store.record(uid)
-    except Exception as error:
+    messages: list[_Fetched],
+    failed: list[str],
+) -> list[int]:
+    """Save and record ``messages`` in one transaction; return the numbers committed."""
+    pending = list(messages)
+    while pending:
+        cursor = store.begin()
+        bad: int | None = None
+        try:
+            for index, (_number, uid, message) in enumerate(pending):
+                message["uid"] = uid
+                try:
+                    handler_fn(message, cursor)
+                    store.record(uid)
+                except Exception as error:
+                    log.warning(
+                        "POP3 sync: handler failed for message %s: %s: %s",
+                        uid,
+                        type(error).__name__,
+                        error,
+                    )
+                    bad = index
+                    break
+        except BaseException:
+            store.rollback()
+            raise
+        if bad is None:
+            store.commit()
+            return [number for number, _, _ in pending]
         store.rollback()
-        log.warning(
-            "POP3 sync: handler failed for message %s: %s: %s", uid, type(error).__name__, error
-        )
-        return False
-    except BaseException:
-        store.rollback()
-        raise
-    store.commit()
-    return True
+        failed.append(pending[bad][1])
+        del pending[bad]
+    return []
