@@ -59,13 +59,15 @@ from celery.exceptions import Retry  # type: ignore[import-untyped,unused-ignore
 from ..handlers.retry import MAX_RETRIES, RETRY_DELAYS
 from ..handlers.smtp import DeliveryResult, SMTPDeliveryStatus, SMTPProtocolHandler
 from .idempotency import DONE, RETRY, SENDING, AttemptStore
-from .pop3_tasks import configure_sync, sync_pop3_account
+from .pop3_tasks import SYNC_TASK, POP3Account, configure_sync, sync_pop3_account
 
 __all__ = [
     "ACCOUNT_SEND_TASK",
     "SEND_TASK",
+    "SYNC_TASK",
     "TASK_OPTIONS",
     "CredentialsProvider",
+    "POP3Account",
     "SMTPAccount",
     "cached_handler_count",
     "configure",
