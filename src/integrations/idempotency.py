@@ -139,6 +139,12 @@ class DBAttemptStore:
 
         self._run(work)
 
+    def close(self) -> None:
+        """Close this process's connection (a later call opens a new one)."""
+        connection, self._connection = self._connection, None
+        if connection is not None and self._pid == os.getpid():
+            connection.close()
+
     def states(self) -> dict[str, str]:
         """Every task id with its state (for tests and inspection)."""
 
