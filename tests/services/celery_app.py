@@ -56,13 +56,24 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    broker_transport_options={"visibility_timeout": VISIBILITY},
+    # A dead worker's unacknowledged tasks come back once the visibility timeout has
+    # passed, at the next sweep: every 2 s here (kombu's default sweeps about every 100 s).
+    broker_transport_options={
+        "visibility_timeout": VISIBILITY,
+        "unacked_restore_interval": 2,
+        "unacked_restore_throttle": 1,
+    },
     result_backend_transport_options={"visibility_timeout": VISIBILITY},
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
     task_send_sent_event=False,
     result_expires=3600,
+    # Retries come back quickly in the tests (the defaults wait 1, 5 and 30 s).
+    task_annotations={
+        "mailhandlers.send_email_for_account": {"retry_delays": (0.2, 0.5), "max_retries": 6},
+        "mailhandlers.send_email_async": {"retry_delays": (0.2, 0.5), "max_retries": 6},
+    },
 )
 app.conf.imports = ("src.integrations.celery_tasks",)
 
