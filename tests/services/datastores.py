@@ -112,10 +112,12 @@ class PostgresServer:
 
     ``dsn`` is a libpq connection string for the superuser ``mailhandlers`` and the
     database ``mailhandlers``. Durability settings are relaxed (``fsync=off``): the
-    tests kill workers, never the database.
+    tests kill workers, never the database. ``durable=True`` keeps PostgreSQL's
+    defaults (every commit flushed), as the benchmark wants.
     """
 
-    def __init__(self, max_connections: int = 100) -> None:
+    def __init__(self, max_connections: int = 100, *, durable: bool = False) -> None:
+        self.durable = durable
         self.directory = Path(tempfile.mkdtemp(prefix="pg-"))
         self.port = 0
         self.max_connections = max_connections
@@ -164,6 +166,11 @@ class PostgresServer:
             user=self._user,
             cwd=self.directory,
             timeout=120,
+        )
+        relaxed = (
+            []
+            if self.durable
+            else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         )
         for _attempt in range(3):
             (self.port,) = free_ports(1)

@@ -126,6 +126,8 @@ class DBUIDStore:
             create_table=create_tables,
         )
         self._cursor: Any = None
+        self._known: set[str] | None = None  # during a run: what is recorded
+        self._pending: list[str] = []  # recorded in the open transaction
         if create_tables:
             self.create_table()
 
@@ -176,7 +178,11 @@ class DBUIDStore:
     def run(self) -> Iterator[frozenset[str]]:
         """Hold the account's lease for one run; yields the UIDs recorded so far."""
         with self.lease.held(self.lease_wait):
-            yield self.recorded()
+            self._known = set(self.recorded())
+            try:
+                yield frozenset(self._known)
+            finally:
+                self._known = None
 
     def begin(self) -> Any:
         """Open the transaction the next message is saved and recorded in."""
@@ -193,6 +199,7 @@ class DBUIDStore:
             f"INSERT INTO {self.table} (account, uid, recorded_at) VALUES (?, ?, ?)",
             (self.account, uid, time.time()),
         )
+        self._pending.append(uid)
 
     def commit(self) -> None:
         """Check the fencing token in the transaction, then commit it."""
@@ -203,6 +210,8 @@ class DBUIDStore:
         except BaseException:
             self.rollback()
             raise
+        if self._known is not None:
+            self._known.update(self._pending)
         self._close()
 
     def rollback(self) -> None:
@@ -217,21 +226,22 @@ class DBUIDStore:
     def retain(self, uids: Collection[str]) -> None:
         """Forget the account's UIDs not in ``uids``, fenced like a record."""
         keep = set(uids)
-        gone = [uid for uid in self.recorded() if uid not in keep]
+        known = self._known if self._known is not None else self.recorded()
+        gone = [uid for uid in known if uid not in keep]
         if not gone:
             return
         cursor = self.begin()
         try:
-            for uid in gone:
-                self._tx.execute(
-                    cursor,
-                    f"DELETE FROM {self.table} WHERE account = ? AND uid = ?",
-                    (self.account, uid),
-                )
+            cursor.executemany(
+                self._tx.dialect.sql(f"DELETE FROM {self.table} WHERE account = ? AND uid = ?"),
+                [self._tx.dialect.params((self.account, uid)) for uid in gone],
+            )
         except BaseException:
             self.rollback()
             raise
         self.commit()
+        if self._known is not None:
+            self._known.difference_update(gone)
 
     def _open(self) -> Any:
         if self._cursor is None:
@@ -239,6 +249,7 @@ class DBUIDStore:
         return self._cursor
 
     def _close(self) -> None:
+        self._pending = []
         cursor, self._cursor = self._cursor, None
         with suppress(Exception):
             cursor.close()
