@@ -94,6 +94,10 @@ def group_celery(plan: Any, report: Any) -> None:
 
             def stored_per_second(task: str, worker_count: int) -> float:
                 use_workers(worker_count)
+                # Warm up: every worker process connects to the database and imports what
+                # the task needs on its first task, which a long-running worker has done.
+                for result in [deployment.send_task(task, account) for account in ids]:
+                    result.get(timeout=120, interval=0.02)
                 total = fill(per_account)
                 started = time.perf_counter()
                 results = [deployment.send_task(task, account) for account in ids]

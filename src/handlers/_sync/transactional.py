@@ -192,19 +192,27 @@ class DBUIDStore:
         return self._cursor
 
     def record(self, uid: str) -> None:
-        """Record ``uid`` in the open transaction (a second record of it fails the commit)."""
+        """Record ``uid`` in the open transaction; written by :meth:`commit`.
+
+        A UID recorded twice for the account makes the commit fail (and roll back).
+        """
         check_uid(uid)
-        self._tx.execute(
-            self._open(),
-            f"INSERT INTO {self.table} (account, uid, recorded_at) VALUES (?, ?, ?)",
-            (self.account, uid, time.time()),
-        )
+        self._open()
+        # Written at commit, all in one executemany: one round trip per batch.
         self._pending.append(uid)
 
     def commit(self) -> None:
         """Check the fencing token in the transaction, then commit it."""
         cursor = self._open()
         try:
+            if self._pending:
+                now = time.time()
+                cursor.executemany(
+                    self._tx.dialect.sql(
+                        f"INSERT INTO {self.table} (account, uid, recorded_at) VALUES (?, ?, ?)"
+                    ),
+                    [self._tx.dialect.params((self.account, uid, now)) for uid in self._pending],
+                )
             self.lease.check(cursor)
             self._tx.commit(cursor)
         except BaseException:
