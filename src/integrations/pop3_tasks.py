@@ -122,16 +122,8 @@ _connection = _Connection()
 
 
 def _create_tables(connection: Any, store_options: Mapping[str, Any]) -> None:
-    for attempt in range(2):
-        try:
-            DBUIDStore(connection, account="-", **store_options)
-            return
-        except Exception:
-            # Two workers creating the tables at the same moment: one loses the race
-            # on PostgreSQL's catalog; by the second try the tables exist.
-            connection.rollback()
-            if attempt:
-                raise
+    # The store retries a creation that raced another worker's.
+    DBUIDStore(connection, account="-", **store_options)
 
 
 def configure_sync(

@@ -100,3 +100,23 @@ class Transactions:
         """Run ``text`` (``?`` placeholders) with ``values`` on ``cursor``."""
         cursor.execute(self.dialect.sql(text), self.dialect.params(values))
         return cursor
+
+    def create_table(self, statement: str, attempts: int = 5) -> None:
+        """Run a ``CREATE TABLE IF NOT EXISTS`` in a transaction of its own.
+
+        Two connections creating the same table at once make PostgreSQL refuse one of
+        them (a unique violation in its catalog) even with ``IF NOT EXISTS``; once the
+        other has committed, the statement finds the table, so it is tried again.
+        """
+        for attempt in range(attempts):
+            cursor = self.begin()
+            try:
+                self.execute(cursor, statement)
+                self.commit(cursor)
+                return
+            except Exception:
+                self.rollback(cursor)
+                if attempt == attempts - 1:
+                    raise
+            finally:
+                cursor.close()

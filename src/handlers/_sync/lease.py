@@ -88,21 +88,12 @@ class Lease:
 
     def create_table(self) -> None:
         """Create the lease table if it does not exist."""
-        cursor = self._tx.begin()
-        try:
-            self._tx.execute(
-                cursor,
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                " account TEXT PRIMARY KEY, holder TEXT,"
-                " token BIGINT NOT NULL DEFAULT 0,"
-                " expires_at DOUBLE PRECISION NOT NULL DEFAULT 0)",
-            )
-            self._tx.commit(cursor)
-        except BaseException:
-            self._tx.rollback(cursor)
-            raise
-        finally:
-            cursor.close()
+        self._tx.create_table(
+            f"CREATE TABLE IF NOT EXISTS {self.table} ("
+            " account TEXT PRIMARY KEY, holder TEXT,"
+            " token BIGINT NOT NULL DEFAULT 0,"
+            " expires_at DOUBLE PRECISION NOT NULL DEFAULT 0)"
+        )
 
     def acquire(self, wait: float = 0.0, poll: float = 0.2) -> int:
         """Take the lease; return the new fencing token.

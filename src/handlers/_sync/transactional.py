@@ -136,11 +136,10 @@ class DBUIDStore:
 
     def create_table(self) -> None:
         """Create the UID table if it does not exist."""
-        self._in_transaction(
+        self._tx.create_table(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             " account TEXT NOT NULL, uid TEXT NOT NULL, recorded_at DOUBLE PRECISION,"
-            " PRIMARY KEY (account, uid))",
-            (),
+            " PRIMARY KEY (account, uid))"
         )
 
     def _in_transaction(self, text: str, values: tuple[Any, ...]) -> list[Any]:
