@@ -335,7 +335,13 @@ def sync_transactional(
                 deleted += sum(1 for number in done if handler.delete_message(number))
         if prune:
             store.retain(seen)
-    result = SyncResult(fetched, skipped, deleted, len(failed), tuple(failed))
+    result = SyncResult(
+        fetched=fetched,
+        skipped=skipped,
+        deleted=deleted,
+        failed=len(failed),
+        failed_uids=tuple(failed),
+    )
     log.debug("POP3 transactional sync finished: %s", result)
     return result
 
