@@ -67,6 +67,9 @@ EXAMPLES: dict[type[MailHandlerError], MailHandlerError] = {
     errors.OAuth2TokenError: errors.OAuth2TokenError(
         "microsoft", "invalid_grant", "AADSTS70008: the refresh token has expired", 400
     ),
+    errors.SyncLeaseError: errors.SyncLeaseError("lease trouble", "alice"),
+    errors.AccountBusyError: errors.AccountBusyError("busy", "alice", 12.5),
+    errors.LeaseLostError: errors.LeaseLostError("lost", "alice"),
 }
 
 

@@ -19,12 +19,16 @@ from ._net.connect import Proxy, open_connection
 from ._net.ratelimit import RateLimit, RateLimiter, RedisRateStore, is_throttling_reply
 from ._net.secret import Secret
 from ._net.tls import client_certificate_context
+from ._sync.lease import Lease
 from ._sync.sync import SyncResult, sync_mailbox
+from ._sync.transactional import DBUIDStore, TransactionalUIDStore, sync_transactional
 from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 from .errors import (
+    AccountBusyError,
     ConfigurationError,
     DNSLookupError,
     DNSTimeoutError,
+    LeaseLostError,
     MailAuthenticationError,
     MailConnectionError,
     MailHandlerError,
@@ -55,6 +59,7 @@ from .errors import (
     SMTPRecipientsRefused,
     SMTPResponseError,
     SMTPSenderRefused,
+    SyncLeaseError,
 )
 from .pop3 import DEFAULT_MAX_MESSAGE_SIZE, POP3ConnectionPool, POP3ProtocolHandler
 from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy
@@ -77,7 +82,9 @@ __all__ = [
     "MAX_RETRIES",
     "RETRYABLE_CODES",
     "RETRY_DELAYS",
+    "AccountBusyError",
     "ConfigurationError",
+    "DBUIDStore",
     "DKIMSigner",
     "DNSLookupError",
     "DNSTimeoutError",
@@ -85,6 +92,8 @@ __all__ = [
     "DeliveryReport",
     "DeliveryResult",
     "FileUIDStore",
+    "Lease",
+    "LeaseLostError",
     "MailAuthenticationError",
     "MailConnectionError",
     "MailHandlerError",
@@ -134,7 +143,9 @@ __all__ = [
     "SMTPSenderRefused",
     "SQLiteUIDStore",
     "Secret",
+    "SyncLeaseError",
     "SyncResult",
+    "TransactionalUIDStore",
     "UIDStore",
     "client_certificate_context",
     "google_tokens",
@@ -146,4 +157,5 @@ __all__ = [
     "parse_message",
     "shared_pool",
     "sync_mailbox",
+    "sync_transactional",
 ]

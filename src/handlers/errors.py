@@ -25,6 +25,9 @@ problems also derive from the built-in :class:`ConnectionError` and timeouts fro
     │   └── POP3ProtocolError
     ├── SMTPNotSupportedError                      the server lacks an extension we need
     ├── POP3MessageTooLargeError                   over the handler's max_message_size
+    ├── SyncLeaseError                             the per-account sync lease
+    │   ├── AccountBusyError                       another worker holds the lease
+    │   └── LeaseLostError                         ours expired and was taken: nothing committed
     ├── POP3PoolClosedError                        the POP3 pool was closed
     └── MailResponseError                          the server answered with an error reply
         ├── MailAuthenticationError                credentials refused
@@ -343,10 +346,39 @@ class POP3PoolClosedError(MailHandlerError):
     """A handler was requested from a POP3 connection pool after ``close_all()``."""
 
 
+class SyncLeaseError(MailHandlerError):
+    """The per-account sync lease (``account`` names the account, never a secret)."""
+
+    def __init__(self, message: str, account: str) -> None:
+        super().__init__(message)
+        self.account = account
+
+
+class AccountBusyError(SyncLeaseError):
+    """Another worker holds the account's sync lease; nothing was done.
+
+    ``retry_after`` is how many seconds its lease has left (0 when unknown).
+    """
+
+    def __init__(self, message: str, account: str, retry_after: float = 0.0) -> None:
+        super().__init__(message, account)
+        self.retry_after = retry_after
+
+
+class LeaseLostError(SyncLeaseError):
+    """The lease expired and another worker took it; the open transaction was rolled back.
+
+    The fencing token checked inside the transaction did not match, so nothing this
+    worker did under the lost lease was committed.
+    """
+
+
 __all__ = [
+    "AccountBusyError",
     "ConfigurationError",
     "DNSLookupError",
     "DNSTimeoutError",
+    "LeaseLostError",
     "MailAuthenticationError",
     "MailConnectionError",
     "MailHandlerError",
@@ -377,5 +409,6 @@ __all__ = [
     "SMTPRecipientsRefused",
     "SMTPResponseError",
     "SMTPSenderRefused",
+    "SyncLeaseError",
     "parse_enhanced_code",
 ]

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from poplib import POP3, POP3_SSL
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from ._auth.oauth2 import TokenProvider, TokenSource
 from ._mime.dsn import DeliveryAction, DeliveryReport, RecipientReport, parse_delivery_report
@@ -48,6 +48,13 @@ from ._pop3.mailbox import Mailbox, MessageOptions
 from ._pop3.pool import SessionPool
 from ._pop3.session import Session, SessionState
 from ._sync.sync import MessageCallback, SyncResult, sync_mailbox
+from ._sync.transactional import (
+    DBUIDStore,
+    TransactionalCallback,
+    TransactionalUIDStore,
+    sync_leased,
+    sync_transactional,
+)
 from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 from .errors import (
     POP3AuthenticationError,
@@ -65,6 +72,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "POP3",
     "POP3_SSL",
+    "DBUIDStore",
     "DeliveryAction",
     "DeliveryReport",
     "FileUIDStore",
@@ -82,9 +90,11 @@ __all__ = [
     "RecipientReport",
     "SQLiteUIDStore",
     "SyncResult",
+    "TransactionalUIDStore",
     "UIDStore",
     "parse_delivery_report",
     "sync_mailbox",
+    "sync_transactional",
 ]
 
 log = get_logger("pop3")
@@ -400,17 +410,35 @@ class POP3ProtocolHandler:
 
     def sync(
         self,
-        store: UIDStore,
-        handler_fn: MessageCallback,
+        store: UIDStore | TransactionalUIDStore,
+        handler_fn: MessageCallback | TransactionalCallback,
         *,
         delete_after: bool = False,
         prune: bool = True,
+        lease_wait: float = 0.0,
     ) -> SyncResult:
         """Hand every message whose unique ID is not in ``store`` to ``handler_fn``.
 
-        See :func:`src.handlers._sync.sync.sync_mailbox` for the guarantees.
+        See :func:`src.handlers._sync.sync.sync_mailbox` for the guarantees. With a
+        :class:`TransactionalUIDStore` (such as :class:`DBUIDStore`) it is called as
+        ``handler_fn(message, cursor)`` and the save and the UID record commit
+        together (:func:`src.handlers._sync.transactional.sync_transactional`). A
+        store with a run lease (:class:`SQLiteUIDStore`, :class:`DBUIDStore`) is held
+        for the run; another process's run is waited for up to ``lease_wait`` seconds
+        (``DBUIDStore`` uses its own ``lease_wait``), then
+        :class:`~src.handlers.errors.AccountBusyError` is raised.
         """
-        return sync_mailbox(self, store, handler_fn, delete_after=delete_after, prune=prune)
+        if isinstance(store, TransactionalUIDStore):
+            fn = cast(TransactionalCallback, handler_fn)
+            return sync_transactional(self, store, fn, delete_after=delete_after, prune=prune)
+        return sync_leased(
+            self,
+            store,
+            cast(MessageCallback, handler_fn),
+            delete_after=delete_after,
+            prune=prune,
+            lease_wait=lease_wait,
+        )
 
     # -- making clients ----------------------------------------------------------
 

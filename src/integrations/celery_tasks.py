@@ -12,7 +12,10 @@ every Celery app of the process; make the worker import it too (``include=`` or
   account id instead and asks the function given to :func:`configure` for the
   settings, so no secret ever enters the broker. Prefer it.
 
-Both return ``DeliveryResult.to_dict()``, which the JSON serializer carries as is.
+Importing it also registers ``sync_pop3_account`` (``mailhandlers.sync_pop3_account``,
+from :mod:`src.integrations.pop3_tasks`), configured with :func:`configure_sync`.
+
+Both send tasks return ``DeliveryResult.to_dict()``, which the JSON serializer carries as is.
 The handler does not retry inside the worker (that would hold the worker for the
 whole back-off); a transient failure (``is_retryable``) is handed to Celery's own
 retry instead, ``retry_delays[n]`` seconds later for the n-th retry, at most
@@ -21,6 +24,16 @@ retry instead, ``retry_delays[n]`` seconds later for the n-th retry, at most
 ``retry_count`` how many retries Celery made, and ``temp_failed`` as its status if
 the failure persisted through them. A failure that must not be retried (a refused
 recipient, an unknown outcome after DATA, bad input) is returned at once.
+
+Both tasks are idempotent. Every attempt of one task (a Celery retry, or a redelivery
+after a worker died) sends with the same Message-ID, derived from the task id
+(:func:`task_message_id`), unless ``custom_headers`` sets one. With an attempt store
+(``configure(attempt_store=...)``, see :mod:`src.integrations.idempotency`) a task
+whose earlier attempt was cut off mid-send returns ``failed`` with
+``outcome_unknown`` instead of sending a second copy, and a task that already finished
+returns its stored result. The tasks are declared with ``acks_late=True`` and
+``reject_on_worker_lost=True``, so a task whose worker is killed is delivered again;
+see docs/many-workers.md for the broker settings that go with them.
 
 Each worker process keeps one handler per connection settings (server, port,
 login, encryption, sender and a salted digest of the password), so warm pooled
@@ -41,20 +54,29 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from celery import shared_task  # type: ignore[import-untyped,unused-ignore]
+from celery.exceptions import Retry  # type: ignore[import-untyped,unused-ignore]
 
 from ..handlers.retry import MAX_RETRIES, RETRY_DELAYS
 from ..handlers.smtp import DeliveryResult, SMTPDeliveryStatus, SMTPProtocolHandler
+from .idempotency import DONE, RETRY, SENDING, AttemptStore
+from .pop3_tasks import SYNC_TASK, POP3Account, configure_sync, sync_pop3_account
 
 __all__ = [
     "ACCOUNT_SEND_TASK",
     "SEND_TASK",
+    "SYNC_TASK",
+    "TASK_OPTIONS",
     "CredentialsProvider",
+    "POP3Account",
     "SMTPAccount",
     "cached_handler_count",
     "configure",
+    "configure_sync",
     "reset_handlers",
     "send_email_async",
     "send_email_for_account",
+    "sync_pop3_account",
+    "task_message_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,6 +118,7 @@ CredentialsProvider = Callable[[Any], SMTPAccount]
 class _Configuration:
     credentials_provider: CredentialsProvider | None = None
     handler_options: Mapping[str, Any] = field(default_factory=dict)
+    attempt_store: AttemptStore | None = None
 
 
 class _HandlerCache:
@@ -174,17 +197,22 @@ def configure(
     *,
     credentials_provider: CredentialsProvider | None = None,
     handler_options: Mapping[str, Any] | None = None,
+    attempt_store: AttemptStore | None = None,
 ) -> None:
     """Set how the tasks of this process find accounts and build handlers.
 
     ``credentials_provider(account_id)`` returns the :class:`SMTPAccount` that
     :func:`send_email_for_account` sends through. ``handler_options`` are keyword
     options for every :class:`SMTPProtocolHandler` made from now on (``timeout``,
-    ``ssl_context``, ``pool`` ...). Call it where the worker imports its Celery
-    app. It replaces the whole configuration and closes the handlers made so far.
+    ``ssl_context``, ``pool`` ...). ``attempt_store`` records every attempt so a
+    redelivered task never sends blind (:mod:`src.integrations.idempotency`). Call it
+    where the worker imports its Celery app. It replaces the whole configuration and
+    closes the handlers made so far.
     """
     global _configuration
-    _configuration = _Configuration(credentials_provider, dict(handler_options or {}))
+    _configuration = _Configuration(
+        credentials_provider, dict(handler_options or {}), attempt_store
+    )
     reset_handlers()
 
 
@@ -208,6 +236,40 @@ def _invalid(reason: str) -> dict[str, Any]:
     return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=reason).to_dict()
 
 
+def task_message_id(task_id: str, sender: str | None, fallback_domain: str) -> str:
+    """The Message-ID every attempt of task ``task_id`` sends with.
+
+    A digest of the task id at the sender's domain (``fallback_domain`` when the
+    sender is unknown): the same on every retry and redelivery, and it does not
+    reveal the task id.
+    """
+    digest = hashlib.sha256(f"mailhandlers-task:{task_id}".encode()).hexdigest()[:32]
+    domain = sender.rpartition("@")[2] if sender and "@" in sender else fallback_domain
+    return f"<{digest}@{domain}>"
+
+
+def _with_message_id(task: Any, account: SMTPAccount, message: Mapping[str, Any]) -> dict[str, Any]:
+    options = dict(message)
+    headers = dict(options.get("custom_headers") or {})
+    task_id = getattr(task.request, "id", None)
+    if task_id and not any(name.lower() == "message-id" for name in headers):
+        sender = options.get("from_address") or account.from_address or account.username
+        headers["Message-ID"] = task_message_id(str(task_id), sender, account.hostname)
+        options["custom_headers"] = headers
+    return options
+
+
+def _unknown_outcome(message_id: str | None, retries_done: int) -> dict[str, Any]:
+    return DeliveryResult(
+        status=SMTPDeliveryStatus.FAILED,
+        message_id=message_id,
+        smtp_error="an earlier attempt of this task was cut off while sending; "
+        "the message may have been delivered, so it was not sent again",
+        outcome_unknown=True,
+        retry_count=retries_done,
+    ).to_dict()
+
+
 def _send(
     task: Any,
     account: SMTPAccount,
@@ -224,6 +286,39 @@ def _send(
         handler = _handlers.get(account, _configuration.handler_options)
     except ValueError as error:
         return _invalid(str(error))
+    options = _with_message_id(task, account, message)
+    retries_done: int = task.request.retries
+    store = _configuration.attempt_store
+    key = getattr(task.request, "id", None)
+    if store is None or not key:
+        return _attempt(task, handler, account, to_addresses, subject, text_body, options)
+    previous, stored = store.begin(str(key))
+    if previous == DONE and stored is not None:
+        return stored
+    if previous == SENDING:
+        message_id = options.get("custom_headers", {}).get("Message-ID")
+        outcome = _unknown_outcome(message_id, retries_done)
+        log.warning("send task %s: an earlier attempt was cut off; outcome unknown", key)
+        store.finish(str(key), DONE, outcome)
+        return outcome
+    try:
+        outcome = _attempt(task, handler, account, to_addresses, subject, text_body, options)
+    except Retry:
+        store.finish(str(key), RETRY)
+        raise
+    store.finish(str(key), DONE, outcome)
+    return outcome
+
+
+def _attempt(
+    task: Any,
+    handler: SMTPProtocolHandler,
+    account: SMTPAccount,
+    to_addresses: Sequence[str] | str,
+    subject: str,
+    text_body: str | None,
+    message: Mapping[str, Any],
+) -> dict[str, Any]:
     result = handler.send_message(to_addresses, subject, text_body, retry=False, **message)
     retries_done: int = task.request.retries
     limit: int | None = task.max_retries
@@ -246,6 +341,9 @@ def _send(
 
 _Task = Callable[..., dict[str, Any]]
 
+#: Every task here is acknowledged after it ran and delivered again if its worker died.
+TASK_OPTIONS: Mapping[str, Any] = {"acks_late": True, "reject_on_worker_lost": True}
+
 
 def _task(name: str) -> Callable[[_Task], Any]:
     decorator: Callable[[_Task], Any] = shared_task(
@@ -253,6 +351,7 @@ def _task(name: str) -> Callable[[_Task], Any]:
         name=name,
         max_retries=MAX_RETRIES,
         retry_delays=tuple(RETRY_DELAYS),
+        **TASK_OPTIONS,
     )
     return decorator
 

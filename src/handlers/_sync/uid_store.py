@@ -21,12 +21,14 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ..errors import MailValidationError
 from .durable import write_durably
+from .lease import DEFAULT_LEASE_TTL, Lease
 
 _HEADER = "# mailhandlers POP3 unique-id store v1"
 
@@ -150,10 +152,17 @@ class SQLiteUIDStore:
     """A store in an SQLite database; each change is its own committed transaction.
 
     Safe to share between threads of one process. Call :meth:`close` (or use it as a
-    context manager) when done.
+    context manager) when done. Several processes may share the file: a sync through
+    :meth:`POP3ProtocolHandler.sync` holds the store's run lease (:meth:`exclusive`),
+    so only one of them syncs at a time, and while it is held each :meth:`add`
+    checks the lease's fencing token in its own transaction.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, lease_ttl: float = DEFAULT_LEASE_TTL
+    ) -> None:
+        self._lease_ttl = lease_ttl
+        self._lease: Lease | None = None
         self._lock = threading.Lock()
         self._db = sqlite3.connect(os.fspath(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA synchronous=FULL")
@@ -178,7 +187,36 @@ class SQLiteUIDStore:
         """Record ``uid`` in a committed transaction."""
         check_uid(uid)
         with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO pop3_uids (uid) VALUES (?)", (uid,))
+            if self._lease is None:
+                self._db.execute("INSERT OR IGNORE INTO pop3_uids (uid) VALUES (?)", (uid,))
+                return
+            cursor = self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._lease.check(cursor)
+                cursor.execute("INSERT OR IGNORE INTO pop3_uids (uid) VALUES (?)", (uid,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def exclusive(self, wait: float = 0.0) -> Iterator[int]:
+        """Hold the store's run lease (a row in the database file); yields its token.
+
+        Waits up to ``wait`` seconds for another process's run, then raises
+        :class:`~src.handlers.errors.AccountBusyError`. A holder that dies loses the
+        lease after ``lease_ttl`` seconds; each :meth:`add` renews it.
+        """
+        with self._lock:
+            lease = Lease(self._db, "store", table="pop3_lease", ttl=self._lease_ttl)
+            token = lease.acquire(wait)
+            self._lease = lease
+        try:
+            yield token
+        finally:
+            with self._lock:
+                self._lease = None
+                lease.release()
 
     def retain(self, uids: Collection[str]) -> None:
         """Forget every ID not in ``uids``, in one transaction."""

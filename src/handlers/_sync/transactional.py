@@ -1,0 +1,424 @@
+"""Exactly-once sync: the application's save and the UID record commit together.
+
+A :class:`TransactionalUIDStore` keeps the handled UIDs in the application's own
+database and lets the sync run the application's save inside the same transaction.
+For each new message, oldest first, :func:`sync_transactional`:
+
+1. downloads and parses it;
+2. opens a transaction (:meth:`~TransactionalUIDStore.begin`) and calls
+   ``handler_fn(message, cursor)`` with a cursor in that transaction;
+3. records the UID in the same transaction (:meth:`~TransactionalUIDStore.record`);
+4. commits (:meth:`~TransactionalUIDStore.commit`), which first checks the account's
+   fencing token inside the transaction;
+5. only then, with ``delete_after=True``, marks the message for deletion.
+
+The save and the record are one commit, so there is no window: a worker that dies at
+any point either committed both (the message is skipped next time) or neither (it is
+handed over again, to a transaction that never saw it). A run holds the account's
+lease (:mod:`.lease`) throughout, so two workers never sync one account at once, and a
+worker whose lease was taken over cannot commit.
+
+:class:`DBUIDStore` implements the protocol on any DB-API connection (sqlite3, psycopg 3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import Any, Protocol, runtime_checkable
+
+from .._net.logs import get_logger
+from ..errors import ConfigurationError, POP3MessageTooLargeError
+from .dbapi import Transactions, dialect_of
+from .lease import DEFAULT_LEASE_TTL, Lease, check_table_name
+from .sync import MessageCallback, SyncMailbox, SyncResult, sync_mailbox
+from .uid_store import UIDStore, check_uid
+
+log = get_logger("sync")
+
+#: Receives one parsed message dict (``"uid"`` added) and a cursor in the open transaction.
+TransactionalCallback = Callable[[dict[str, Any], Any], object]
+
+
+@runtime_checkable
+class TransactionalUIDStore(Protocol):
+    """A store of handled UIDs whose record commits with the application's save."""
+
+    def run(self) -> AbstractContextManager[Collection[str]]:
+        """Hold the account for one sync run; yields the UIDs recorded so far.
+
+        Raises :class:`~src.handlers.errors.AccountBusyError` if another worker
+        holds the account.
+        """
+        ...
+
+    def begin(self) -> Any:
+        """Open a transaction; return the cursor the application saves through."""
+        ...
+
+    def record(self, uid: str) -> None:
+        """Record ``uid`` as handled, in the open transaction."""
+        ...
+
+    def commit(self) -> None:
+        """Check the fencing token and commit; raise ``LeaseLostError`` (rolled back) if lost."""
+        ...
+
+    def rollback(self) -> None:
+        """Roll the open transaction back."""
+        ...
+
+    def retain(self, uids: Collection[str]) -> None:
+        """Forget every recorded UID not in ``uids`` (messages gone from the server)."""
+        ...
+
+
+class DBUIDStore:
+    """Handled UIDs of one account in the application's database, with the account's lease.
+
+    ``connection`` is a DB-API connection the application owns (``sqlite3``,
+    ``psycopg``; the paramstyle is read from the driver). Use it from one thread at a
+    time and with no transaction open when a sync starts. The tables are created if
+    missing: ``table`` holds ``(account, uid)`` pairs, ``lease_table`` one lease row
+    per account. ``lease_ttl`` is how long the lease outlives a worker that stopped
+    renewing it (each committed message renews it); ``lease_wait`` is how long
+    :meth:`run` waits for another worker's lease before raising ``AccountBusyError``.
+    ``batch_size`` messages share one transaction (and one pipelined download): fewer
+    commits, the same exactly-once guarantee.
+
+    Example::
+
+        store = DBUIDStore(connection, account="alice")
+        handler.sync(store, lambda message, cursor: cursor.execute(
+            "INSERT INTO mail (uid, subject) VALUES (?, ?)",
+            (message["uid"], message["subject"])))
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        *,
+        account: str,
+        table: str = "mailhandlers_pop3_uids",
+        lease_table: str = "mailhandlers_leases",
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        lease_wait: float = 0.0,
+        holder: str | None = None,
+        create_tables: bool = True,
+        batch_size: int = 1,
+    ) -> None:
+        if not isinstance(account, str) or not account:
+            raise ConfigurationError("account must be a non-empty string", "account")
+        self.account = account
+        self.table = check_table_name(table)
+        self.lease_wait = lease_wait
+        if batch_size < 1:
+            raise ConfigurationError("batch_size must be at least 1", "batch_size")
+        self.batch_size = batch_size
+        self._tx = Transactions(connection, dialect_of(connection))
+        self.lease = Lease(
+            connection,
+            account,
+            table=lease_table,
+            ttl=lease_ttl,
+            holder=holder,
+            create_table=create_tables,
+        )
+        self._cursor: Any = None
+        self._known: set[str] | None = None  # during a run: what is recorded
+        self._pending: list[str] = []  # recorded in the open transaction
+        if create_tables:
+            self.create_table()
+
+    def __repr__(self) -> str:
+        return f"<DBUIDStore {self.account!r} table={self.table}>"
+
+    def create_table(self) -> None:
+        """Create the UID table if it does not exist."""
+        self._tx.create_table(
+            f"CREATE TABLE IF NOT EXISTS {self.table} ("
+            " account TEXT NOT NULL, uid TEXT NOT NULL, recorded_at DOUBLE PRECISION,"
+            " PRIMARY KEY (account, uid))"
+        )
+
+    def _in_transaction(self, text: str, values: tuple[Any, ...]) -> list[Any]:
+        cursor = self._tx.begin()
+        try:
+            self._tx.execute(cursor, text, values)
+            rows = list(cursor.fetchall()) if cursor.description else []
+            self._tx.commit(cursor)
+            return rows
+        except BaseException:
+            self._tx.rollback(cursor)
+            raise
+        finally:
+            cursor.close()
+
+    def recorded(self) -> frozenset[str]:
+        """Every UID recorded for the account."""
+        rows = self._in_transaction(
+            f"SELECT uid FROM {self.table} WHERE account = ?", (self.account,)
+        )
+        return frozenset(str(row[0]) for row in rows)
+
+    def __contains__(self, uid: object) -> bool:
+        if not isinstance(uid, str):
+            return False
+        rows = self._in_transaction(
+            f"SELECT 1 FROM {self.table} WHERE account = ? AND uid = ?", (self.account, uid)
+        )
+        return bool(rows)
+
+    def __len__(self) -> int:
+        return len(self.recorded())
+
+    @contextmanager
+    def run(self) -> Iterator[frozenset[str]]:
+        """Hold the account's lease for one run; yields the UIDs recorded so far."""
+        with self.lease.held(self.lease_wait):
+            self._known = set(self.recorded())
+            try:
+                yield frozenset(self._known)
+            finally:
+                self._known = None
+
+    def begin(self) -> Any:
+        """Open the transaction the next message is saved and recorded in."""
+        if self._cursor is not None:
+            raise RuntimeError("a transaction is already open on this store")
+        self._cursor = self._tx.begin()
+        return self._cursor
+
+    def record(self, uid: str) -> None:
+        """Record ``uid`` in the open transaction; written by :meth:`commit`.
+
+        A UID recorded twice for the account makes the commit fail (and roll back).
+        """
+        check_uid(uid)
+        self._open()
+        # Written at commit, all in one executemany: one round trip per batch.
+        self._pending.append(uid)
+
+    def commit(self) -> None:
+        """Check the fencing token in the transaction, then commit it."""
+        cursor = self._open()
+        try:
+            if self._pending:
+                now = time.time()
+                cursor.executemany(
+                    self._tx.dialect.sql(
+                        f"INSERT INTO {self.table} (account, uid, recorded_at) VALUES (?, ?, ?)"
+                    ),
+                    [self._tx.dialect.params((self.account, uid, now)) for uid in self._pending],
+                )
+            self.lease.check(cursor)
+            self._tx.commit(cursor)
+        except BaseException:
+            self.rollback()
+            raise
+        if self._known is not None:
+            self._known.update(self._pending)
+        self._close()
+
+    def rollback(self) -> None:
+        """Roll the open transaction back (nothing happens if none is open)."""
+        if self._cursor is None:
+            return
+        try:
+            self._tx.rollback(self._cursor)
+        finally:
+            self._close()
+
+    def retain(self, uids: Collection[str]) -> None:
+        """Forget the account's UIDs not in ``uids``, fenced like a record."""
+        keep = set(uids)
+        known = self._known if self._known is not None else self.recorded()
+        gone = [uid for uid in known if uid not in keep]
+        if not gone:
+            return
+        cursor = self.begin()
+        try:
+            cursor.executemany(
+                self._tx.dialect.sql(f"DELETE FROM {self.table} WHERE account = ? AND uid = ?"),
+                [self._tx.dialect.params((self.account, uid)) for uid in gone],
+            )
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+        if self._known is not None:
+            self._known.difference_update(gone)
+
+    def _open(self) -> Any:
+        if self._cursor is None:
+            raise RuntimeError("no transaction is open: call begin() first")
+        return self._cursor
+
+    def _close(self) -> None:
+        self._pending = []
+        cursor, self._cursor = self._cursor, None
+        with suppress(Exception):
+            cursor.close()
+
+
+def sync_leased(
+    handler: SyncMailbox,
+    store: UIDStore,
+    handler_fn: MessageCallback,
+    *,
+    delete_after: bool = False,
+    prune: bool = True,
+    lease_wait: float = 0.0,
+) -> SyncResult:
+    """:func:`~.sync.sync_mailbox` under the store's run lease, if the store has one.
+
+    A store with an ``exclusive(wait)`` context manager (:class:`SQLiteUIDStore`) is
+    held for the whole run, so processes sharing it never sync at once: the second
+    waits up to ``lease_wait`` seconds, then gets ``AccountBusyError``.
+    """
+    exclusive = getattr(store, "exclusive", None)
+    if exclusive is None:
+        return sync_mailbox(handler, store, handler_fn, delete_after=delete_after, prune=prune)
+    with exclusive(wait=lease_wait):
+        return sync_mailbox(handler, store, handler_fn, delete_after=delete_after, prune=prune)
+
+
+def sync_transactional(
+    handler: SyncMailbox,
+    store: TransactionalUIDStore,
+    handler_fn: TransactionalCallback,
+    *,
+    delete_after: bool = False,
+    prune: bool = True,
+) -> SyncResult:
+    """Hand each new message to ``handler_fn(message, cursor)`` and record it in one commit.
+
+    See the module docstring for the order of steps. A store with a ``batch_size``
+    attribute above 1 (:class:`DBUIDStore`) gets that many messages per transaction,
+    downloaded with pipelined ``RETR`` when the mailbox offers ``fetch_messages``.
+    ``handler_fn`` must write only through the cursor: when it raises for one message
+    of a batch, the batch's transaction is rolled back and run again without that
+    message (so it may be called again for the others, in a new transaction).
+
+    Invalid (not RFC 1939) and repeated UIDs are never handed over, recorded or
+    deleted; they count as failed. A failed message is tried again next run. Raises
+    :class:`~src.handlers.errors.AccountBusyError` when another worker holds the
+    account and :class:`~src.handlers.errors.LeaseLostError` when the lease was taken
+    over mid-run (what was committed before stays; nothing after is).
+    """
+    batch_size = max(1, int(getattr(store, "batch_size", 1)))
+    fetched = skipped = deleted = 0
+    failed: list[str] = []
+    with store.run() as recorded, handler.session():
+        uids = handler.list_uids()
+        seen: set[str] = set()
+        todo: list[tuple[int, str]] = []
+        for number in sorted(uids):
+            uid = uids[number]
+            if not _valid(uid) or uid in seen:
+                failed.append(uid)
+                continue
+            seen.add(uid)
+            if uid in recorded:
+                skipped += 1
+                if delete_after and handler.delete_message(number):
+                    deleted += 1
+                continue
+            todo.append((number, uid))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            messages = _download(handler, chunk, failed, batched=batch_size > 1)
+            done = _save_batch(store, handler_fn, messages, failed)
+            fetched += len(done)
+            if delete_after:
+                deleted += sum(1 for number in done if handler.delete_message(number))
+        if prune:
+            store.retain(seen)
+    result = SyncResult(
+        fetched=fetched,
+        skipped=skipped,
+        deleted=deleted,
+        failed=len(failed),
+        failed_uids=tuple(failed),
+    )
+    log.debug("POP3 transactional sync finished: %s", result)
+    return result
+
+
+def _valid(uid: str) -> bool:
+    try:
+        check_uid(uid)
+    except ValueError:
+        return False
+    return True
+
+
+_Fetched = tuple[int, str, dict[str, Any]]
+
+
+def _download(
+    handler: SyncMailbox, chunk: list[tuple[int, str]], failed: list[str], *, batched: bool
+) -> list[_Fetched]:
+    fetch_many = getattr(handler, "fetch_messages", None)
+    if batched and fetch_many is not None and len(chunk) > 1:
+        # Pipelined RETR; refused and too large messages are left out (and logged).
+        by_number = {message.get("popId"): message for message in fetch_many([n for n, _ in chunk])}
+        found = []
+        for number, uid in chunk:
+            message = by_number.get(number)
+            if message is None:
+                failed.append(uid)
+            else:
+                found.append((number, uid, message))
+        return found
+    found = []
+    for number, uid in chunk:
+        try:
+            one = handler.fetch_message(number)
+        except POP3MessageTooLargeError as error:
+            log.warning("POP3 sync: message %s not handled: %s", uid, error)
+            one = None
+        if one is None:
+            failed.append(uid)
+        else:
+            found.append((number, uid, one))
+    return found
+
+
+def _save_batch(
+    store: TransactionalUIDStore,
+    handler_fn: TransactionalCallback,
+    messages: list[_Fetched],
+    failed: list[str],
+) -> list[int]:
+    """Save and record ``messages`` in one transaction; return the numbers committed."""
+    pending = list(messages)
+    while pending:
+        cursor = store.begin()
+        bad: int | None = None
+        try:
+            for index, (_number, uid, message) in enumerate(pending):
+                message["uid"] = uid
+                try:
+                    handler_fn(message, cursor)
+                    store.record(uid)
+                except Exception as error:
+                    log.warning(
+                        "POP3 sync: handler failed for message %s: %s: %s",
+                        uid,
+                        type(error).__name__,
+                        error,
+                    )
+                    bad = index
+                    break
+        except BaseException:
+            store.rollback()
+            raise
+        if bad is None:
+            store.commit()
+            return [number for number, _, _ in pending]
+        store.rollback()
+        failed.append(pending[bad][1])
+        del pending[bad]
+    return []

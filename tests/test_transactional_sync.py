@@ -1,0 +1,270 @@
+"""Exactly-once sync: UID stores in the application's transaction, leases and fencing.
+
+The store tests run on SQLite and on a private PostgreSQL (``connect`` is parametrized).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from src.handlers import (
+    AccountBusyError,
+    DBUIDStore,
+    Lease,
+    LeaseLostError,
+    SQLiteUIDStore,
+    SyncResult,
+    TransactionalUIDStore,
+)
+from src.handlers._sync.dbapi import Dialect
+from src.handlers.pop3 import POP3ProtocolHandler
+from src.testing.pop3_server import POP3TestServer
+
+pytest_plugins = ["services.fixtures"]
+
+MESSAGES = [
+    f"From: n{i}@example.com\r\nSubject: m{i}\r\n\r\nbody {i}\r\n".encode() for i in range(5)
+]
+
+
+class Crash(BaseException):
+    """Stands in for the process dying mid-message."""
+
+
+@pytest.fixture
+def server() -> Iterator[POP3TestServer]:
+    with POP3TestServer() as srv:
+        for raw in MESSAGES:
+            srv.add_message(raw)
+        yield srv
+
+
+@pytest.fixture(params=[1, 3], ids=["batch1", "batch3"])
+def batch(request: pytest.FixtureRequest) -> int:
+    """Messages per transaction."""
+    return int(request.param)
+
+
+def handler_for(srv: POP3TestServer) -> POP3ProtocolHandler:
+    return POP3ProtocolHandler(
+        srv.host, srv.port, "user", "password", "none", 5, sleep=lambda seconds: None
+    )
+
+
+def make_app_table(connection: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("CREATE TABLE IF NOT EXISTS mail (uid TEXT PRIMARY KEY, subject TEXT)")
+    connection.commit()
+
+
+def saver(sql_placeholder: str, crash_on: str | None = None, fail_on: str | None = None) -> Any:
+    insert = f"INSERT INTO mail (uid, subject) VALUES ({sql_placeholder}, {sql_placeholder})"
+
+    def save(message: dict[str, Any], cursor: Any) -> None:
+        cursor.execute(insert, (message["uid"], message["subject"]))
+        if message["subject"] == crash_on:
+            raise Crash
+        if message["subject"] == fail_on:
+            raise RuntimeError("could not save")
+
+    return save
+
+
+def placeholder(connection: Any) -> str:
+    return "?" if isinstance(connection, sqlite3.Connection) else "%s"
+
+
+def saved(connection: Any) -> list[str]:
+    cursor = connection.cursor()
+    cursor.execute("SELECT subject FROM mail ORDER BY subject")
+    rows = [row[0] for row in cursor.fetchall()]
+    connection.rollback()
+    return rows
+
+
+# -- the transactional path ---------------------------------------------------------
+
+
+def test_save_and_uid_commit_together_then_delete(
+    server: POP3TestServer, connect: Any, batch: int
+) -> None:
+    conn = connect()
+    make_app_table(conn)
+    store = DBUIDStore(conn, account="alice", batch_size=batch)
+    assert isinstance(store, TransactionalUIDStore)
+    result = handler_for(server).sync(store, saver(placeholder(conn)), delete_after=True)
+    assert result == SyncResult(fetched=5, deleted=5)
+    assert saved(conn) == [f"m{i}" for i in range(5)]
+    assert server.messages() == []
+    assert len(store) == 5
+    assert handler_for(server).sync(store, saver(placeholder(conn))) == SyncResult()
+    assert len(store) == 0  # pruned: the messages are gone from the server
+
+
+def test_a_crash_after_the_save_commits_neither_and_the_message_comes_once(
+    server: POP3TestServer, connect: Any, batch: int
+) -> None:
+    conn = connect()
+    make_app_table(conn)
+    store = DBUIDStore(conn, account="alice", batch_size=batch, lease_ttl=0.2)
+    with pytest.raises(Crash):
+        handler_for(server).sync(store, saver(placeholder(conn), crash_on="m2"), delete_after=True)
+    committed = (2 // batch) * batch  # whole batches before the one holding m2
+    # m2's row was rolled back with its UID, and with it the rest of its batch
+    assert saved(conn) == [f"m{i}" for i in range(committed)]
+    assert server.messages() == MESSAGES  # no QUIT: the marked deletions did not happen
+    time.sleep(0.3)  # the lease was released; even if not, it has expired by now
+    result = handler_for(server).sync(store, saver(placeholder(conn)), delete_after=True)
+    assert result == SyncResult(fetched=5 - committed, skipped=committed, deleted=5)
+    assert saved(conn) == [f"m{i}" for i in range(5)]
+    assert server.messages() == []
+
+
+def test_a_failing_save_is_rolled_back_and_retried(
+    server: POP3TestServer, connect: Any, batch: int
+) -> None:
+    conn = connect()
+    make_app_table(conn)
+    store = DBUIDStore(conn, account="alice", batch_size=batch)
+    result = handler_for(server).sync(store, saver(placeholder(conn), fail_on="m3"))
+    assert result.fetched == 4 and result.failed == 1
+    assert saved(conn) == ["m0", "m1", "m2", "m4"]
+    assert handler_for(server).sync(store, saver(placeholder(conn))) == SyncResult(
+        fetched=1, skipped=4
+    )
+
+
+def test_accounts_are_kept_apart(connect: Any) -> None:
+    conn = connect()
+    alice, bob = DBUIDStore(conn, account="alice"), DBUIDStore(conn, account="bob")
+    for store in (alice, bob):
+        with store.run():
+            store.begin()
+            store.record("u1" if store is alice else "u2")
+            store.commit()
+    assert "u1" in alice and "u1" not in bob and "u2" in bob
+
+
+# -- leases and fencing -------------------------------------------------------------
+
+
+def test_a_second_worker_is_refused_while_the_lease_is_held(connect: Any) -> None:
+    first = DBUIDStore(connect(), account="alice", holder="w1")
+    second = DBUIDStore(connect(), account="alice", holder="w2")
+    with first.run():
+        with pytest.raises(AccountBusyError) as caught, second.run():
+            pass
+        assert caught.value.account == "alice" and caught.value.retry_after > 0
+    with second.run():  # released
+        pass
+
+
+def test_a_worker_that_lost_its_lease_cannot_commit(connect: Any) -> None:
+    conn1, conn2 = connect(), connect()
+    make_app_table(conn1)
+    first = DBUIDStore(conn1, account="alice", holder="w1", lease_ttl=0.2)
+    second = DBUIDStore(conn2, account="alice", holder="w2", lease_ttl=30)
+    with first.run():
+        time.sleep(0.4)  # first stalls past its lease; second takes over
+        with second.run():
+            cursor = first.begin()
+            cursor.execute(f"INSERT INTO mail VALUES ({placeholder(conn1)}, 'x')", ("u1",))
+            first.record("u1")
+            with pytest.raises(LeaseLostError):
+                first.commit()
+            second.begin()
+            second.record("u1")
+            second.commit()
+    assert saved(conn1) == []  # the stale worker's save was rolled back with its UID
+    assert "u1" in second
+
+
+def test_tokens_only_go_up(connect: Any) -> None:
+    lease = Lease(connect(), "alice", ttl=5)
+    tokens = [lease.acquire() for _ in range(3)]
+    assert tokens == sorted(tokens) and len(set(tokens)) == 3
+    lease.release()
+
+
+def test_a_dead_workers_lease_expires(connect: Any) -> None:
+    dead = Lease(connect(), "alice", ttl=0.2, holder="dead")
+    dead.acquire()  # never released: its worker "died"
+    alive = Lease(connect(), "alice", ttl=5, holder="alive")
+    with pytest.raises(AccountBusyError):
+        alive.acquire()
+    assert alive.acquire(wait=3, poll=0.05) > (dead.token or 0)
+
+
+# -- paramstyles ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("style", "sql", "params"),
+    [
+        ("qmark", "a = ? AND b = ?", (1, 2)),
+        ("format", "a = %s AND b = %s", (1, 2)),
+        ("pyformat", "a = %s AND b = %s", (1, 2)),
+        ("numeric", "a = :1 AND b = :2", (1, 2)),
+        ("named", "a = :p1 AND b = :p2", {"p1": 1, "p2": 2}),
+    ],
+)
+def test_placeholders_follow_the_paramstyle(style: str, sql: str, params: Any) -> None:
+    dialect = Dialect(style, sqlite=False)
+    assert dialect.sql("a = ? AND b = ?") == sql
+    assert dialect.params([1, 2]) == params
+
+
+# -- the plain SQLite store, shared by processes ---------------------------------------
+
+
+def _sync_in_child(host: str, port: int, db: str, out: Any) -> None:
+    handed: list[str] = []
+    handler = POP3ProtocolHandler(host, port, "user", "password", "none", 5)
+    with SQLiteUIDStore(db) as store:
+        try:
+            handler.sync(store, lambda message: handed.append(message["uid"]), lease_wait=20)
+        except AccountBusyError:
+            out.put(("busy", []))
+            return
+    out.put(("ok", handed))
+
+
+def test_processes_sharing_one_sqlite_store_hand_each_message_over_once(
+    server: POP3TestServer, tmp_path: Path
+) -> None:
+    for i in range(40):
+        server.add_message(f"Subject: extra {i}\r\n\r\nx\r\n".encode())
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    children = [
+        context.Process(
+            target=_sync_in_child, args=(server.host, server.port, str(tmp_path / "s.db"), out)
+        )
+        for _ in range(4)
+    ]
+    for child in children:
+        child.start()
+    results = [out.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(timeout=30)
+    handed = [uid for status, uids in results for uid in uids]
+    assert sorted(handed) == sorted(server.uids())  # 45 messages, each exactly once
+    assert all(status == "ok" for status, _ in results)
+
+
+def test_the_sqlite_store_refuses_a_second_run_without_waiting(tmp_path: Path) -> None:
+    with SQLiteUIDStore(tmp_path / "s.db") as first, SQLiteUIDStore(tmp_path / "s.db") as second:
+        with first.exclusive():
+            with pytest.raises(AccountBusyError), second.exclusive():
+                pass
+            first.add("a")
+        with second.exclusive():
+            second.add("b")
+        assert "a" in second and "b" in first
