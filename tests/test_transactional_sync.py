@@ -108,6 +108,29 @@ def test_save_and_uid_commit_together_then_delete(
     assert len(store) == 0  # pruned: the messages are gone from the server
 
 
+@pytest.mark.parametrize(
+    "uids",
+    [["AAA", "AAA", "BBB"], ["abc def", "abc xyz", "BBB"], ["caf\u00e9", "x" * 71, "BBB"]],
+    ids=["shared", "spaces", "invalid"],
+)
+def test_messages_with_unsafe_uids_are_left_alone_as_in_every_sync(
+    connect: Any, uids: list[str]
+) -> None:
+    conn = connect()
+    make_app_table(conn)
+    store = DBUIDStore(conn, account="alice", batch_size=2)
+    with POP3TestServer() as srv:
+        for index, uid in enumerate(uids):
+            srv.add_message(f"Subject: m{index}\r\n\r\nbody\r\n".encode(), uid=uid)
+        first = handler_for(srv).sync(store, saver(placeholder(conn)), delete_after=True)
+        second = handler_for(srv).sync(store, saver(placeholder(conn)), delete_after=True)
+        left = srv.messages()
+    assert saved(conn) == ["m2"]  # neither message of a shared or bad ID is handed over
+    assert first == SyncResult(fetched=1, deleted=1, unsafe=2, unsafe_numbers=(1, 2))
+    assert second == SyncResult(unsafe=2, unsafe_numbers=(1, 2))
+    assert len(left) == 2  # the two messages with untrustworthy IDs stay on the server
+
+
 def test_a_crash_after_the_save_commits_neither_and_the_message_comes_once(
     server: POP3TestServer, connect: Any, batch: int
 ) -> None:

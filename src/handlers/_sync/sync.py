@@ -106,6 +106,31 @@ class _Tally:
         self.failed_uids.append(uid)
 
 
+def split_listing(listing: UniqueIDs) -> tuple[list[tuple[int, str]], list[int]]:
+    """The ``(number, uid)`` pairs a sync may act on, and the numbers it must leave alone.
+
+    A message whose unique ID is not valid RFC 1939 or is shared with another message
+    cannot be recognised next run, so every sync leaves it alone (never handed over,
+    recorded or deleted), with a WARNING naming the message numbers.
+    """
+    pairs = list(listing)
+    owners = Counter([uid for _, uid in pairs if uid is not None and is_valid_uid(uid)])
+    safe: list[tuple[int, str]] = []
+    unsafe: list[int] = []
+    for number, uid in pairs:
+        if uid is None or owners.get(uid, 0) != 1:
+            unsafe.append(number)
+        else:
+            safe.append((number, uid))
+    if unsafe:
+        log.warning(
+            "POP3 sync: messages %s left alone: their unique IDs are invalid or shared, "
+            "so they cannot be recognised next run",
+            unsafe,
+        )
+    return safe, unsafe
+
+
 def sync_mailbox(
     handler: SyncMailbox,
     store: UIDStore,
@@ -125,21 +150,11 @@ def sync_mailbox(
     """
     tally = _Tally()
     with handler.session():
-        listing = list(handler.uid_listing())
-        owners = Counter([uid for _, uid in listing if uid is not None and is_valid_uid(uid)])
-        for number, uid in listing:
-            if uid is None or owners.get(uid, 0) != 1:
-                tally.unsafe_numbers.append(number)
-                continue
+        safe, tally.unsafe_numbers = split_listing(handler.uid_listing())
+        for number, uid in safe:
             _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
-        if tally.unsafe_numbers:
-            log.warning(
-                "POP3 sync: messages %s left alone: their unique IDs are invalid or shared, "
-                "so they cannot be recognised next run",
-                tally.unsafe_numbers,
-            )
         if prune:
-            store.retain(owners.keys())
+            store.retain({uid for _, uid in safe})
     result = tally.result()
     log.debug("POP3 sync finished: %s", result)
     return result

@@ -32,7 +32,7 @@ from .._net.logs import get_logger
 from ..errors import ConfigurationError, POP3MessageTooLargeError
 from .dbapi import Transactions, dialect_of
 from .lease import DEFAULT_LEASE_TTL, Lease, check_table_name
-from .sync import MessageCallback, SyncMailbox, SyncResult, sync_mailbox
+from .sync import MessageCallback, SyncMailbox, SyncResult, split_listing, sync_mailbox
 from .uid_store import UIDStore, check_uid
 
 log = get_logger("sync")
@@ -301,8 +301,9 @@ def sync_transactional(
     of a batch, the batch's transaction is rolled back and run again without that
     message (so it may be called again for the others, in a new transaction).
 
-    Invalid (not RFC 1939) and repeated UIDs are never handed over, recorded or
-    deleted; they count as failed. A failed message is tried again next run. Raises
+    Messages with invalid (not RFC 1939) or shared UIDs are never handed over, recorded
+    or deleted (:func:`split_listing`, as in every sync); they are counted in
+    ``unsafe``. A failed message is tried again next run. Raises
     :class:`~src.handlers.errors.AccountBusyError` when another worker holds the
     account and :class:`~src.handlers.errors.LeaseLostError` when the lease was taken
     over mid-run (what was committed before stays; nothing after is).
@@ -311,15 +312,9 @@ def sync_transactional(
     fetched = skipped = deleted = 0
     failed: list[str] = []
     with store.run() as recorded, handler.session():
-        uids = handler.list_uids()
-        seen: set[str] = set()
+        safe, unsafe = split_listing(handler.uid_listing())
         todo: list[tuple[int, str]] = []
-        for number in sorted(uids):
-            uid = uids[number]
-            if not _valid(uid) or uid in seen:
-                failed.append(uid)
-                continue
-            seen.add(uid)
+        for number, uid in safe:
             if uid in recorded:
                 skipped += 1
                 if delete_after and handler.delete_message(number):
@@ -334,24 +329,18 @@ def sync_transactional(
             if delete_after:
                 deleted += sum(1 for number in done if handler.delete_message(number))
         if prune:
-            store.retain(seen)
+            store.retain({uid for _, uid in safe})
     result = SyncResult(
         fetched=fetched,
         skipped=skipped,
         deleted=deleted,
         failed=len(failed),
         failed_uids=tuple(failed),
+        unsafe=len(unsafe),
+        unsafe_numbers=tuple(unsafe),
     )
     log.debug("POP3 transactional sync finished: %s", result)
     return result
-
-
-def _valid(uid: str) -> bool:
-    try:
-        check_uid(uid)
-    except ValueError:
-        return False
-    return True
 
 
 _Fetched = tuple[int, str, dict[str, Any]]
