@@ -867,17 +867,17 @@ def test_idn_domains_are_punycoded() -> None:
 
 _C0_BUT_TAB = "".join(chr(c) for c in range(32) if c != 9) + "\x7f"
 header_text = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters=_C0_BUT_TAB), max_size=200
+    st.characters(exclude_categories=["Cs"], exclude_characters=_C0_BUT_TAB), max_size=200
 )
 # Encoded display names longer than one encoded word read back with extra spaces in
 # the stdlib parser (CPython gh-128110), so the property keeps them to one word.
 display_names = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters=_C0_BUT_TAB + "\t"),
+    st.characters(exclude_categories=["Cs"], exclude_characters=_C0_BUT_TAB + "\t"),
     max_size=120,
 ).filter(lambda n: len(n.encode()) <= 45 or (n.isascii() and len(n) <= 150 and "=?" not in n))
 # The stdlib strips whitespace around filenames on reading (Message.get_filename).
 filenames = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters=_C0_BUT_TAB + "\t"),
+    st.characters(exclude_categories=["Cs"], exclude_characters=_C0_BUT_TAB + "\t"),
     min_size=1,
     max_size=120,
 ).filter(lambda n: n == n.strip() and n != "")
@@ -888,7 +888,7 @@ filenames = st.text(
     subject=header_text,
     header_value=header_text,
     name=display_names,
-    text=st.text(st.characters(exclude_categories=("Cs",))),
+    text=st.text(st.characters(exclude_categories=["Cs"])),
     filename=filenames,
     content=st.binary(max_size=3000),
 )
