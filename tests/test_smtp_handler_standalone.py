@@ -491,7 +491,9 @@ def test_is_retryable_decides_from_the_kind_of_error(error: BaseException, retry
 def test_call_with_retry_records_delays_without_waiting() -> None:
     slept: list[float] = []
     notices: list[tuple[str, int, float]] = []
-    attempts = iter([SMTPResponseError(421, "busy"), ConnectionResetError(), "done"])
+    attempts: Iterator[BaseException | str] = iter(
+        [SMTPResponseError(421, "busy"), ConnectionResetError(), "done"]
+    )
 
     def operation() -> str:
         outcome = next(attempts)
@@ -1009,7 +1011,7 @@ def opener() -> FakeOpener:
 def make_pool(clock: FakeClock, opener: FakeOpener, **options: Any) -> SMTPConnectionPool:
     settings_: dict[str, Any] = {"max_connections": 3, "wait_timeout": 0.2}
     settings_.update(options)
-    return SMTPConnectionPool(clock=clock, opener=opener, **settings_)
+    return SMTPConnectionPool(clock=clock, opener=opener, **settings_)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -1452,7 +1454,7 @@ def test_connect_and_test_connection_report_failures_as_false(
 def test_close_closes_an_own_pool_but_not_the_shared_one(mock_pool: Any, mocker: Any) -> None:
     with make_handler(mock_pool) as handler:
         assert handler.pool is mock_pool
-    mock_pool.close_all.assert_called_once_with()
+    mock_pool.close_all.assert_called_once_with()  # type: ignore[attr-defined]
     shared = make_handler(None)
     close_shared = mocker.patch.object(shared.pool, "close_all")
     shared.close()

@@ -142,7 +142,7 @@ def test_any_message_id_the_validator_accepts_parses_back_identically(message_id
     try:
         message = build(custom_headers={"Message-ID": message_id})
     except MailValidationError as error:
-        assert error.field.startswith("custom_headers")
+        assert error.field is not None and error.field.startswith("custom_headers")
         return
     parsed = message_from_bytes(message.data, policy=policy.default)
     assert parsed["Message-ID"] == message.message_id
