@@ -306,8 +306,8 @@ def test_a_forked_child_builds_its_own_handler(
             os.close(read_end)
             inherited = cached_handler_count()
             outcome = task.apply(args, {"from_address": SENDER}).get()
-            report = (inherited, outcome["status"], cached_handler_count())
-            os.write(write_end, repr(report).encode())
+            child_report = (inherited, outcome["status"], cached_handler_count())
+            os.write(write_end, repr(child_report).encode())
             code = 0
         finally:
             os._exit(code)

@@ -596,7 +596,7 @@ def test_check_smtp_shows_tls_certificate_capabilities_and_login(
 ) -> None:
     run = cli("check", *smtp_options(smtp_server, cafile))
     assert run.code == 0, run.err
-    fields = {}
+    fields: dict[str, str] = {}
     for line in run.out.splitlines():
         name, _, value = line.partition("  ")
         fields.setdefault(name.strip(), value.strip())

@@ -90,7 +90,8 @@ def _trusting(certs: TestCertificates) -> ssl.SSLContext:
 
 
 def _subject_cn(subject: Any) -> str:
-    return dict(pair[0] for pair in subject)["commonName"]
+    names: dict[str, str] = dict(pair[0] for pair in subject)
+    return names["commonName"]
 
 
 def _cert_pem(cert: Any) -> bytes:

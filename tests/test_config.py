@@ -74,7 +74,7 @@ def test_timeouts() -> None:
     assert Timeouts(5, 50, 1).operation == 50.0
     for bad in ({"socket": 0}, {"operation": -1}, {"pool_wait": float("nan")}, {"socket": True}):
         with pytest.raises(ConfigurationError):
-            Timeouts(**bad)  # type: ignore[arg-type]
+            Timeouts(**bad)
 
 
 def test_credentials_hide_the_secret_everywhere() -> None:

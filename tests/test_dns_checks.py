@@ -326,7 +326,7 @@ def test_missing_resolver_configuration_is_not_verified_or_lookup_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def no_configuration() -> dns.resolver.Resolver:
-        raise dns.resolver.NoResolverConfiguration("no nameservers")
+        raise dns.resolver.NoResolverConfiguration("no nameservers")  # type: ignore[no-untyped-call]
 
     monkeypatch.setattr(_dns, "new_resolver", no_configuration)
     result = DeliverabilityChecker().check("mx.test")

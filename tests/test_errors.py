@@ -91,7 +91,9 @@ def _fields(error: BaseException) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "cls", sorted(EXAMPLES, key=lambda c: c.__name__), ids=lambda c: c.__name__
+    "cls",
+    sorted(EXAMPLES, key=lambda c: c.__name__),  # type: ignore[attr-defined]
+    ids=lambda c: c.__name__,
 )
 def test_pickle_round_trip_keeps_type_message_and_fields(cls: type[MailHandlerError]) -> None:
     error = EXAMPLES[cls]

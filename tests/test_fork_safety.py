@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -71,7 +72,7 @@ def pop3_server() -> Iterator[POP3TestServer]:
         yield server
 
 
-def pop3_options() -> dict[str, object]:
+def pop3_options() -> dict[str, Any]:
     # A busy mailbox is retried once, without waiting.
     return {
         "encryption": "none",
@@ -84,7 +85,7 @@ def pop3_options() -> dict[str, object]:
 def test_pop3_handler_session_is_not_shared_with_a_child(pop3_server: POP3TestServer) -> None:
     handler = POP3ProtocolHandler(
         pop3_server.host, pop3_server.port, "user", PASSWORD, **pop3_options()
-    )  # type: ignore[arg-type]
+    )
     handler.connect()
     handler.authenticate()
     assert handler.delete_message(1)  # pending in the parent's session
@@ -181,7 +182,7 @@ def test_smtp_shared_pool_is_not_shared_with_a_child() -> None:
             assert in_child(child) == "success created=1 reused=0"
             again = handler.send_message(["b@example.org"], "the parent again", "hi")
             assert again.status is SMTPDeliveryStatus.SUCCESS
-            subjects = sorted(m["Subject"] for m in server.wait_for_messages(3))
+            subjects = sorted(str(m["Subject"]) for m in server.wait_for_messages(3))
             assert subjects == ["from the child", "from the parent", "the parent again"]
             assert server.sessions == 2  # the parent's connection was reused, not broken
         finally:

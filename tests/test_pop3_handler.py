@@ -60,6 +60,7 @@ def test_fetch_message(mock_pop3_ssl):  # type: ignore[no-untyped-def]
     handler = POP3ProtocolHandler("127.0.0.1", 995, "user@example.com", "password")
     handler.connect()
     message = handler.fetch_message(1)
+    assert message is not None
 
     assert message["from"] == "sender@example.com"
 
@@ -82,7 +83,7 @@ def sleeps() -> Recorder:
 @pytest.fixture
 def client(mocker: MockerFixture) -> Mock:
     """A poplib double with a two-message mailbox, returned by the patched POP3_SSL."""
-    double = mocker.Mock(name="poplib-client")
+    double: Mock = mocker.Mock(name="poplib-client")
     double.stat.return_value = (2, 90)
     double.list.side_effect = lambda which=None: (
         (b"+OK", [b"1 40", b"2 50"], 10) if which is None else f"+OK {which} 40".encode()

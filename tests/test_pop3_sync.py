@@ -67,7 +67,7 @@ def test_check_uid_accepts_rfc_ids_only() -> None:
 
 @pytest.mark.parametrize("kind", ["memory", "file", "sqlite"])
 def test_stores_add_contain_and_retain(kind: str, tmp_path: Path) -> None:
-    store: Any
+    store: MemoryUIDStore | SQLiteUIDStore
     if kind == "memory":
         store = MemoryUIDStore()
     elif kind == "file":
@@ -82,7 +82,7 @@ def test_stores_add_contain_and_retain(kind: str, tmp_path: Path) -> None:
     assert len(store) == 2
     store.retain(["b", "z"])
     assert "a" not in store and "b" in store and len(store) == 1
-    if kind == "sqlite":
+    if isinstance(store, SQLiteUIDStore):
         store.close()
 
 

@@ -164,6 +164,7 @@ def test_garbage_reply_is_a_protocol_error() -> None:
 
 def test_secret_echoed_by_server_is_masked() -> None:
     error = error_for_reply(b"-ERR wrong password hunter2", during_login=True, secrets=["hunter2"])
+    assert isinstance(error, POP3ResponseError)
     assert "hunter2" not in str(error) and "hunter2" not in error.text
 
 

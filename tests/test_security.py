@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trustme
@@ -65,7 +65,7 @@ from src.handlers.smtp import (
 from src.testing.pop3_server import POP3TestServer
 from src.testing.scripted_server import Conversation, ScriptedServer
 from src.testing.smtp_scripts import SMTPDialogue, send_reply
-from src.testing.smtp_server import SMTPTestServer
+from src.testing.smtp_server import SMTPTestServer, TLSMode
 from src.testing.tls import LOOPBACK_NAMES, TestCertificates
 
 USER = "alice"
@@ -361,12 +361,12 @@ POP3_CALL_VECTORS: list[tuple[str, Callable[[POP3ProtocolHandler], Any]]] = [
     ("pop3-authenticate-username-crlf", _authenticate_as(username=f"{USER}\r\nDELE 1")),
     ("pop3-authenticate-password-crlf", _authenticate_as(password=f"{PASSWORD}\r\nDELE 1")),
     ("pop3-authenticate-password-nul", _authenticate_as(password=f"{PASSWORD}\x00")),
-    ("pop3-fetch-message-id-crlf", lambda h: h.fetch_message("1\r\nDELE 1")),
-    ("pop3-delete-message-id-crlf", lambda h: h.delete_message("2\r\nDELE 1")),
-    ("pop3-message-size-id-crlf", lambda h: h.get_message_size("1\r\nDELE 1")),
-    ("pop3-fetch-messages-id-crlf", lambda h: h.fetch_messages(["1\r\nDELE 1"])),
-    ("pop3-delete-messages-id-crlf", lambda h: h.delete_messages([1, "2\r\nDELE 1"])),
-    ("pop3-list-headers-id-crlf", lambda h: h.list_headers(["1\r\nDELE 1"])),
+    ("pop3-fetch-message-id-crlf", lambda h: h.fetch_message("1\r\nDELE 1")),  # type: ignore[arg-type]
+    ("pop3-delete-message-id-crlf", lambda h: h.delete_message("2\r\nDELE 1")),  # type: ignore[arg-type]
+    ("pop3-message-size-id-crlf", lambda h: h.get_message_size("1\r\nDELE 1")),  # type: ignore[arg-type]
+    ("pop3-fetch-messages-id-crlf", lambda h: h.fetch_messages(["1\r\nDELE 1"])),  # type: ignore[list-item]
+    ("pop3-delete-messages-id-crlf", lambda h: h.delete_messages([1, "2\r\nDELE 1"])),  # type: ignore[list-item]
+    ("pop3-list-headers-id-crlf", lambda h: h.list_headers(["1\r\nDELE 1"])),  # type: ignore[list-item]
 ]
 
 INJECTION_VECTOR_COUNT = (
@@ -720,7 +720,10 @@ def test_bad_certificate_fails_clearly_before_credentials(
     if mode.startswith("smtp"):
         tls_mode, encryption = ("implicit", "ssl") if mode == "smtp-ssl" else ("starttls", "tls")
         with SMTPTestServer(
-            tls=tls_mode, ssl_context=server_context, users={USER: PASSWORD}, auth_require_tls=False
+            tls=cast(TLSMode, tls_mode),
+            ssl_context=server_context,
+            users={USER: PASSWORD},
+            auth_require_tls=False,
         ) as server:
             handler = make_smtp(
                 server.host,
@@ -739,16 +742,16 @@ def test_bad_certificate_fails_clearly_before_credentials(
     else:
         tls_mode, encryption = ("implicit", "ssl") if mode == "pop3-ssl" else ("starttls", "tls")
         with POP3TestServer(
-            tls=tls_mode,
-            ssl_context=server_context,  # type: ignore[arg-type]
+            tls=cast(TLSMode, tls_mode),
+            ssl_context=server_context,
             users={USER: PASSWORD},
-        ) as server:
-            handler = make_pop3(
-                server, encryption=encryption, ssl_context=client_context, sleep=sleeps
+        ) as pop3_server:
+            pop3_handler = make_pop3(
+                pop3_server, encryption=encryption, ssl_context=client_context, sleep=sleeps
             )
             with pytest.raises(POP3SecurityError) as caught:
-                handler.list_messages()
-            verbs = pop3_verbs(server)
+                pop3_handler.list_messages()
+            verbs = pop3_verbs(pop3_server)
         assert sleeps == []
         assert "certificate" in str(caught.value)
         assert reason.search(str(caught.value)), str(caught.value)
@@ -785,8 +788,8 @@ def test_callers_own_context_can_pin_a_self_signed_certificate(
             tls="implicit", ssl_context=server_context, users={USER: PASSWORD}
         ) as server:
             server.add_message(POP3_MESSAGES[0], user=USER)
-            handler = make_pop3(server, encryption="ssl", ssl_context=pinned)
-            assert handler.list_messages()[0] == [1]
+            pop3_handler = make_pop3(server, encryption="ssl", ssl_context=pinned)
+            assert pop3_handler.list_messages()[0] == [1]
 
 
 # ----------------------------------------------------------- STARTTLS / STLS stripping
@@ -1099,7 +1102,7 @@ def test_oauth2_tokens_never_leave_the_library_or_the_trace(
         ) as server:
             server.add_message(POP3_MESSAGES[0], user=OAUTH_USER)
             for token in (TOKEN, WRONG_TOKEN):
-                handler = POP3ProtocolHandler(
+                pop3_handler = POP3ProtocolHandler(
                     server.host,
                     server.port,
                     OAUTH_USER,
@@ -1112,10 +1115,10 @@ def test_oauth2_tokens_never_leave_the_library_or_the_trace(
                     sleep=Sleeps(),
                 )
                 try:
-                    texts.append(str(handler.list_messages()))
+                    texts.append(str(pop3_handler.list_messages()))
                 except MailHandlerError as error:
                     texts += exception_texts(error)
-                texts.append(repr(handler))
+                texts.append(repr(pop3_handler))
     log_text = library_log_text(caplog)
     printed = capsys.readouterr()
     assert printed.out == "" and printed.err == ""

@@ -491,7 +491,9 @@ def test_is_retryable_decides_from_the_kind_of_error(error: BaseException, retry
 def test_call_with_retry_records_delays_without_waiting() -> None:
     slept: list[float] = []
     notices: list[tuple[str, int, float]] = []
-    attempts = iter([SMTPResponseError(421, "busy"), ConnectionResetError(), "done"])
+    attempts: Iterator[BaseException | str] = iter(
+        [SMTPResponseError(421, "busy"), ConnectionResetError(), "done"]
+    )
 
     def operation() -> str:
         outcome = next(attempts)
@@ -867,17 +869,17 @@ def test_idn_domains_are_punycoded() -> None:
 
 _C0_BUT_TAB = "".join(chr(c) for c in range(32) if c != 9) + "\x7f"
 header_text = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters=_C0_BUT_TAB), max_size=200
+    st.characters(exclude_categories=["Cs"], exclude_characters=_C0_BUT_TAB), max_size=200
 )
 # Encoded display names longer than one encoded word read back with extra spaces in
 # the stdlib parser (CPython gh-128110), so the property keeps them to one word.
 display_names = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters=_C0_BUT_TAB + "\t"),
+    st.characters(exclude_categories=["Cs"], exclude_characters=_C0_BUT_TAB + "\t"),
     max_size=120,
 ).filter(lambda n: len(n.encode()) <= 45 or (n.isascii() and len(n) <= 150 and "=?" not in n))
 # The stdlib strips whitespace around filenames on reading (Message.get_filename).
 filenames = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters=_C0_BUT_TAB + "\t"),
+    st.characters(exclude_categories=["Cs"], exclude_characters=_C0_BUT_TAB + "\t"),
     min_size=1,
     max_size=120,
 ).filter(lambda n: n == n.strip() and n != "")
@@ -888,7 +890,7 @@ filenames = st.text(
     subject=header_text,
     header_value=header_text,
     name=display_names,
-    text=st.text(st.characters(exclude_categories=("Cs",))),
+    text=st.text(st.characters(exclude_categories=["Cs"])),
     filename=filenames,
     content=st.binary(max_size=3000),
 )
@@ -1009,7 +1011,7 @@ def opener() -> FakeOpener:
 def make_pool(clock: FakeClock, opener: FakeOpener, **options: Any) -> SMTPConnectionPool:
     settings_: dict[str, Any] = {"max_connections": 3, "wait_timeout": 0.2}
     settings_.update(options)
-    return SMTPConnectionPool(clock=clock, opener=opener, **settings_)
+    return SMTPConnectionPool(clock=clock, opener=opener, **settings_)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -1452,7 +1454,7 @@ def test_connect_and_test_connection_report_failures_as_false(
 def test_close_closes_an_own_pool_but_not_the_shared_one(mock_pool: Any, mocker: Any) -> None:
     with make_handler(mock_pool) as handler:
         assert handler.pool is mock_pool
-    mock_pool.close_all.assert_called_once_with()
+    mock_pool.close_all.assert_called_once_with()  # type: ignore[attr-defined]
     shared = make_handler(None)
     close_shared = mocker.patch.object(shared.pool, "close_all")
     shared.close()

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
 import pytest
 
@@ -197,7 +198,7 @@ def test_sasl_handler_extension_point() -> None:
         ({"max_line_length": 0}, "max_line_length"),
     ],
 )
-def test_invalid_configuration_is_refused(kwargs: dict[str, object], message: str) -> None:
+def test_invalid_configuration_is_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         POP3TestServer(**kwargs)
 
@@ -463,7 +464,7 @@ def test_stls_upgrades_with_verified_certificate(
         client.user("user")
         client.pass_("password")
         with pytest.raises(poplib.error_proto, match="not valid"):
-            client._shortcmd("STLS")
+            client._shortcmd("STLS")  # type: ignore[attr-defined]
         client.quit()
     assert srv.errors == []
 
@@ -507,7 +508,7 @@ def test_implicit_tls(
         srv.add_message(MESSAGE_1)
         client = poplib.POP3_SSL("localhost", srv.port, context=client_ssl_context, timeout=5)
         try:
-            assert client.sock.getpeercert() is not None
+            assert cast(ssl.SSLSocket, client.sock).getpeercert() is not None
             client.user("user")
             client.pass_("password")
             assert client.retr(1)[1][-1] == b".leading dot"

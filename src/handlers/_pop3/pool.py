@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from .._auth.oauth2 import TokenSource
 from .._net.config import Encryption
@@ -225,7 +225,7 @@ class SessionPool(Generic[H]):
             handler.disconnect()
         log.debug("POP3 pool for %s:%d closed", self._hostname, self._port)
 
-    def __enter__(self) -> SessionPool[H]:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
