@@ -174,7 +174,7 @@ if DSN:
     )
 
 
-@app.task(name="tests.spec_sync_pop3_account", acks_late=True, reject_on_worker_lost=True)
+@app.task(name="tests.spec_sync_pop3_account", acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
 def spec_sync_pop3_account(account_id: Any) -> dict[str, Any]:
     """The spec's example task as written: fetch each message, save it, delete it.
 

@@ -155,22 +155,26 @@ class Deployment:
         import redis as redis_module
 
         parts: list[bytes] = []
+
+        def add(*items: object) -> None:
+            parts.extend(i if isinstance(i, bytes) else str(i).encode() for i in items)
+
         for db in range(4):
             client = redis_module.Redis(host="127.0.0.1", port=self.redis.port, db=db)
             for key in client.scan_iter(count=1000):
-                parts.append(key)
+                add(key)
                 kind = client.type(key)
                 if kind == b"string":
-                    parts.append(client.get(key) or b"")
+                    add(client.get(key) or b"")
                 elif kind == b"list":
-                    parts.extend(client.lrange(key, 0, -1))
+                    add(*client.lrange(key, 0, -1))
                 elif kind == b"hash":
                     for field, value in client.hgetall(key).items():
-                        parts.extend((field, value))
+                        add(field, value)
                 elif kind == b"set":
-                    parts.extend(client.smembers(key))
+                    add(*client.smembers(key))
                 elif kind == b"zset":
-                    parts.extend(member for member, _ in client.zrange(key, 0, -1, withscores=True))
+                    add(*(entry[0] for entry in client.zrange(key, 0, -1, withscores=True)))
             client.close()
         return b"\n".join(parts)
 
