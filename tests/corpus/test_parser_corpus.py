@@ -25,13 +25,11 @@ from __future__ import annotations
 import functools
 import os
 import time
-from pathlib import Path
 
 import pytest
+from paths import CORPUS
 
 from src.handlers._mime.parser import parse_message
-
-CORPUS = Path(__file__).parents[1].parent / "shared" / "mail-corpus"
 
 if not (CORPUS / "MANIFEST.json").is_file():
     if os.environ.get("CI") == "true":
@@ -44,7 +42,7 @@ if not (CORPUS / "MANIFEST.json").is_file():
         allow_module_level=True,
     )
 
-import corpus_fidelity  # noqa: E402
+import corpus_fidelity
 
 _BOUNDARY_WITH_EQUALS = (
     "the unquoted boundary contains '=' (illegal but common from Outlook); the stdlib "

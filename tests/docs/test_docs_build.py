@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS_PACKAGES = ("mkdocs", "mkdocstrings", "mkdocstrings_handlers.python")
 
 

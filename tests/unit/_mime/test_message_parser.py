@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from parser_log import parser_log
+from paths import DATA
 
 from src.handlers._mime.address_list import _scan, address_list
 from src.handlers._mime.charsets import decode_text
 from src.handlers._mime.parser import ParseLimits, parse_header_summary, parse_message
 from src.handlers._mime.uuencode import split_blocks, uudecode
 
-DATA = Path(__file__).parent / "data"
 DATA_FILES = sorted(DATA.glob("*.eml"))
 SPEC_KEYS = [
     "messageId",

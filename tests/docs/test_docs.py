@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted(
     [
         ROOT / "README.md",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from paths import CORPUS
 
 from src.handlers._mime.dsn import (
     MAX_RECIPIENTS,
@@ -22,7 +23,6 @@ from src.handlers._mime.dsn import (
     parse_delivery_report,
 )
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "mail-corpus"
 FUZZ = settings(
     max_examples=int(os.environ.get("MAILHANDLERS_FUZZ_EXAMPLES", "200")),
     deadline=None,

@@ -22,13 +22,13 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from email import policy
 from email.parser import BytesParser
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from parser_log import parser_log
+from paths import DATA
 
 from src.handlers._mime.builder import OutgoingMessage, build_message
 from src.handlers._mime.parser import parse_header_summary, parse_message
@@ -49,7 +49,7 @@ FUZZ = settings(
 )
 V = SMTPMessageValidator
 PARSER = BytesParser(policy=policy.default)
-DATA_FILES = sorted((Path(__file__).parent / "data").glob("*.eml"))
+DATA_FILES = sorted(DATA.glob("*.eml"))
 
 # =====================================================================================
 # Strategies

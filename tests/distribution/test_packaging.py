@@ -17,13 +17,12 @@ from pathlib import Path
 
 import dns
 import pytest
+from paths import ROOT
 
 from src.testing.pop3_server import POP3TestServer
 from src.testing.pytest_plugin import MailAccount
 from src.testing.smtp_server import ReceivedMessage, SMTPTestServer
 from src.testing.tls import TestCertificates
-
-ROOT = Path(__file__).resolve().parent.parent
 
 APP_PACKAGE = '"""An application that happens to call its own package ``src``."""\n\nNAME = "app"\n'
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import EXAMPLES
 
 from src.integrations.credentials import CredentialCipher, CredentialError, generate_key
 from src.testing.pop3_server import POP3TestServer
@@ -81,7 +82,7 @@ def test_bad_keys_are_refused() -> None:
 
 
 def _example() -> Any:
-    path = Path(__file__).resolve().parent.parent / "examples" / "flask_app.py"
+    path = EXAMPLES / "flask_app.py"
     spec = importlib.util.spec_from_file_location("flask_app_credentials", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

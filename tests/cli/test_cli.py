@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import ROOT
 
 from src.cli import demo
 from src.cli.main import main
@@ -33,7 +34,6 @@ from src.testing.pop3_server import POP3TestServer
 from src.testing.smtp_server import ReceivedMessage, SMTPTestServer
 from src.testing.tls import TestCertificates
 
-ROOT = Path(__file__).resolve().parent.parent
 USER = "alice"
 PASSWORD = "correct horse battery staple"
 

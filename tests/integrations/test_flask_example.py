@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from paths import EXAMPLES
 
 from src.handlers import SMTPConnectionPool
 from src.handlers.retry import RetryPolicy
@@ -17,7 +17,7 @@ from src.testing.pop3_server import POP3TestServer
 from src.testing.pytest_plugin import MailAccount
 from src.testing.smtp_server import SMTPTestServer
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flask_app.py"
+EXAMPLE = EXAMPLES / "flask_app.py"
 SENDER = "app@example.test"
 
 

@@ -8,11 +8,11 @@ import textwrap
 import tomllib
 from collections.abc import Iterator
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_sleep import Sleeps
+from paths import ROOT
 
 from src.handlers import SMTPConnectionPool, SMTPDeliveryStatus, SMTPProtocolHandler
 from src.handlers.errors import POP3MailboxBusyError, POP3TimeoutError
@@ -24,7 +24,6 @@ from src.testing.smtp_server import ReceivedMessage, SMTPTestServer
 
 # tests/conftest.py opts this suite in to the plugin, as an application would.
 PLUGIN = "src.testing.pytest_plugin"
-ROOT = Path(__file__).resolve().parent.parent
 
 SENDER = "app@example.test"
 

@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "handlers"
+from paths import PACKAGE
 
 # Lower numbers are lower layers. A module may import a unit of a lower layer, or a
 # sibling inside its own unit. A unit is a top-level module or a `_` package.

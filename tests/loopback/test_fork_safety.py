@@ -8,7 +8,7 @@ a connection of its own, and that the parent's connection still works afterwards
 
 The child reports through a pipe and leaves with ``os._exit``, so pytest's teardown
 never runs twice. (The SMTP handler with a pool of its own is covered in
-``tests/test_smtp_handler.py``.)
+``tests/loopback/test_smtp_handler.py``.)
 """
 
 from __future__ import annotations
