@@ -60,6 +60,7 @@ from .pop3 import DEFAULT_MAX_MESSAGE_SIZE, POP3ConnectionPool, POP3ProtocolHand
 from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy
 from .smtp import (
     DeliveryResult,
+    DSNOptions,
     SMTPCapabilities,
     SMTPConnectionPool,
     SMTPDeliveryStatus,
@@ -81,6 +82,7 @@ __all__ = [
     "DKIMSigner",
     "DNSLookupError",
     "DNSTimeoutError",
+    "DSNOptions",
     "DeliveryAction",
     "DeliveryReport",
     "DeliveryResult",

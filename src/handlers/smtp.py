@@ -9,6 +9,9 @@ body was sent but never confirmed is not resent, and the result says so.
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import email.message
+import email.utils
 import ssl
 import threading
 import time
@@ -22,12 +25,14 @@ from ._auth.credentials import Credentials
 from ._auth.oauth2 import TokenProvider, TokenSource
 from ._mime.addresses import check_address
 from ._mime.builder import OutgoingMessage, build_message
+from ._mime.raw import prepare_raw
 from ._net import trace as wire_log
 from ._net.config import Encryption, Endpoint, Timeouts
 from ._net.control_chars import find_control_character
 from ._net.deadline import Deadline
 from ._net.logs import get_logger
 from ._smtp.connection import SMTPConnection, Transaction, TransactionOutcome
+from ._smtp.options import NO_OPTIONS, DSNOptions, SendOptions, check_dsn
 from ._smtp.pool import SMTPConnectionPool
 from ._smtp.settings import ConnectionKey, SessionSettings
 from .errors import (
@@ -57,6 +62,7 @@ __all__ = [
     "MAX_RETRIES",
     "RETRYABLE_CODES",
     "RETRY_DELAYS",
+    "DSNOptions",
     "DeliveryResult",
     "SMTPCapabilities",
     "SMTPConnectionPool",
@@ -68,6 +74,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ._dkim.signer import DKIMSigner
     from ._dns.deliverability import DeliverabilityChecker
 
 SMTPEncryption = Encryption
@@ -245,6 +252,8 @@ class SMTPProtocolHandler:
         oauth2_token: str | TokenProvider | TokenSource | None = None,
         oauth2_initial_response: bool = True,
         trace: bool = False,
+        # -- delivery: what happens to each message on its way out
+        dkim: DKIMSigner | None = None,
     ) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError("pool_size must be an integer of at least 1", "pool_size")
@@ -280,6 +289,10 @@ class SMTPProtocolHandler:
         self._slots = threading.BoundedSemaphore(pool_size)
         self.last_error: str | None = None
         self.trace = trace
+        # -- delivery
+        if dkim is not None and not callable(getattr(dkim, "sign", None)):
+            raise ConfigurationError("dkim must be a DKIMSigner (or None)", "dkim")
+        self.dkim = dkim
 
     # ------------------------------------------------------------------ repr
 
@@ -405,13 +418,19 @@ class SMTPProtocolHandler:
         custom_headers: Mapping[str, str] | None = None,
         from_address: str | None = None,
         retry: bool = True,
+        *,
+        dsn: DSNOptions | None = None,
+        require_tls: bool = False,
     ) -> DeliveryResult:
         """Validate, build and send one message; never raises for mail problems.
 
-        Returns a :class:`DeliveryResult`; see SMTP_HANDLER.md for when each status
-        is used.
+        ``dsn`` asks for delivery status notifications (see :class:`DSNOptions`);
+        ``require_tls`` sends only over TLS to a server offering REQUIRETLS (RFC 8689)
+        and otherwise fails with nothing sent. Returns a :class:`DeliveryResult`; see
+        SMTP_HANDLER.md for when each status is used.
         """
         try:
+            options = _send_options(dsn, require_tls)
             message = self._prepare(
                 to_addresses,
                 subject,
@@ -427,8 +446,81 @@ class SMTPProtocolHandler:
         except MailValidationError as error:
             self.last_error = str(error)
             return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=str(error))
-        policy = self.retry if retry else RetryPolicy.never()
-        return self._deliver(message, policy, retry)
+        return self._deliver(message, retry, options)
+
+    def send_raw(
+        self,
+        envelope_from: str | None,
+        recipients: Sequence[str] | str,
+        message: bytes,
+        *,
+        dsn: DSNOptions | None = None,
+        require_tls: bool = False,
+        retry: bool = True,
+    ) -> DeliveryResult:
+        """Send a message you built yourself, as bytes; never raises for mail problems.
+
+        ``envelope_from`` is the MAIL FROM address (None: the handler's sender; ``""``:
+        the null sender) and ``recipients`` every envelope recipient, Bcc included.
+        The bytes are checked and normalised first (see SMTP_HANDLER.md): bare LF
+        becomes CRLF, Bcc header fields are removed, a message without a Message-ID
+        gets one; a message without From, with a line over 998 octets or with a header
+        line that is not a field is ``INVALID``, and nothing is sent. Pool, retries,
+        DKIM, ``dsn`` and ``require_tls`` work as in :meth:`send_message`; the
+        result's ``message_id`` is the message's.
+        """
+        try:
+            options = _send_options(dsn, require_tls)
+            sender = "" if envelope_from == "" else self._sender(envelope_from)
+            outgoing = prepare_raw(sender, address_list(recipients, "recipients"), message)
+        except MailValidationError as error:
+            self.last_error = str(error)
+            return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=str(error))
+        return self._deliver(outgoing, retry, options)
+
+    def send_email_message(
+        self,
+        message: email.message.EmailMessage,
+        *,
+        envelope_from: str | None = None,
+        recipients: Sequence[str] | str | None = None,
+        dsn: DSNOptions | None = None,
+        require_tls: bool = False,
+        retry: bool = True,
+    ) -> DeliveryResult:
+        """Send an :class:`email.message.EmailMessage`; never raises for mail problems.
+
+        Without ``recipients`` the envelope takes every address in To, Cc and Bcc;
+        without ``envelope_from``, the handler's sender, else the message's Sender or
+        From. The message is serialized with CRLF line endings and then sent exactly
+        as :meth:`send_raw` sends bytes (Bcc removed, a Message-ID added to what is
+        sent when it has none; ``message`` itself is not changed).
+        """
+        try:
+            if not isinstance(message, email.message.Message):
+                raise MailValidationError("message must be an EmailMessage", "message")
+            data = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+            if recipients is None:
+                fields = [
+                    str(value)
+                    for name in ("to", "cc", "bcc")
+                    for value in message.get_all(name, [])
+                ]
+                recipients = [a for _, a in email.utils.getaddresses(fields) if a]
+            if envelope_from is None and self.from_address is None:
+                author = message.get("sender") or message.get("from")
+                found = email.utils.getaddresses([str(author)]) if author else []
+                envelope_from = found[0][1] if found and found[0][1] else None
+        except MailValidationError as error:
+            self.last_error = str(error)
+            return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=str(error))
+        except (ValueError, TypeError, LookupError, UnicodeError) as error:
+            # The email package's serializer refused the message.
+            self.last_error = f"the message cannot be serialized: {error}"
+            return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=self.last_error)
+        return self.send_raw(
+            envelope_from, recipients, data, dsn=dsn, require_tls=require_tls, retry=retry
+        )
 
     def _sender(self, from_address: str | None) -> str:
         sender = from_address or self.from_address
@@ -485,8 +577,20 @@ class SMTPProtocolHandler:
         )
 
     def _deliver(
-        self, message: OutgoingMessage, policy: RetryPolicy, retry: bool
+        self, message: OutgoingMessage, retry: bool, options: SendOptions = NO_OPTIONS
     ) -> DeliveryResult:
+        if self.dkim is not None:
+            # Signed once: every retry sends these same bytes.
+            try:
+                message = dataclasses.replace(message, data=self.dkim.sign(message.data))
+            except MailValidationError as error:
+                self.last_error = str(error)
+                return DeliveryResult(
+                    status=SMTPDeliveryStatus.INVALID,
+                    message_id=message.message_id,
+                    smtp_error=str(error),
+                )
+        policy = self.retry if retry else RetryPolicy.never()
         retries = 0
 
         def before_retry(error: BaseException, number: int, delay: float) -> None:
@@ -502,7 +606,7 @@ class SMTPProtocolHandler:
 
         try:
             outcome = call_with_retry(
-                lambda: self._attempt(message), policy, self._sleep, before_retry
+                lambda: self._attempt(message, options), policy, self._sleep, before_retry
             )
         except Exception as error:  # every failure becomes a result, never a crash
             if policy.is_retryable(error):
@@ -524,10 +628,10 @@ class SMTPProtocolHandler:
             enhanced_status_code=parse_enhanced_code(outcome.text),
         )
 
-    def _attempt(self, message: OutgoingMessage) -> TransactionOutcome:
+    def _attempt(self, message: OutgoingMessage, options: SendOptions) -> TransactionOutcome:
         with Deadline(self.operation_timeout) as deadline, wire_log.tracing(self.trace):
             try:
-                return self._transact(message, deadline)
+                return self._transact(message, deadline, options)
             except OutcomeUnknownError:
                 raise  # whatever cut the reply short, the message may have been delivered
             except (MailHandlerError, OSError) as error:
@@ -538,10 +642,12 @@ class SMTPProtocolHandler:
                     ) from error
                 raise
 
-    def _transact(self, message: OutgoingMessage, deadline: Deadline) -> TransactionOutcome:
+    def _transact(
+        self, message: OutgoingMessage, deadline: Deadline, options: SendOptions
+    ) -> TransactionOutcome:
         transaction = Transaction()
         try:
-            return self._transact_once(message, deadline, transaction)
+            return self._transact_once(message, deadline, transaction, options)
         except SMTPSenderRefused:
             if transaction.refused_at_mail_after is None:
                 raise
@@ -551,10 +657,14 @@ class SMTPProtocolHandler:
             "SMTP server refused MAIL after %d messages on one connection; using a new one",
             transaction.refused_at_mail_after,
         )
-        return self._transact_once(message, deadline, Transaction())
+        return self._transact_once(message, deadline, Transaction(), options)
 
     def _transact_once(
-        self, message: OutgoingMessage, deadline: Deadline, transaction: Transaction
+        self,
+        message: OutgoingMessage,
+        deadline: Deadline,
+        transaction: Transaction,
+        options: SendOptions,
     ) -> TransactionOutcome:
         connection = self._checkout(deadline)
         deadline.target = lambda: connection.client.sock
@@ -563,7 +673,7 @@ class SMTPProtocolHandler:
                 # The time ran out while no socket was there to cut (waiting for the
                 # pool): the exchange would have no bound.
                 raise MailTimeoutError("the operation_timeout ran out before sending began")
-            return connection.send(message, transaction)
+            return connection.send(message, transaction, options)
         except (MailResponseError, SMTPNotSupportedError):
             raise  # the server answered (or nothing was sent): the session is in step
         except BaseException as error:
@@ -582,6 +692,15 @@ class SMTPProtocolHandler:
 
 
 # ---------------------------------------------------------------------- results
+
+
+def _send_options(dsn: object, require_tls: object) -> SendOptions:
+    if not isinstance(require_tls, bool):
+        raise ConfigurationError("require_tls must be True or False", "require_tls")
+    checked = check_dsn(dsn)
+    if checked is None and not require_tls:
+        return NO_OPTIONS
+    return SendOptions(dsn=checked, require_tls=require_tls)
 
 
 def _failures_text(refused: Mapping[str, tuple[int, str]]) -> dict[str, str]:

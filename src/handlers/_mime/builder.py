@@ -348,6 +348,8 @@ class OutgoingMessage:
     data: bytes
     message_id: str
     smtputf8: bool
+    eight_bit: bool = False
+    """The body has octets over 127: it needs the server's 8BITMIME."""
 
 
 def _bare(mailbox: str) -> str:
