@@ -366,3 +366,38 @@ def test_bdat_transient_refusal_is_retried(make_handler, sleeps):
     assert result.status is SMTPDeliveryStatus.SUCCESS and result.retry_count == 1
     first, second = server.conversations[0].blocks
     assert first == second
+
+
+# ---------------------------------------------------------------------- 8BITMIME
+
+
+def test_eight_bit_option_sends_utf8_text_unencoded(server, make_handler):
+    handler = make_handler(server.host, server.port, eight_bit=True)
+    text = "Schöne Grüße, ½ € ✓\n" * 4
+    result = handler.send_message(["bob@example.org"], "8bit", text, html_body="<p>ü</p>")
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result
+    [received] = server.messages
+    assert "BODY=8BITMIME" in received.mail_options
+    assert "Schöne Grüße".encode() in received.data
+    assert received.data.count(b"Content-Transfer-Encoding: 8bit") == 2
+    plain = received.message.get_body(("plain",))
+    assert plain is not None and plain.get_content().replace("\r\n", "\n") == text
+
+
+def test_eight_bit_option_keeps_ascii_7bit_and_long_lines_encoded(server, make_handler):
+    handler = make_handler(server.host, server.port, eight_bit=True)
+    assert handler.send_message(["bob@example.org"], "a", "plain ascii").success
+    assert handler.send_message(["bob@example.org"], "b", "ü" * 600).success
+    ascii_message, long_message = server.messages
+    assert "BODY=8BITMIME" not in ascii_message.mail_options
+    assert b"Content-Transfer-Encoding: 7bit" in ascii_message.data
+    assert b"Content-Transfer-Encoding: base64" in long_message.data
+
+
+def test_eight_bit_body_on_a_server_without_8bitmime_sends_nothing(make_handler):
+    with scripted("PIPELINING") as server:
+        handler = make_handler(server.host, server.port, eight_bit=True)
+        result = handler.send_message(["bob@example.org"], "x", "Grüße")
+    assert result.status is SMTPDeliveryStatus.FAILED and not result.is_retryable
+    assert "8BITMIME" in (result.smtp_error or "")
+    assert commands(server, "MAIL") == []

@@ -228,6 +228,12 @@ class SMTPProtocolHandler:
     for the server's challenge), ``trace`` (log every command and reply of this
     handler's sends to the ``src.handlers._net.trace`` logger at DEBUG, credentials
     masked; see :mod:`src.handlers._net.trace`).
+
+    Delivery options: ``dkim`` (a :class:`DKIMSigner`: every message is signed once,
+    after it is built and before the first attempt; retries send the same signed
+    bytes), ``eight_bit`` (non-ASCII text bodies go out as 8bit UTF-8 rather than
+    quoted-printable or base64; such a message fails, with nothing sent, on a server
+    that does not offer 8BITMIME).
     """
 
     def __init__(
@@ -254,6 +260,7 @@ class SMTPProtocolHandler:
         trace: bool = False,
         # -- delivery: what happens to each message on its way out
         dkim: DKIMSigner | None = None,
+        eight_bit: bool = False,
     ) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError("pool_size must be an integer of at least 1", "pool_size")
@@ -293,6 +300,7 @@ class SMTPProtocolHandler:
         if dkim is not None and not callable(getattr(dkim, "sign", None)):
             raise ConfigurationError("dkim must be a DKIMSigner (or None)", "dkim")
         self.dkim = dkim
+        self.eight_bit = bool(eight_bit)
 
     # ------------------------------------------------------------------ repr
 
@@ -574,6 +582,7 @@ class SMTPProtocolHandler:
             reply_to=reply_to,
             attachments=decoded,
             custom_headers=custom_headers,
+            eight_bit=self.eight_bit,
         )
 
     def _deliver(
