@@ -43,6 +43,7 @@ from .errors import (
     MailValidationError,
     OutcomeUnknownError,
     PoolTimeoutError,
+    RateLimitTimeout,
     SMTPNotSupportedError,
     SMTPRecipientsRefused,
     SMTPSenderRefused,
@@ -76,6 +77,7 @@ __all__ = [
 if TYPE_CHECKING:
     from ._dkim.signer import DKIMSigner
     from ._dns.deliverability import DeliverabilityChecker
+    from ._net.ratelimit import ConnectionSlot, RateLimiter
 
 SMTPEncryption = Encryption
 """The spec's name for :class:`Encryption`: ``NONE``, ``STARTTLS``, ``IMPLICIT_SSL``."""
@@ -113,6 +115,8 @@ class DeliveryResult:
     is_retryable: bool = False
     enhanced_status_code: str | None = None
     outcome_unknown: bool = False
+    retry_after: float | None = None
+    """Seconds to wait before trying again, when a rate limit said so."""
 
     @property
     def success(self) -> bool:
@@ -132,6 +136,7 @@ class DeliveryResult:
             "is_retryable": self.is_retryable,
             "enhanced_status_code": self.enhanced_status_code,
             "outcome_unknown": self.outcome_unknown,
+            "retry_after": self.retry_after,
         }
 
 
@@ -233,7 +238,11 @@ class SMTPProtocolHandler:
     after it is built and before the first attempt; retries send the same signed
     bytes), ``eight_bit`` (non-ASCII text bodies go out as 8bit UTF-8 rather than
     quoted-printable or base64; such a message fails, with nothing sent, on a server
-    that does not offer 8BITMIME).
+    that does not offer 8BITMIME), ``rate_limiter`` (a :class:`RateLimiter`, keyed by
+    server, port and user name: a permit per attempt within the operation deadline,
+    else ``TEMP_FAILED`` with ``retry_after``; every reply observed; its
+    messages-per-connection budget retires a connection; its connection cap counts
+    the connections in use).
     """
 
     def __init__(
@@ -261,6 +270,7 @@ class SMTPProtocolHandler:
         # -- delivery: what happens to each message on its way out
         dkim: DKIMSigner | None = None,
         eight_bit: bool = False,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError("pool_size must be an integer of at least 1", "pool_size")
@@ -301,6 +311,11 @@ class SMTPProtocolHandler:
             raise ConfigurationError("dkim must be a DKIMSigner (or None)", "dkim")
         self.dkim = dkim
         self.eight_bit = bool(eight_bit)
+        if rate_limiter is not None and not callable(getattr(rate_limiter, "acquire", None)):
+            raise ConfigurationError("rate_limiter must be a RateLimiter (or None)", "rate_limiter")
+        self.rate_limiter = rate_limiter
+        # What the limits are per: the server and the login (a user name, never a secret).
+        self._rate_key = (endpoint.host.lower(), endpoint.port, username or "")
 
     # ------------------------------------------------------------------ repr
 
@@ -617,6 +632,16 @@ class SMTPProtocolHandler:
             outcome = call_with_retry(
                 lambda: self._attempt(message, options), policy, self._sleep, before_retry
             )
+        except _NoPermit as no_permit:
+            self.last_error = str(no_permit.error)
+            return DeliveryResult(
+                status=SMTPDeliveryStatus.TEMP_FAILED,
+                message_id=message.message_id,
+                smtp_error=str(no_permit.error),
+                retry_count=retries,
+                is_retryable=True,
+                retry_after=no_permit.error.retry_after,
+            )
         except Exception as error:  # every failure becomes a result, never a crash
             if policy.is_retryable(error):
                 status = SMTPDeliveryStatus.TEMP_FAILED if retry else SMTPDeliveryStatus.RETRY
@@ -675,14 +700,33 @@ class SMTPProtocolHandler:
         transaction: Transaction,
         options: SendOptions,
     ) -> TransactionOutcome:
-        connection = self._checkout(deadline)
+        slot = self._rate_permit(deadline)
+        try:
+            connection = self._checkout(deadline)
+        except BaseException as error:
+            if (
+                self.rate_limiter is not None
+                and isinstance(error, MailResponseError)
+                and error.code is not None
+            ):
+                self._observe(error.code, error.text)  # a greeting's 421, say
+            if slot is not None:
+                slot.release()
+            raise
         deadline.target = lambda: connection.client.sock
+        if self.rate_limiter is not None:
+            connection.observer = self._observe
         try:
             if deadline.expired:
                 # The time ran out while no socket was there to cut (waiting for the
                 # pool): the exchange would have no bound.
                 raise MailTimeoutError("the operation_timeout ran out before sending began")
-            return connection.send(message, transaction, options)
+            outcome = connection.send(message, transaction, options)
+            if self.rate_limiter is not None:
+                budget = self.rate_limiter.connection_budget(self._rate_key)
+                if budget is not None and connection.messages_sent >= budget:
+                    connection.retired = True  # the pool closes it; a fresh one is next
+            return outcome
         except (MailResponseError, SMTPNotSupportedError):
             raise  # the server answered (or nothing was sent): the session is in step
         except BaseException as error:
@@ -697,10 +741,43 @@ class SMTPProtocolHandler:
                 ) from error
             raise
         finally:
+            connection.observer = None
             self._checkin(connection)
+            if slot is not None:
+                slot.release()
+
+    def _rate_permit(self, deadline: Deadline) -> ConnectionSlot | None:
+        """Wait for the rate limiter's permit for one message and, when it caps
+        connections, a connection slot (held while the connection is in use), both
+        within the operation deadline."""
+        limiter = self.rate_limiter
+        if limiter is None:
+            return None
+        until = limiter.now() + max(0.0, deadline.remaining())
+        try:
+            limiter.acquire(self._rate_key, deadline=until)
+            if limiter.limit(self._rate_key).max_connections is None:
+                return None
+            return limiter.connection(self._rate_key, deadline=until)
+        except RateLimitTimeout as error:
+            raise _NoPermit(error) from None
+
+    def _observe(self, code: int, text: str) -> None:
+        # Every reply: the limiter slows down on throttling ones (and logs it).
+        assert self.rate_limiter is not None
+        self.rate_limiter.observe_reply(self._rate_key, code, parse_enhanced_code(text))
 
 
 # ---------------------------------------------------------------------- results
+
+
+class _NoPermit(Exception):
+    """The rate limiter gave no permit in time: not retried here, the caller waits
+    ``retry_after`` (an exception outside the retryable kinds, so the loop stops)."""
+
+    def __init__(self, error: RateLimitTimeout) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _send_options(dsn: object, require_tls: object) -> SendOptions:

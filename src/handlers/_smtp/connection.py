@@ -17,6 +17,7 @@ import select
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .._mime.builder import OutgoingMessage
@@ -95,6 +96,8 @@ class SMTPConnection:
         self.retired = False
         # Every secret this session's login sent: masked in every reply text it reports.
         self.secrets: tuple[str, ...] = ()
+        # Told of every reply of a transaction (a rate limiter learns from them).
+        self.observer: Callable[[int, str], None] | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -216,6 +219,8 @@ class SMTPConnection:
         return self._check_reply(after, code, decode_reply(reply))
 
     def _check_reply(self, verb: str, code: int, text: str) -> tuple[int, str]:
+        if self.observer is not None:
+            self.observer(code, text)
         if self.secrets and (code >= 400 or code < 200):
             # Error texts end up in results, logs and exceptions; a server may echo
             # what the login sent.
