@@ -98,7 +98,7 @@ def prepare_raw(
         problem = check_address(recipient) if isinstance(recipient, str) else "not a string"
         if problem is not None:
             raise MailValidationError(f"recipient {recipient!r}: {problem}", "recipients")
-    if b"\n" in data:
+    if data.count(b"\n") != data.count(CRLF):  # two C scans spare the regex
         data = _BARE_LF.sub(CRLF, data)
     head, body = _split(data)
     _check_lines(head, body)
@@ -117,12 +117,14 @@ def prepare_raw(
         domain = envelope_address(sender).rpartition("@")[2] if sender else ""
         identifier = (message_id or make_message_id(domain)).strip()
         kept.insert(0, [f"Message-ID: {identifier}".encode("ascii")])
-    wire = CRLF.join(line for lines in kept for line in lines) + CRLF + CRLF + body
+    header_bytes = CRLF.join(line for lines in kept for line in lines)
+    unchanged = found_id is not None and b"bcc" not in names and bool(body)
+    # Nothing removed or added: the bytes as given.
+    wire = data if unchanged else header_bytes + CRLF + CRLF + body
     if not wire.endswith(CRLF):
         wire += CRLF
     envelope = unique_recipients(recipients)
     bare_sender = envelope_address(sender) if sender else ""
-    header_bytes = CRLF.join(line for lines in kept for line in lines)
     return OutgoingMessage(
         sender=bare_sender,
         recipients=envelope,
