@@ -401,3 +401,11 @@ def test_eight_bit_body_on_a_server_without_8bitmime_sends_nothing(make_handler)
     assert result.status is SMTPDeliveryStatus.FAILED and not result.is_retryable
     assert "8BITMIME" in (result.smtp_error or "")
     assert commands(server, "MAIL") == []
+
+
+def test_send_raw_takes_display_name_forms_in_the_envelope(server, make_handler):
+    handler = make_handler(server.host, server.port, from_address="App <app@example.com>")
+    result = handler.send_raw(None, ["Bob <bob@example.org>"], RAW)
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result
+    assert server.messages[0].mail_from == "app@example.com"
+    assert server.messages[0].rcpt_tos == ["bob@example.org"]

@@ -13,7 +13,13 @@ import re
 from collections.abc import Sequence
 
 from ..errors import MailValidationError
-from .addresses import check_address, envelope_address, needs_smtputf8
+from .addresses import (
+    check_address,
+    check_mailbox,
+    envelope_address,
+    needs_smtputf8,
+    split_display_name,
+)
 from .builder import CRLF, OutgoingMessage, make_message_id, unique_recipients
 
 MAX_LINE_OCTETS = 998
@@ -79,7 +85,8 @@ def prepare_raw(
     """Check and normalise a pre-built message for sending; raise MailValidationError.
 
     ``sender`` is the envelope sender (``""`` for the null sender of a bounce) and
-    ``recipients`` every envelope recipient, Bcc included. Bare LF becomes CRLF; Bcc
+    ``recipients`` every envelope recipient, Bcc included; either may carry a display
+    name (``App <app@example.com>``), which the envelope leaves out. Bare LF becomes CRLF; Bcc
     header fields are removed from the bytes; a message without a Message-ID gets
     ``message_id`` (or a new one) as its first header field.
     """
@@ -89,13 +96,14 @@ def prepare_raw(
     if not data.strip():
         raise MailValidationError("the message is empty", "message")
     if sender:
+        sender = split_display_name(sender)[1]
         problem = check_address(sender)
         if problem is not None:
             raise MailValidationError(f"envelope sender: {problem}", "envelope_from")
     if not recipients:
         raise MailValidationError("at least one recipient is required", "recipients")
     for recipient in recipients:
-        problem = check_address(recipient) if isinstance(recipient, str) else "not a string"
+        problem = check_mailbox(recipient) if isinstance(recipient, str) else "not a string"
         if problem is not None:
             raise MailValidationError(f"recipient {recipient!r}: {problem}", "recipients")
     if data.count(b"\n") != data.count(CRLF):  # two C scans spare the regex
