@@ -77,3 +77,18 @@ def test_raw_bytes_without_message_id_get_one(mail_stack: MailStack) -> None:
     assert fetched["messageIdHeader"] == result.message_id
     text = str(fetched["textBody"]).replace("\r\n", "\n")
     assert text.rstrip("\n") == ".a line with a leading dot\nbye"
+
+
+def test_requiretls_on_a_postfix_without_it_sends_nothing(mail_stack: MailStack) -> None:
+    """Postfix 3.7 does not offer REQUIRETLS: the send fails before MAIL, over TLS too."""
+    stack = mail_stack
+    marker = token()
+    with smtp_handler(stack, "tls", "bob") as sender:
+        assert not sender.capabilities().offers("REQUIRETLS")
+        result = sender.send_message(
+            [stack.address("alice")], f"requiretls {marker}", "x", require_tls=True
+        )
+    assert result.status is SMTPDeliveryStatus.FAILED and not result.is_retryable
+    assert "does not offer it" in (result.smtp_error or "")
+    with pop3_handler(stack, "ssl", "alice") as reader:
+        assert not [m for m in reader.fetch_messages() if marker in str(m.get("subject"))]
