@@ -39,7 +39,7 @@ START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
 #: The celery group's figures have a block of their own, so either can be rerun alone.
 CELERY_START, CELERY_END = "<!-- bench:celery:start -->", "<!-- bench:celery:end -->"
 #: Groups that need the private Postfix and Dovecot (root, the Debian packages).
-STACK_GROUPS = ("tls", "pop3", "pop3-delay", "pop3-rss", "sync", "celery")
+STACK_GROUPS = ("tls", "chunking", "pop3", "pop3-delay", "pop3-rss", "sync", "celery")
 #: The ``bench`` extra of pyproject.toml (used as is if the extra is not declared yet).
 BENCH_REQUIREMENTS = (
     "aiosmtplib>=3.0",
@@ -53,6 +53,8 @@ GROUPS = (
     "build",
     "tls",
     "delay",
+    "chunking",
+    "raw",
     "pop3",
     "pop3-delay",
     "pop3-rss",
@@ -73,6 +75,7 @@ class Plan:
     tls_django: int
     delay_messages: int
     delay_messages_many: int
+    raw_messages: int
     builds: int
     pooled_connections: int
     own_context_connections: int
@@ -94,6 +97,7 @@ FULL = Plan(
     tls_django=40,
     delay_messages=30,
     delay_messages_many=8,
+    raw_messages=2000,
     builds=300,
     pooled_connections=100,
     own_context_connections=20,
@@ -114,6 +118,7 @@ SMOKE = Plan(
     tls_django=3,
     delay_messages=3,
     delay_messages_many=2,
+    raw_messages=50,
     builds=5,
     pooled_connections=5,
     own_context_connections=2,
@@ -715,6 +720,130 @@ def group_delay(plan: Plan, report: Report) -> None:
             )
 
 
+def group_chunking(plan: Plan, report: Report) -> None:
+    """Target 4c: Postfix smtpd (CHUNKING and PIPELINING) through the 5 ms proxy.
+
+    One recipient on a warm connection: MAIL, RCPT and ``BDAT <size> LAST`` with the
+    body go out in one write (one round trip), where smtplib takes four (MAIL, RCPT,
+    DATA, the body).
+    """
+    from bench import peers
+    from bench.measure import interleaved, seconds_per_call
+    from bench.servers import HOST, BenchStack, DelayProxy
+    from src.handlers._mime.builder import build_message
+    from src.handlers._smtp.pool import SMTPConnectionPool
+    from src.handlers.smtp import SMTPProtocolHandler
+
+    with BenchStack(users=()) as bench:
+        stack = bench.stack
+        to = [stack.address("sender")]
+        with DelayProxy(stack.smtp_plain_port, 0.005) as proxy:
+            handler = SMTPProtocolHandler(
+                HOST,
+                proxy.port,
+                encryption="none",
+                from_address=peers.SENDER,
+                pool_size=1,
+                pool=SMTPConnectionPool(max_connections=1),
+            )
+            offered = handler.capabilities()
+            assert offered.offers("CHUNKING") and offered.offers("PIPELINING"), offered
+            data = build_message(
+                from_address=peers.SENDER,
+                to_addresses=to,
+                subject=peers.SUBJECT,
+                text_body=peers.TEXT_2KB,
+            ).data
+            smtp = peers.SmtplibSender(HOST, proxy.port, data)
+
+            def ours() -> None:
+                result = handler.send_message(to, peers.SUBJECT, peers.TEXT_2KB)
+                assert result.success, result
+
+            ours()
+            smtp.send(to)
+            n = plan.delay_messages
+            samples = interleaved(
+                {
+                    "ours": lambda: seconds_per_call(ours, n) * 1000,
+                    "smtplib": lambda: seconds_per_call(lambda: smtp.send(to), n) * 1000,
+                },
+                plan.repetitions,
+            )
+            smtp.close()
+            handler.close()
+    report.add(
+        _row(
+            "4c",
+            "latency per message, 1 recipient, 5 ms each way, Postfix smtpd with CHUNKING "
+            "(BDAT pipelined), vs smtplib (DATA)",
+            samples,
+            "ours",
+            "smtplib",
+            "ms",
+            0.3,
+            higher=False,
+        )
+    )
+
+
+def group_raw(plan: Plan, report: Report) -> None:
+    """Target 2r: ``send_raw`` of pre-built bytes vs smtplib's ``sendmail`` of the same
+    bytes, each on one warm connection to smtp-sink, one recipient."""
+    from bench import peers
+    from bench.measure import interleaved, rate
+    from bench.servers import HOST, SmtpSink
+    from src.handlers._mime.builder import build_message
+    from src.handlers._smtp.pool import SMTPConnectionPool
+    from src.handlers.smtp import SMTPProtocolHandler
+
+    to = peers.recipients(1)
+    n = plan.raw_messages
+    data = build_message(
+        from_address=peers.SENDER,
+        to_addresses=to,
+        subject=peers.SUBJECT,
+        text_body=peers.TEXT_2KB,
+    ).data
+    with SmtpSink() as sink:
+        handler = SMTPProtocolHandler(
+            HOST,
+            sink.port,
+            encryption="none",
+            from_address=peers.SENDER,
+            pool_size=1,
+            pool=SMTPConnectionPool(max_connections=1),
+        )
+        smtp = peers.SmtplibSender(HOST, sink.port, data)
+
+        def ours() -> None:
+            result = handler.send_raw(peers.SENDER, to, data)
+            assert result.success, result
+
+        ours()
+        smtp.send(to)
+        samples = interleaved(
+            {
+                "ours": lambda: rate(ours, n),
+                "smtplib": lambda: rate(lambda: smtp.send(to), n),
+            },
+            plan.repetitions,
+        )
+        smtp.close()
+        handler.close()
+    report.add(
+        _row(
+            "2r",
+            "send_raw of pre-built bytes, 2 KB, one connection to smtp-sink, vs smtplib sendmail",
+            samples,
+            "ours",
+            "smtplib",
+            "msg/s",
+            1.5,
+        )
+    )
+
+
 # --------------------------------------------------------------------------- POP3 groups
 
 
@@ -1134,6 +1263,8 @@ RUNNERS: dict[str, Callable[[Plan, Report], None]] = {
     "build": group_build,
     "tls": group_tls,
     "delay": group_delay,
+    "chunking": group_chunking,
+    "raw": group_raw,
     "pop3": group_pop3,
     "pop3-delay": group_pop3_delay,
     "pop3-rss": group_pop3_rss,

@@ -65,6 +65,7 @@ from .pop3 import DEFAULT_MAX_MESSAGE_SIZE, POP3ConnectionPool, POP3ProtocolHand
 from .retry import MAX_RETRIES, RETRY_DELAYS, RETRYABLE_CODES, RetryPolicy
 from .smtp import (
     DeliveryResult,
+    DSNOptions,
     SMTPCapabilities,
     SMTPConnectionPool,
     SMTPDeliveryStatus,
@@ -88,6 +89,7 @@ __all__ = [
     "DKIMSigner",
     "DNSLookupError",
     "DNSTimeoutError",
+    "DSNOptions",
     "DeliveryAction",
     "DeliveryReport",
     "DeliveryResult",

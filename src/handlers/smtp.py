@@ -9,6 +9,9 @@ body was sent but never confirmed is not resent, and the result says so.
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import email.message
+import email.utils
 import ssl
 import threading
 import time
@@ -22,12 +25,14 @@ from ._auth.credentials import Credentials
 from ._auth.oauth2 import TokenProvider, TokenSource
 from ._mime.addresses import check_address
 from ._mime.builder import OutgoingMessage, build_message
+from ._mime.raw import prepare_raw
 from ._net import trace as wire_log
 from ._net.config import Encryption, Endpoint, Timeouts
 from ._net.control_chars import find_control_character
 from ._net.deadline import Deadline
 from ._net.logs import get_logger
 from ._smtp.connection import SMTPConnection, Transaction, TransactionOutcome
+from ._smtp.options import NO_OPTIONS, DSNOptions, SendOptions, check_dsn
 from ._smtp.pool import SMTPConnectionPool
 from ._smtp.settings import ConnectionKey, SessionSettings
 from .errors import (
@@ -38,6 +43,7 @@ from .errors import (
     MailValidationError,
     OutcomeUnknownError,
     PoolTimeoutError,
+    RateLimitTimeout,
     SMTPNotSupportedError,
     SMTPRecipientsRefused,
     SMTPSenderRefused,
@@ -57,6 +63,7 @@ __all__ = [
     "MAX_RETRIES",
     "RETRYABLE_CODES",
     "RETRY_DELAYS",
+    "DSNOptions",
     "DeliveryResult",
     "SMTPCapabilities",
     "SMTPConnectionPool",
@@ -68,7 +75,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ._dkim.signer import DKIMSigner
     from ._dns.deliverability import DeliverabilityChecker
+    from ._net.ratelimit import ConnectionSlot, RateLimiter
 
 SMTPEncryption = Encryption
 """The spec's name for :class:`Encryption`: ``NONE``, ``STARTTLS``, ``IMPLICIT_SSL``."""
@@ -106,6 +115,8 @@ class DeliveryResult:
     is_retryable: bool = False
     enhanced_status_code: str | None = None
     outcome_unknown: bool = False
+    retry_after: float | None = None
+    """Seconds to wait before trying again, when a rate limit said so."""
 
     @property
     def success(self) -> bool:
@@ -125,6 +136,7 @@ class DeliveryResult:
             "is_retryable": self.is_retryable,
             "enhanced_status_code": self.enhanced_status_code,
             "outcome_unknown": self.outcome_unknown,
+            "retry_after": self.retry_after,
         }
 
 
@@ -221,6 +233,16 @@ class SMTPProtocolHandler:
     for the server's challenge), ``trace`` (log every command and reply of this
     handler's sends to the ``src.handlers._net.trace`` logger at DEBUG, credentials
     masked; see :mod:`src.handlers._net.trace`).
+
+    Delivery options: ``dkim`` (a :class:`DKIMSigner`: every message is signed once,
+    after it is built and before the first attempt; retries send the same signed
+    bytes), ``eight_bit`` (non-ASCII text bodies go out as 8bit UTF-8 rather than
+    quoted-printable or base64; such a message fails, with nothing sent, on a server
+    that does not offer 8BITMIME), ``rate_limiter`` (a :class:`RateLimiter`, keyed by
+    server, port and user name: a permit per attempt within the operation deadline,
+    else ``TEMP_FAILED`` with ``retry_after``; every reply observed; its
+    messages-per-connection budget retires a connection; its connection cap counts
+    the connections in use).
     """
 
     def __init__(
@@ -245,6 +267,10 @@ class SMTPProtocolHandler:
         oauth2_token: str | TokenProvider | TokenSource | None = None,
         oauth2_initial_response: bool = True,
         trace: bool = False,
+        # -- delivery: what happens to each message on its way out
+        dkim: DKIMSigner | None = None,
+        eight_bit: bool = False,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError("pool_size must be an integer of at least 1", "pool_size")
@@ -280,6 +306,16 @@ class SMTPProtocolHandler:
         self._slots = threading.BoundedSemaphore(pool_size)
         self.last_error: str | None = None
         self.trace = trace
+        # -- delivery
+        if dkim is not None and not callable(getattr(dkim, "sign", None)):
+            raise ConfigurationError("dkim must be a DKIMSigner (or None)", "dkim")
+        self.dkim = dkim
+        self.eight_bit = bool(eight_bit)
+        if rate_limiter is not None and not callable(getattr(rate_limiter, "acquire", None)):
+            raise ConfigurationError("rate_limiter must be a RateLimiter (or None)", "rate_limiter")
+        self.rate_limiter = rate_limiter
+        # What the limits are per: the server and the login (a user name, never a secret).
+        self._rate_key = (endpoint.host.lower(), endpoint.port, username or "")
 
     # ------------------------------------------------------------------ repr
 
@@ -405,13 +441,19 @@ class SMTPProtocolHandler:
         custom_headers: Mapping[str, str] | None = None,
         from_address: str | None = None,
         retry: bool = True,
+        *,
+        dsn: DSNOptions | None = None,
+        require_tls: bool = False,
     ) -> DeliveryResult:
         """Validate, build and send one message; never raises for mail problems.
 
-        Returns a :class:`DeliveryResult`; see SMTP_HANDLER.md for when each status
-        is used.
+        ``dsn`` asks for delivery status notifications (see :class:`DSNOptions`);
+        ``require_tls`` sends only over TLS to a server offering REQUIRETLS (RFC 8689)
+        and otherwise fails with nothing sent. Returns a :class:`DeliveryResult`; see
+        SMTP_HANDLER.md for when each status is used.
         """
         try:
+            options = _send_options(dsn, require_tls)
             message = self._prepare(
                 to_addresses,
                 subject,
@@ -427,8 +469,81 @@ class SMTPProtocolHandler:
         except MailValidationError as error:
             self.last_error = str(error)
             return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=str(error))
-        policy = self.retry if retry else RetryPolicy.never()
-        return self._deliver(message, policy, retry)
+        return self._deliver(message, retry, options)
+
+    def send_raw(
+        self,
+        envelope_from: str | None,
+        recipients: Sequence[str] | str,
+        message: bytes,
+        *,
+        dsn: DSNOptions | None = None,
+        require_tls: bool = False,
+        retry: bool = True,
+    ) -> DeliveryResult:
+        """Send a message you built yourself, as bytes; never raises for mail problems.
+
+        ``envelope_from`` is the MAIL FROM address (None: the handler's sender; ``""``:
+        the null sender) and ``recipients`` every envelope recipient, Bcc included.
+        The bytes are checked and normalised first (see SMTP_HANDLER.md): bare LF
+        becomes CRLF, Bcc header fields are removed, a message without a Message-ID
+        gets one; a message without From, with a line over 998 octets or with a header
+        line that is not a field is ``INVALID``, and nothing is sent. Pool, retries,
+        DKIM, ``dsn`` and ``require_tls`` work as in :meth:`send_message`; the
+        result's ``message_id`` is the message's.
+        """
+        try:
+            options = _send_options(dsn, require_tls)
+            sender = "" if envelope_from == "" else self._sender(envelope_from)
+            outgoing = prepare_raw(sender, address_list(recipients, "recipients"), message)
+        except MailValidationError as error:
+            self.last_error = str(error)
+            return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=str(error))
+        return self._deliver(outgoing, retry, options)
+
+    def send_email_message(
+        self,
+        message: email.message.EmailMessage,
+        *,
+        envelope_from: str | None = None,
+        recipients: Sequence[str] | str | None = None,
+        dsn: DSNOptions | None = None,
+        require_tls: bool = False,
+        retry: bool = True,
+    ) -> DeliveryResult:
+        """Send an :class:`email.message.EmailMessage`; never raises for mail problems.
+
+        Without ``recipients`` the envelope takes every address in To, Cc and Bcc;
+        without ``envelope_from``, the handler's sender, else the message's Sender or
+        From. The message is serialized with CRLF line endings and then sent exactly
+        as :meth:`send_raw` sends bytes (Bcc removed, a Message-ID added to what is
+        sent when it has none; ``message`` itself is not changed).
+        """
+        try:
+            if not isinstance(message, email.message.Message):
+                raise MailValidationError("message must be an EmailMessage", "message")
+            data = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+            if recipients is None:
+                fields = [
+                    str(value)
+                    for name in ("to", "cc", "bcc")
+                    for value in message.get_all(name, [])
+                ]
+                recipients = [a for _, a in email.utils.getaddresses(fields) if a]
+            if envelope_from is None and self.from_address is None:
+                author = message.get("sender") or message.get("from")
+                found = email.utils.getaddresses([str(author)]) if author else []
+                envelope_from = found[0][1] if found and found[0][1] else None
+        except MailValidationError as error:
+            self.last_error = str(error)
+            return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=str(error))
+        except (ValueError, TypeError, LookupError, UnicodeError) as error:
+            # The email package's serializer refused the message.
+            self.last_error = f"the message cannot be serialized: {error}"
+            return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=self.last_error)
+        return self.send_raw(
+            envelope_from, recipients, data, dsn=dsn, require_tls=require_tls, retry=retry
+        )
 
     def _sender(self, from_address: str | None) -> str:
         sender = from_address or self.from_address
@@ -482,11 +597,24 @@ class SMTPProtocolHandler:
             reply_to=reply_to,
             attachments=decoded,
             custom_headers=custom_headers,
+            eight_bit=self.eight_bit,
         )
 
     def _deliver(
-        self, message: OutgoingMessage, policy: RetryPolicy, retry: bool
+        self, message: OutgoingMessage, retry: bool, options: SendOptions = NO_OPTIONS
     ) -> DeliveryResult:
+        if self.dkim is not None:
+            # Signed once: every retry sends these same bytes.
+            try:
+                message = dataclasses.replace(message, data=self.dkim.sign(message.data))
+            except MailValidationError as error:
+                self.last_error = str(error)
+                return DeliveryResult(
+                    status=SMTPDeliveryStatus.INVALID,
+                    message_id=message.message_id,
+                    smtp_error=str(error),
+                )
+        policy = self.retry if retry else RetryPolicy.never()
         retries = 0
 
         def before_retry(error: BaseException, number: int, delay: float) -> None:
@@ -502,7 +630,17 @@ class SMTPProtocolHandler:
 
         try:
             outcome = call_with_retry(
-                lambda: self._attempt(message), policy, self._sleep, before_retry
+                lambda: self._attempt(message, options), policy, self._sleep, before_retry
+            )
+        except _NoPermit as no_permit:
+            self.last_error = str(no_permit.error)
+            return DeliveryResult(
+                status=SMTPDeliveryStatus.TEMP_FAILED,
+                message_id=message.message_id,
+                smtp_error=str(no_permit.error),
+                retry_count=retries,
+                is_retryable=True,
+                retry_after=no_permit.error.retry_after,
             )
         except Exception as error:  # every failure becomes a result, never a crash
             if policy.is_retryable(error):
@@ -524,10 +662,10 @@ class SMTPProtocolHandler:
             enhanced_status_code=parse_enhanced_code(outcome.text),
         )
 
-    def _attempt(self, message: OutgoingMessage) -> TransactionOutcome:
+    def _attempt(self, message: OutgoingMessage, options: SendOptions) -> TransactionOutcome:
         with Deadline(self.operation_timeout) as deadline, wire_log.tracing(self.trace):
             try:
-                return self._transact(message, deadline)
+                return self._transact(message, deadline, options)
             except OutcomeUnknownError:
                 raise  # whatever cut the reply short, the message may have been delivered
             except (MailHandlerError, OSError) as error:
@@ -538,10 +676,12 @@ class SMTPProtocolHandler:
                     ) from error
                 raise
 
-    def _transact(self, message: OutgoingMessage, deadline: Deadline) -> TransactionOutcome:
+    def _transact(
+        self, message: OutgoingMessage, deadline: Deadline, options: SendOptions
+    ) -> TransactionOutcome:
         transaction = Transaction()
         try:
-            return self._transact_once(message, deadline, transaction)
+            return self._transact_once(message, deadline, transaction, options)
         except SMTPSenderRefused:
             if transaction.refused_at_mail_after is None:
                 raise
@@ -551,19 +691,42 @@ class SMTPProtocolHandler:
             "SMTP server refused MAIL after %d messages on one connection; using a new one",
             transaction.refused_at_mail_after,
         )
-        return self._transact_once(message, deadline, Transaction())
+        return self._transact_once(message, deadline, Transaction(), options)
 
     def _transact_once(
-        self, message: OutgoingMessage, deadline: Deadline, transaction: Transaction
+        self,
+        message: OutgoingMessage,
+        deadline: Deadline,
+        transaction: Transaction,
+        options: SendOptions,
     ) -> TransactionOutcome:
-        connection = self._checkout(deadline)
+        slot = self._rate_permit(deadline)
+        try:
+            connection = self._checkout(deadline)
+        except BaseException as error:
+            if (
+                self.rate_limiter is not None
+                and isinstance(error, MailResponseError)
+                and error.code is not None
+            ):
+                self._observe(error.code, error.text)  # a greeting's 421, say
+            if slot is not None:
+                slot.release()
+            raise
         deadline.target = lambda: connection.client.sock
+        if self.rate_limiter is not None:
+            connection.observer = self._observe
         try:
             if deadline.expired:
                 # The time ran out while no socket was there to cut (waiting for the
                 # pool): the exchange would have no bound.
                 raise MailTimeoutError("the operation_timeout ran out before sending began")
-            return connection.send(message, transaction)
+            outcome = connection.send(message, transaction, options)
+            if self.rate_limiter is not None:
+                budget = self.rate_limiter.connection_budget(self._rate_key)
+                if budget is not None and connection.messages_sent >= budget:
+                    connection.retired = True  # the pool closes it; a fresh one is next
+            return outcome
         except (MailResponseError, SMTPNotSupportedError):
             raise  # the server answered (or nothing was sent): the session is in step
         except BaseException as error:
@@ -578,10 +741,52 @@ class SMTPProtocolHandler:
                 ) from error
             raise
         finally:
+            connection.observer = None
             self._checkin(connection)
+            if slot is not None:
+                slot.release()
+
+    def _rate_permit(self, deadline: Deadline) -> ConnectionSlot | None:
+        """Wait for the rate limiter's permit for one message and, when it caps
+        connections, a connection slot (held while the connection is in use), both
+        within the operation deadline."""
+        limiter = self.rate_limiter
+        if limiter is None:
+            return None
+        until = limiter.now() + max(0.0, deadline.remaining())
+        try:
+            limiter.acquire(self._rate_key, deadline=until)
+            if limiter.limit(self._rate_key).max_connections is None:
+                return None
+            return limiter.connection(self._rate_key, deadline=until)
+        except RateLimitTimeout as error:
+            raise _NoPermit(error) from None
+
+    def _observe(self, code: int, text: str) -> None:
+        # Every reply: the limiter slows down on throttling ones (and logs it).
+        assert self.rate_limiter is not None
+        self.rate_limiter.observe_reply(self._rate_key, code, parse_enhanced_code(text))
 
 
 # ---------------------------------------------------------------------- results
+
+
+class _NoPermit(Exception):
+    """The rate limiter gave no permit in time: not retried here, the caller waits
+    ``retry_after`` (an exception outside the retryable kinds, so the loop stops)."""
+
+    def __init__(self, error: RateLimitTimeout) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _send_options(dsn: object, require_tls: object) -> SendOptions:
+    if not isinstance(require_tls, bool):
+        raise ConfigurationError("require_tls must be True or False", "require_tls")
+    checked = check_dsn(dsn)
+    if checked is None and not require_tls:
+        return NO_OPTIONS
+    return SendOptions(dsn=checked, require_tls=require_tls)
 
 
 def _failures_text(refused: Mapping[str, tuple[int, str]]) -> dict[str, str]:

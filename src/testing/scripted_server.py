@@ -157,6 +157,18 @@ class Conversation:
             start = max(0, len(tail) + len(self._buffer) - len(terminator) + 1)
             self._fill(deadline)
 
+    def recv_exactly(self, size: int, timeout: float = 5.0) -> bytes:
+        """Read exactly ``size`` bytes (an SMTP BDAT chunk) and return them; fewer if
+        the peer closes first. Each complete read is appended to ``blocks`` too.
+        Raises :class:`TimeoutError` when they do not arrive in time."""
+        deadline = time.monotonic() + timeout
+        while len(self._buffer) < size and not self._eof:
+            self._fill(deadline)
+        chunk = self._take(min(size, len(self._buffer)))
+        if len(chunk) == size:
+            self.blocks.append(chunk)
+        return chunk
+
     def wait_closed(self, timeout: float = 5.0) -> bool:
         """Read (and record) until the peer closes; ``True`` if it did in time.
 

@@ -102,8 +102,9 @@ class SMTPDialogue:
       ``DATA`` reply other than 354 means no body is read; a ``STARTTLS`` reply of
       220 still starts TLS.
     * ``rcpt_replies``: per recipient address (case-insensitive), the RCPT reply.
-    * ``end_of_data``: the reply after the final dot, or a sequence of them for the
-      1st, 2nd, ... message of this connection.
+    * ``end_of_data``: the reply after the final dot (or to ``BDAT ... LAST``, whose
+      chunk is read whatever ``extensions`` say), or a sequence of them for the 1st,
+      2nd, ... message of this connection.
     * ``drop_after_body_lines``: close the connection after reading that many lines
       of a message body.
     * ``reply_delay`` is waited before each reply; with ``drip_interval`` each reply
@@ -167,6 +168,14 @@ class SMTPDialogue:
                     messages += 1
                     self._read_body(conv)
                     self._respond(conv, self._pick(self.end_of_data, messages))
+            elif verb == "BDAT":
+                if not self._read_chunk(conv, argument):
+                    return
+                if argument.upper().endswith(" LAST"):
+                    messages += 1
+                    self._respond(conv, override or self._pick(self.end_of_data, messages))
+                else:
+                    self._respond(conv, override or (250, "2.0.0 chunk received"))
             elif verb in ("RSET", "NOOP"):
                 self._respond(conv, override or (250, "2.0.0 OK"))
             elif verb == "QUIT":
@@ -242,6 +251,20 @@ class SMTPDialogue:
         conv.recv_until(END_OF_DATA, self.command_timeout)
         if len(conv.blocks) == completed:
             raise _Stop  # the client went away inside the body
+
+    def _read_chunk(self, conv: Conversation, argument: str) -> bool:
+        """Read a BDAT chunk (RFC 3030); False if the client went away inside it."""
+        size_text = argument.split(" ", 1)[0]
+        if not size_text.isdigit():
+            self._respond(conv, (501, "5.5.4 BDAT needs a chunk size"))
+            return True
+        size = int(size_text)
+        if self.drop_after_body_lines is not None:
+            for _ in range(self.drop_after_body_lines):
+                if conv.recv_line(self.command_timeout) is None:
+                    break
+            return False
+        return len(conv.recv_exactly(size, self.command_timeout)) == size
 
     # -- helpers ----------------------------------------------------------------
 

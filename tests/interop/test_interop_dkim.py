@@ -6,7 +6,9 @@ that serves the public keys) filters a private Postfix. A message signed with
 Authentication-Results header OpenDKIM adds is then fetched with the POP3 handler. A
 message whose body was changed after signing must fail.
 
-The SMTP handler does not sign yet, so the signed bytes go out through smtplib.
+The SMTP handler signs with its ``dkim=`` option, both what it builds (send_message)
+and pre-built bytes (send_raw); the tampered message goes out through smtplib, since
+the handler never changes what it signed.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from src.handlers._dkim.signer import DKIMSigner
 from src.handlers._mime.builder import build_message
 from src.handlers._sync.uid_store import MemoryUIDStore
+from src.handlers.smtp import SMTPDeliveryStatus
 from src.testing.dns_server import LoopbackDNSServer
 from src.testing.tls import TestCertificates
 
 from .mailstack import MailStack, servers_available
 from .processes import Server, free_ports, terminate
-from .support import TIMEOUT, pop3_handler
+from .support import TIMEOUT, pop3_handler, smtp_handler
 
 DOMAIN = "example.test"
 INSTALL = "bash .ci/install-dkim.sh (as root), or apt-get install opendkim opendkim-tools"
@@ -195,18 +198,28 @@ def _send(stack: MailStack, data: bytes) -> None:
     assert refused == {}
 
 
+@pytest.mark.parametrize("method", ["send_message", "send_raw"])
 @pytest.mark.parametrize("algorithm", ["rsa-sha256", "ed25519-sha256"])
-def test_opendkim_milter_passes_our_signature(
-    filtered_stack: MailStack, keys: _Keys, algorithm: str
+def test_opendkim_milter_passes_what_the_handler_signed(
+    filtered_stack: MailStack, keys: _Keys, algorithm: str, method: str
 ) -> None:
-    marker = f"dkim-{algorithm}-{time.monotonic_ns()}"
-    outgoing = build_message(
-        from_address=filtered_stack.address("alice"),
-        to_addresses=[filtered_stack.address("bob")],
-        subject=marker,
-        text_body="Signed on the way out.\n",
+    marker = f"dkim-{algorithm}-{method}-{time.monotonic_ns()}"
+    alice, bob = filtered_stack.address("alice"), filtered_stack.address("bob")
+    handler = smtp_handler(
+        filtered_stack, "none", None, from_address=alice, dkim=keys.signers()[algorithm]
     )
-    _send(filtered_stack, keys.signers()[algorithm].sign(outgoing.data))
+    try:
+        if method == "send_message":
+            result = handler.send_message([bob], marker, "Signed on the way out.\n")
+        else:
+            raw = (
+                f"From: Alice <{alice}>\nTo: {bob}\nBcc: hidden@{DOMAIN}\n"
+                f"Subject: {marker}\n\nPre-built, signed on the way out.\n"
+            ).encode()
+            result = handler.send_raw(alice, [bob], raw)
+    finally:
+        handler.close()
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result
     results = _authentication_results(filtered_stack, marker)
     assert f"mx.{DOMAIN}" in results
     assert "dkim=pass" in results and f"header.d={DOMAIN}" in results, results

@@ -1,52 +1,47 @@
 """Delivery status notifications from a real Postfix, fetched over POP3 and parsed.
 
 Alice sends one message to bob (who exists) and to an address that does not, through
-the stack's ``accepting`` listener: it takes both recipients at RCPT, and Postfix's
-virtual(8) then delivers to bob and bounces the other (5.1.1). With ``NOTIFY=SUCCESS,
-FAILURE`` Postfix writes a report for each outcome into alice's mailbox; a POP3 sync
-picks them up and :func:`parse_delivery_report` must say one delivered and one failed
-with 5.1.1, both linked to the Message-ID that was sent and to the envelope ID.
-
-The send uses smtplib directly, with ``mail_options=["RET=HDRS", "ENVID=..."]`` and
-``rcpt_options=["NOTIFY=SUCCESS,FAILURE"]``: the SMTP handler has no DSN options yet.
-Wiring them into the handler comes next; this test pins down the parsing end.
+the stack's ``accepting`` listener with the SMTP handler's ``dsn=DSNOptions(...)``:
+Postfix takes both recipients at RCPT, and its virtual(8) then delivers to bob and
+bounces the other (5.1.1). With ``NOTIFY=SUCCESS,FAILURE`` Postfix writes a report for
+each outcome into alice's mailbox; a POP3 sync picks them up and
+:func:`parse_delivery_report` must say one delivered and one failed with 5.1.1, both
+linked to the Message-ID that was sent and to the envelope ID.
 """
 
 from __future__ import annotations
 
 import secrets
-import smtplib
 import time
 from typing import Any
 
-from src.handlers._mime.builder import build_message
+from src.handlers import DSNOptions
 from src.handlers._mime.dsn import DeliveryAction, DeliveryReport, parse_delivery_report
 from src.handlers._sync.uid_store import MemoryUIDStore
+from src.handlers.smtp import SMTPDeliveryStatus
 
 from .mailstack import MailStack
-from .support import TIMEOUT, pop3_handler
+from .support import TIMEOUT, pop3_handler, smtp_handler
 
 
 def _send_with_dsn(stack: MailStack, envelope_id: str, unknown: str) -> str:
-    outgoing = build_message(
-        from_address=stack.address("alice"),
-        to_addresses=[stack.address("bob"), unknown],
-        subject=f"DSN check {envelope_id}",
-        text_body="One of these recipients does not exist.\n",
-    )
-    with smtplib.SMTP(stack.host, stack.smtp_accepting_port, timeout=TIMEOUT) as smtp:
-        smtp.starttls(context=stack.client_ssl_context())
-        smtp.login("alice", stack.users["alice"])
-        assert smtp.has_extn("dsn")
-        refused = smtp.sendmail(
-            stack.address("alice"),
+    handler = smtp_handler(stack, "tls", "alice", port=stack.smtp_accepting_port)
+    try:
+        assert handler.capabilities().offers("DSN")
+        result = handler.send_message(
             [stack.address("bob"), unknown],
-            outgoing.data,
-            mail_options=["RET=HDRS", f"ENVID={envelope_id}"],
-            rcpt_options=["NOTIFY=SUCCESS,FAILURE"],
+            f"DSN check {envelope_id}",
+            "One of these recipients does not exist.\n",
+            dsn=DSNOptions(
+                notify=("SUCCESS", "FAILURE"), ret="HDRS", envid=envelope_id, required=True
+            ),
         )
-    assert refused == {}  # both accepted at RCPT: the bounce comes later
-    return outgoing.message_id
+    finally:
+        handler.close()
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result
+    assert result.recipient_failures == {}  # both accepted at RCPT: the bounce comes later
+    assert result.message_id is not None
+    return result.message_id
 
 
 def _reports(stack: MailStack, envelope_id: str, count: int) -> list[DeliveryReport]:
@@ -98,3 +93,6 @@ def test_postfix_reports_one_delivered_and_one_failed(mail_stack: MailStack) -> 
     assert report.reporting_mta == f"mx.{mail_stack.domain}"
     for report in reports:
         assert report.envelope_id == envelope_id
+    # ORCPT went out with each RCPT: the reports name the addresses as given.
+    assert bob.original_recipient == mail_stack.address("bob")
+    assert nobody.original_recipient == unknown

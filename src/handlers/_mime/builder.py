@@ -188,11 +188,17 @@ def _max_line_length(data: bytes) -> int:
     return max(map(len, data.split(b"\n")), default=0)
 
 
-def _encode_text_body(text: str) -> tuple[str, bytes]:
-    """Choose a transfer encoding for a text body; return (encoding, CRLF payload)."""
+def _encode_text_body(text: str, eight_bit: bool = False) -> tuple[str, bytes]:
+    """Choose a transfer encoding for a text body; return (encoding, CRLF payload).
+
+    With ``eight_bit``, UTF-8 text travels as it is (RFC 6152 8bit) when its lines fit.
+    """
     raw = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8", "surrogatepass")
-    if raw.isascii() and b"\x00" not in raw and _max_line_length(raw) <= 998:
-        return "7bit", raw.replace(b"\n", CRLF)
+    if b"\x00" not in raw and _max_line_length(raw) <= 998:
+        if raw.isascii():
+            return "7bit", raw.replace(b"\n", CRLF)
+        if eight_bit:
+            return "8bit", raw.replace(b"\n", CRLF)
     non_ascii = len(raw) - len(raw.translate(None, _HIGH_BYTES))
     # Mostly non-ASCII text is shorter in base64; mostly ASCII text stays readable in QP.
     if non_ascii * 3 > len(raw):
@@ -200,8 +206,8 @@ def _encode_text_body(text: str) -> tuple[str, bytes]:
     return "quoted-printable", _to_crlf(binascii.b2a_qp(raw, istext=True, header=False))
 
 
-def _text_part(text: str, subtype: str) -> _Part:
-    encoding, payload = _encode_text_body(text)
+def _text_part(text: str, subtype: str, eight_bit: bool = False) -> _Part:
+    encoding, payload = _encode_text_body(text, eight_bit)
     return _Part(
         headers=[
             f'Content-Type: text/{subtype}; charset="utf-8"',
@@ -283,10 +289,13 @@ def _multipart(subtype: str, children: list[_Part]) -> _Part:
 
 
 def _body_tree(
-    text_body: str | None, html_body: str | None, attachments: Sequence[Attachment]
+    text_body: str | None,
+    html_body: str | None,
+    attachments: Sequence[Attachment],
+    eight_bit: bool = False,
 ) -> _Part:
-    text = _text_part(text_body, "plain") if text_body is not None else None
-    html = _text_part(html_body, "html") if html_body is not None else None
+    text = _text_part(text_body, "plain", eight_bit) if text_body is not None else None
+    html = _text_part(html_body, "html", eight_bit) if html_body is not None else None
     inline = [a for a in attachments if a.inline]
     regular = [a for a in attachments if not a.inline]
     if html is not None and inline:
@@ -348,6 +357,8 @@ class OutgoingMessage:
     data: bytes
     message_id: str
     smtputf8: bool
+    eight_bit: bool = False
+    """The body has octets over 127: it needs the server's 8BITMIME."""
 
 
 def _bare(mailbox: str) -> str:
@@ -383,8 +394,14 @@ def build_message(
     custom_headers: Mapping[str, str] | None = None,
     message_id: str | None = None,
     date: datetime | None = None,
+    eight_bit: bool = False,
 ) -> OutgoingMessage:
-    """Assemble a validated message. Bcc addresses go only into the envelope."""
+    """Assemble a validated message. Bcc addresses go only into the envelope.
+
+    ``eight_bit`` sends non-ASCII text bodies as 8bit UTF-8 instead of quoted-printable
+    or base64; the message then needs a server offering 8BITMIME (``eight_bit`` on the
+    result says so).
+    """
     sender = _bare(from_address)
     recipients = unique_recipients(to_addresses, cc_addresses, bcc_addresses)
     custom = dict(custom_headers or {})
@@ -403,17 +420,19 @@ def build_message(
     headers.append(f"Message-ID: {message_id}")
     headers.append("MIME-Version: 1.0")
     headers.extend(unstructured_header(name, value) for name, value in custom.items())
-    root = _body_tree(text_body, html_body, attachments)
+    root = _body_tree(text_body, html_body, attachments, eight_bit)
     root.headers[:0] = headers
     out: list[bytes] = []
     _serialize(root, out, _leaf_payloads(root))
+    data = b"".join(out)
     return OutgoingMessage(
         sender=sender,
         recipients=recipients,
-        data=b"".join(out),
+        data=data,
         message_id=message_id,
         # Reply-To is the one address only in a header; raw UTF-8 there needs SMTPUTF8 too.
         smtputf8=any(
             needs_smtputf8(a) for a in (sender, *recipients, _bare(reply_to) if reply_to else "")
         ),
+        eight_bit=eight_bit and not data.isascii(),
     )

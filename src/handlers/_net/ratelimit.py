@@ -320,6 +320,11 @@ class RateLimiter:
             state.connections = state.waiters = 0
             state.cond = None
 
+    def now(self) -> float:
+        """The limiter's clock: deadlines passed to :meth:`acquire` and
+        :meth:`connection` are times on it."""
+        return self._clock()
+
     def limit(self, key: Hashable) -> RateLimit:
         """The configured limits of ``key``."""
         return self._limits.get(_key_text(key), self.default)

@@ -84,13 +84,16 @@ class SMTPClient(smtplib.SMTP):
             tracer.sent(s if isinstance(s, str) else bytes(s))
         super().send(s)
 
-    def write_commands(self, commands: list[str]) -> None:
-        """Send several command lines in one write (RFC 2920 pipelining)."""
+    def write_commands(self, commands: list[str], data: bytes = b"") -> None:
+        """Send several command lines in one write (RFC 2920 pipelining), followed by
+        ``data`` (a BDAT chunk) in the same write; the data is traced by size only."""
         tracer = self._trace()
         if tracer is not None:
             for command in commands:
                 tracer.sent(command)
-        self._write(("\r\n".join(commands) + "\r\n").encode("utf-8"))
+            if data:
+                tracer.sent_data(len(data))
+        self._write(("\r\n".join(commands) + "\r\n").encode("utf-8") + data)
 
     def write_body(self, payload: bytes) -> None:
         """Send message data, already dot-stuffed and terminated; traced by size only."""

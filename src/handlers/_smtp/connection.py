@@ -17,6 +17,7 @@ import select
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .._mime.builder import OutgoingMessage
@@ -39,6 +40,7 @@ from .auth import login
 from .client import SMTPClient
 from .connect import close_quietly, connect, default_local_hostname, ehlo, starttls
 from .mapping import decode_reply, map_errors
+from .options import NO_OPTIONS, SendOptions
 from .settings import SessionSettings
 
 log = get_logger("smtp")
@@ -94,6 +96,8 @@ class SMTPConnection:
         self.retired = False
         # Every secret this session's login sent: masked in every reply text it reports.
         self.secrets: tuple[str, ...] = ()
+        # Told of every reply of a transaction (a rate limiter learns from them).
+        self.observer: Callable[[int, str], None] | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -215,6 +219,8 @@ class SMTPConnection:
         return self._check_reply(after, code, decode_reply(reply))
 
     def _check_reply(self, verb: str, code: int, text: str) -> tuple[int, str]:
+        if self.observer is not None:
+            self.observer(code, text)
         if self.secrets and (code >= 400 or code < 200):
             # Error texts end up in results, logs and exceptions; a server may echo
             # what the login sent.
@@ -243,47 +249,84 @@ class SMTPConnection:
 
     # ------------------------------------------------------------------ transaction
 
-    def _mail_options(self, message: OutgoingMessage) -> list[str]:
-        options: list[str] = []
+    def _mail_options(self, message: OutgoingMessage, options: SendOptions) -> list[str]:
+        parameters: list[str] = []
         if message.smtputf8:
             if not self.has_extension("smtputf8"):
                 raise SMTPNotSupportedError(
-                    "an address needs SMTPUTF8 (non-ASCII before the '@') and the server "
+                    "an address or header needs SMTPUTF8 (non-ASCII) and the server "
                     "does not offer it"
                 )
-            options.append("SMTPUTF8")
-            if self.has_extension("8bitmime"):
-                options.append("BODY=8BITMIME")
+            parameters.append("SMTPUTF8")
+        if message.eight_bit and not self.has_extension("8bitmime"):
+            raise SMTPNotSupportedError(
+                "the message body has 8-bit octets and the server does not offer 8BITMIME"
+            )
+        if (message.smtputf8 or message.eight_bit) and self.has_extension("8bitmime"):
+            parameters.append("BODY=8BITMIME")
         if self.has_extension("size"):
             limit = _size_limit(self.client.esmtp_features.get("size", ""))
             if limit is not None and len(message.data) > limit:
                 raise SMTPNotSupportedError(
                     f"message is {len(message.data)} bytes; the server accepts at most {limit}"
                 )
-            options.append(f"SIZE={len(message.data)}")
-        return options
+            parameters.append(f"SIZE={len(message.data)}")
+        if options.require_tls:
+            if not self.tls_active:
+                raise SMTPNotSupportedError(
+                    "REQUIRETLS was asked for and the connection is not encrypted; nothing was sent"
+                )
+            if not self.has_extension("requiretls"):
+                raise SMTPNotSupportedError(
+                    "REQUIRETLS was asked for and the server does not offer it; nothing was sent"
+                )
+            parameters.append("REQUIRETLS")
+        if options.dsn is not None and self._dsn_offered(options):
+            parameters.extend(options.dsn.mail_parameters())
+        return parameters
 
-    def send(self, message: OutgoingMessage, transaction: Transaction) -> TransactionOutcome:
-        """Run MAIL, RCPT and DATA for ``message``; pipelined when the server allows.
+    def _dsn_offered(self, options: SendOptions) -> bool:
+        if self.has_extension("dsn"):
+            return True
+        assert options.dsn is not None
+        if options.dsn.required:
+            raise SMTPNotSupportedError(
+                "delivery status notifications were required and the server does not "
+                "offer DSN; nothing was sent"
+            )
+        log.warning("the SMTP server does not offer DSN; sending without NOTIFY/RET/ENVID")
+        return False
+
+    def send(
+        self,
+        message: OutgoingMessage,
+        transaction: Transaction,
+        options: SendOptions = NO_OPTIONS,
+    ) -> TransactionOutcome:
+        """Run MAIL, RCPT and DATA (or BDAT) for ``message``; pipelined when allowed.
 
         ``transaction`` records how far this attempt got. Returns the outcome when the
         message was accepted for at least one recipient; raises SMTPSenderRefused,
-        SMTPRecipientsRefused, SMTPDataRefused, a connection error (message not
-        accepted) or OutcomeUnknownError (body sent, no reply).
+        SMTPRecipientsRefused, SMTPDataRefused, SMTPNotSupportedError (nothing sent),
+        a connection error (message not accepted) or OutcomeUnknownError (body sent,
+        no reply).
         """
-        options = " ".join(self._mail_options(message))
+        parameters = " ".join(self._mail_options(message, options))
         # smtplib encodes commands as ASCII unless told otherwise; SMTPUTF8 needs UTF-8.
         self.client.command_encoding = "utf-8" if message.smtputf8 else "ascii"
-        mail_args = f"FROM:<{message.sender}>" + (f" {options}" if options else "")
-        rcpt_lines = [f"RCPT TO:<{r}>" for r in message.recipients]
+        mail_args = f"FROM:<{message.sender}>" + (f" {parameters}" if parameters else "")
+        dsn = options.dsn if options.dsn is not None and self.has_extension("dsn") else None
+        rcpt_lines = [
+            f"RCPT TO:<{r}>" + ("".join(f" {p}" for p in dsn.rcpt_parameters(r)) if dsn else "")
+            for r in message.recipients
+        ]
+        if self.has_extension("chunking"):
+            return self._send_chunked(message, transaction, mail_args, rcpt_lines)
         if self.has_extension("pipelining"):
             replies = self._pipelined_envelope(mail_args, rcpt_lines)
         else:
             replies = self._lockstep_envelope(mail_args, rcpt_lines)
-        mail_code = replies[0][0]
-        if 400 <= mail_code < 500 and mail_code != 421 and self.messages_sent:
-            transaction.refused_at_mail_after = self.messages_sent
-            self.retired = True
+        self._note_mail_refusal(transaction, replies[0][0])
         outcome = self._judge_envelope(message, replies)
         self._send_body(message.data)
         transaction.final_dot_sent = True
@@ -292,6 +335,97 @@ class SMTPConnection:
             raise SMTPDataRefused(code, text)
         self.messages_sent += 1
         outcome.code, outcome.text = code, text
+        return outcome
+
+    def _note_mail_refusal(self, transaction: Transaction, mail_code: int) -> None:
+        if 400 <= mail_code < 500 and mail_code != 421 and self.messages_sent:
+            transaction.refused_at_mail_after = self.messages_sent
+            self.retired = True
+
+    def _send_chunked(
+        self,
+        message: OutgoingMessage,
+        transaction: Transaction,
+        mail_args: str,
+        rcpt_lines: list[str],
+    ) -> TransactionOutcome:
+        """RFC 3030: the body as one ``BDAT <size> LAST`` chunk, not dot-stuffed.
+
+        With PIPELINING, MAIL, every RCPT and the chunk go out in one write; the server
+        reads the chunk even when it refused the envelope, and answers it with an
+        error then. Once the chunk is written, a reply that cannot be read (any of
+        them: the server may have acted on all) leaves the outcome unknown.
+        """
+        data = message.data
+        bdat = f"BDAT {len(data)} LAST"
+        if self.has_extension("pipelining"):
+            commands = [f"MAIL {mail_args}", *rcpt_lines]
+            with map_errors("BDAT", on_failure=self._broke):
+                self.client.write_commands([*commands, bdat], data)
+            transaction.final_dot_sent = True
+            replies = self._chunk_replies([c.split(" ", 1)[0] for c in commands])
+        else:
+            replies = [self._command("MAIL", mail_args)]
+            if replies[0][0] == 250:
+                replies.extend(self._command("RCPT", line[5:]) for line in rcpt_lines)
+            if replies[0][0] != 250 or not any(c in (250, 251) for c, _ in replies[1:]):
+                self._note_mail_refusal(transaction, replies[0][0])
+                return self._refuse_envelope(message, replies)
+            with map_errors("BDAT", on_failure=self._broke):
+                self.client.write_commands([bdat], data)
+            transaction.final_dot_sent = True
+            replies.extend(self._chunk_replies([]))
+        self._note_mail_refusal(transaction, replies[0][0])
+        if len(replies) < 2 + len(rcpt_lines):
+            # A 421 cut the exchange short: nothing was accepted on this session.
+            code, text = replies[-1]
+            raise SMTPSenderRefused(code, text, message.sender)
+        envelope, (code, text) = replies[:-1], replies[-1]
+        if envelope[0][0] != 250 or not any(c in (250, 251) for c, _ in envelope[1:]):
+            return self._refuse_envelope(message, envelope)
+        if code != 250:
+            self.reset()
+            raise SMTPDataRefused(code, text)
+        outcome = self._envelope_outcome(message, envelope)
+        self.messages_sent += 1
+        outcome.code, outcome.text = code, text
+        return outcome
+
+    def _chunk_replies(self, verbs: list[str]) -> list[tuple[int, str]]:
+        replies: list[tuple[int, str]] = []
+        for verb in [*verbs, "BDAT"]:
+            try:
+                reply = self._read_reply(verb)
+            except MailHandlerError as error:
+                raise self._unknown_outcome(error) from None
+            replies.append(reply)
+            if reply[0] == 421:
+                break
+        return replies
+
+    def _refuse_envelope(
+        self, message: OutgoingMessage, envelope: list[tuple[int, str]]
+    ) -> TransactionOutcome:
+        """Raise the refusal of an envelope that carried nothing (the session is reset)."""
+        if not self.broken:
+            self.reset()
+        mail_code, mail_text = envelope[0]
+        if mail_code != 250:
+            raise SMTPSenderRefused(mail_code, mail_text, message.sender)
+        refused = self._envelope_outcome(message, envelope).refused
+        code, text = min(refused.values())  # a 4xx (retryable) wins over 5xx
+        raise SMTPRecipientsRefused(code, text, refused)
+
+    @staticmethod
+    def _envelope_outcome(
+        message: OutgoingMessage, envelope: list[tuple[int, str]]
+    ) -> TransactionOutcome:
+        outcome = TransactionOutcome(code=0, text="")
+        for recipient, (code, text) in zip(message.recipients, envelope[1:], strict=False):
+            if code in (250, 251):
+                outcome.accepted.append(recipient)
+            else:
+                outcome.refused[recipient] = (code, text)
         return outcome
 
     def _lockstep_envelope(self, mail_args: str, rcpt_lines: list[str]) -> list[tuple[int, str]]:
@@ -362,20 +496,25 @@ class SMTPConnection:
     def _final_reply(self) -> tuple[int, str]:
         try:
             return self._read_reply("end of DATA")
-        except MailProtocolError as error:
-            raise OutcomeUnknownError(
+        except MailHandlerError as error:
+            raise self._unknown_outcome(error) from None
+
+    @staticmethod
+    def _unknown_outcome(error: MailHandlerError) -> MailHandlerError:
+        """What a failed read after the whole message went out means."""
+        if isinstance(error, MailProtocolError):
+            return OutcomeUnknownError(
                 "the whole message was sent but the server's reply to it could not be "
                 f"understood ({error}); it may or may not have been delivered"
-            ) from None
-        except MailConnectionError as error:
-            if error.reset_by_peer:
-                # A reset means our bytes were still unread when the server closed:
-                # it never saw the final dot, so it cannot have accepted the message.
-                raise
-            raise OutcomeUnknownError(
+            )
+        if isinstance(error, MailConnectionError) and not error.reset_by_peer:
+            return OutcomeUnknownError(
                 "the connection was lost after the whole message was sent and before the "
                 f"server confirmed it ({error}); it may or may not have been delivered"
-            ) from None
+            )
+        # A reset means our bytes were still unread when the server closed: it never
+        # saw the end of the message, so it cannot have accepted it.
+        return error
 
     # ------------------------------------------------------------------ closing
 
