@@ -72,8 +72,7 @@ def test_a_refused_password_is_one_auth_attempt(
     assert line.startswith("AUTH PLAIN")
 
 
-@pytest.mark.parametrize("refusal", [504, 534, 538])
-def test_a_refused_mechanism_lets_the_next_one_try(
+def test_an_unsupported_mechanism_lets_the_next_one_try(
     server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext, refusal: int
 ) -> None:
     script = SMTPDialogue(
@@ -113,7 +112,7 @@ def test_none_mode_still_warns_when_it_does_send_the_password(
 ) -> None:
     caplog.set_level(logging.WARNING)
     with ScriptedServer(SMTPDialogue(auth_mechanisms=("PLAIN",))) as server:
-        handler = _handler(server, client_ssl_context, encryption="none")
+        handler = _handler(server, client_ssl_context, encryption="none", allow_cleartext=True)
         assert handler.send_message(["ada@example.org"], "x", text_body="y").success
         handler.close()
     assert "without encryption" in caplog.text
