@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import trustme
 
 from src.handlers._net import trace as wire_log
+from src.handlers._net.tls import client_certificate_context
 from src.handlers._sasl import CleartextRefusedError, SASLServerVerificationError
 from src.handlers._smtp.connection import SMTPConnection
 from src.handlers._smtp.pool import SMTPConnectionPool
@@ -246,6 +248,34 @@ def test_pinning_a_mechanism_the_credentials_cannot_use_is_a_configuration_error
         SMTPProtocolHandler("localhost", 587, "alice", PASSWORD, auth_mechanism="XOAUTH2")
     with pytest.raises(ConfigurationError):
         SMTPProtocolHandler("localhost", 587, "alice", PASSWORD, auth_mechanism="NTLM")
+
+
+def test_external_with_a_client_certificate(certs: TestCertificates, servers: Any):
+    client_ca = trustme.CA()
+    client_cert = client_ca.issue_cert("ada@example.org", common_name="ada")
+    server_context = certs.server_context()
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    client_ca.configure_trust(server_context)
+    server = servers(mechanisms=["EXTERNAL", "PLAIN"], ssl_context=server_context)
+    context = client_certificate_context(
+        b"".join(blob.bytes() for blob in client_cert.cert_chain_pems),
+        client_cert.private_key_pem.bytes(),
+        context=certs.client_context(),
+    )
+    handler = SMTPProtocolHandler(
+        server.host,
+        server.port,
+        encryption="tls",
+        from_address="ada@example.org",
+        ssl_context=context,
+        pool=SMTPConnectionPool(),
+        auth_mechanism="EXTERNAL",
+        timeout=5.0,
+    )
+    with handler:
+        result = handler.send_message(["bob@example.org"], "Hi", "Hello")
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result.smtp_error
+    assert server.auth_attempts == [("EXTERNAL", "ada")]
 
 
 # -- tokens ----------------------------------------------------------------------------

@@ -73,6 +73,7 @@ _MECHANISMS = (
     "SCRAM-SHA-256-PLUS",
     "XOAUTH2",
     "OAUTHBEARER",
+    "EXTERNAL",
 )
 _STOP_TIMEOUT = 5.0
 _AIOSMTPD_LOGGER = "mail.log"  # the logger aiosmtpd's protocol code writes to
@@ -287,6 +288,23 @@ class _SMTP(SMTP):
             expected = hmac.new(password.encode(), challenge, "md5").hexdigest()
             if hmac.compare_digest(expected, digest):
                 return AuthResult(success=True, auth_data=user)
+        return AuthResult(success=False, handled=False)
+
+    async def auth_EXTERNAL(self, _: Any, args: list[str]) -> AuthResult:
+        """EXTERNAL (RFC 4422): the TLS client certificate's common name is the user;
+        the server context must request certificates (``verify_mode``)."""
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        certificate = ssl_object.getpeercert() if ssl_object is not None else None
+        response = _decode_sasl(args[1]) if len(args) == 2 else await self._sasl_challenge(b"")
+        if response is None:
+            await self.push("501 5.5.2 Can't decode base64 (or AUTH cancelled)")
+            return AuthResult(success=False, handled=True)
+        names = dict(pair[0] for pair in certificate.get("subject", ())) if certificate else {}
+        user = str(names.get("commonName", ""))
+        with self._owner._condition:
+            self._owner.auth_attempts.append(("EXTERNAL", user))
+        if user and (not response or response.decode("utf-8", "replace") == user):
+            return AuthResult(success=True, auth_data=user)
         return AuthResult(success=False, handled=False)
 
     @auth_mechanism("SCRAM-SHA-1")
@@ -615,7 +633,8 @@ class SMTPTestServer:
     ``mechanisms`` replaces that default with the listed ones: CRAM-MD5 and SCRAM
     check ``users`` (SCRAM through ``scramp``'s server, which the ``-PLUS`` variants
     give the ``tls-server-end-point`` binding of ``certificate_der``, the server
-    certificate in DER), OAUTHBEARER checks ``oauth2_tokens`` like XOAUTH2.
+    certificate in DER), OAUTHBEARER checks ``oauth2_tokens`` like XOAUTH2, and
+    EXTERNAL takes the TLS client certificate's common name as the user.
 
     ``on_message`` is called with each accepted message, on the server's thread and
     before the client gets its reply; that is where a test delivers it onwards, e.g.
@@ -869,6 +888,8 @@ def _decode_sasl(text: str) -> bytes | None:
     text = text.strip()
     if text == "*":
         return None
+    if text == "=":  # RFC 4954: an empty initial response
+        return b""
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
