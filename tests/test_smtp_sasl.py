@@ -374,13 +374,15 @@ def open_session_through(handler: SMTPProtocolHandler) -> None:
     connection.close()
 
 
-def test_proxy_and_mechanism_are_part_of_the_pool_key():
+def test_proxy_mechanism_and_cleartext_consent_are_part_of_the_pool_key():
     plain = SMTPProtocolHandler("localhost", 587, "alice", PASSWORD)
     pinned = SMTPProtocolHandler("localhost", 587, "alice", PASSWORD, auth_mechanism="PLAIN")
     proxied = SMTPProtocolHandler(
         "localhost", 587, "alice", PASSWORD, proxy="socks5://127.0.0.1:1080"
     )
-    assert len({plain._key, pinned._key, proxied._key}) == 3
+    # A session logged in with PLAIN in clear must not go to a handler that refused that.
+    consenting = SMTPProtocolHandler("localhost", 587, "alice", PASSWORD, allow_cleartext=True)
+    assert len({plain._key, pinned._key, proxied._key, consenting._key}) == 4
 
 
 @pytest.mark.parametrize("timeout", [0, -1.0])

@@ -4,7 +4,8 @@
 (:class:`Endpoint`, :class:`Credentials`, :class:`Timeouts` and the TLS and EHLO
 choices); the pool and the connection take it as one value. :class:`ConnectionKey`
 says which sessions are interchangeable: same server and mode, same login identity
-(a keyed digest, never the secret), same TLS context and EHLO name, same pinned mechanism and proxy.
+(a keyed digest, never the secret), same TLS context and EHLO name, same pinned
+mechanism, cleartext consent and proxy.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class ConnectionKey:
     context_id: int
     local_hostname: str | None
     auth_mechanism: str | None = None
+    allow_cleartext: bool = False
     proxy: Proxy | None = None
     _hash: int = field(init=False, repr=False, compare=False)
 
@@ -64,6 +66,7 @@ class ConnectionKey:
             self.context_id,
             self.local_hostname,
             self.auth_mechanism,
+            self.allow_cleartext,
             self.proxy,
         )
         object.__setattr__(self, "_hash", hash(fields))
@@ -84,6 +87,7 @@ class ConnectionKey:
             id(context) if context is not None else 0,
             settings.local_hostname,
             settings.auth_mechanism,
+            settings.allow_cleartext,
             settings.proxy,
         )
 
