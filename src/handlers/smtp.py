@@ -28,13 +28,14 @@ from ._mime.builder import OutgoingMessage, build_message
 from ._mime.raw import prepare_raw
 from ._net import trace as wire_log
 from ._net.config import Encryption, Endpoint, Timeouts
+from ._net.connect import Proxy
 from ._net.control_chars import find_control_character
 from ._net.deadline import Deadline
 from ._net.logs import get_logger
 from ._smtp.connection import SMTPConnection, Transaction, TransactionOutcome
 from ._smtp.options import NO_OPTIONS, DSNOptions, SendOptions, check_dsn
 from ._smtp.pool import SMTPConnectionPool
-from ._smtp.settings import ConnectionKey, SessionSettings
+from ._smtp.settings import ConnectionKey, SessionSettings, check_auth_mechanism, check_proxy
 from .errors import (
     ConfigurationError,
     MailHandlerError,
@@ -227,10 +228,16 @@ class SMTPProtocolHandler:
     ``timeout``),
     ``check_deliverability`` (True, or a ``DeliverabilityChecker``: refuse recipients
     whose domain DNS says takes no mail; off by default), ``oauth2_token`` (an OAuth2
-    access token, or a callable returning one, to log in with XOAUTH2 instead of a
-    password; needs ``username``, see docs/oauth2.md), ``oauth2_initial_response``
-    (send the token with the AUTH command when the line fits; False always waits
-    for the server's challenge), ``trace`` (log every command and reply of this
+    access token, or a callable returning one, to log in with OAUTHBEARER or XOAUTH2
+    instead of a password; needs ``username``, see docs/oauth2.md),
+    ``oauth2_initial_response`` (send the token with the AUTH command when the line
+    fits; False always waits for the server's challenge), ``auth_mechanism`` (the one
+    SASL mechanism to log in with, e.g. ``"SCRAM-SHA-256"`` or ``"EXTERNAL"`` for a
+    client certificate given in ``ssl_context``; by default the strongest the server
+    offers, see SMTP_HANDLER.md), ``allow_cleartext`` (permit PLAIN, LOGIN,
+    OAUTHBEARER and XOAUTH2 with ``encryption='none'``; refused otherwise),
+    ``proxy`` (a :class:`Proxy` or a ``socks5://``, ``socks4://`` or ``http://`` URL
+    to connect through), ``trace`` (log every command and reply of this
     handler's sends to the ``src.handlers._net.trace`` logger at DEBUG, credentials
     masked; see :mod:`src.handlers._net.trace`).
 
@@ -267,6 +274,10 @@ class SMTPProtocolHandler:
         oauth2_token: str | TokenProvider | TokenSource | None = None,
         oauth2_initial_response: bool = True,
         trace: bool = False,
+        # -- logging in and reaching the server
+        auth_mechanism: str | None = None,
+        allow_cleartext: bool = False,
+        proxy: Proxy | str | None = None,
         # -- delivery: what happens to each message on its way out
         dkim: DKIMSigner | None = None,
         eight_bit: bool = False,
@@ -286,7 +297,15 @@ class SMTPProtocolHandler:
             if not valid:
                 raise ConfigurationError(f"from_address: {error}", "from_address")
         self._settings = SessionSettings(
-            endpoint, credentials, timeouts, ssl_context, local_hostname, oauth2_initial_response
+            endpoint,
+            credentials,
+            timeouts,
+            ssl_context,
+            local_hostname,
+            oauth2_initial_response,
+            check_auth_mechanism(auth_mechanism, credentials),
+            bool(allow_cleartext),
+            check_proxy(proxy),
         )
         self._key = ConnectionKey.of(self._settings)
         self.hostname = endpoint.host
@@ -306,6 +325,9 @@ class SMTPProtocolHandler:
         self._slots = threading.BoundedSemaphore(pool_size)
         self.last_error: str | None = None
         self.trace = trace
+        self.auth_mechanism = self._settings.auth_mechanism
+        self.allow_cleartext = self._settings.allow_cleartext
+        self.proxy = self._settings.proxy
         # -- delivery
         if dkim is not None and not callable(getattr(dkim, "sign", None)):
             raise ConfigurationError("dkim must be a DKIMSigner (or None)", "dkim")

@@ -3,7 +3,9 @@
 :class:`SMTPTestServer` runs a real ESMTP implementation on a loopback port in a
 background thread. It records every accepted message as a :class:`ReceivedMessage`,
 optionally offers STARTTLS or implicit TLS, AUTH PLAIN/LOGIN against a dict of users,
-AUTH XOAUTH2 against a dict of OAuth2 tokens, SMTPUTF8 and a size limit,
+AUTH XOAUTH2 against a dict of OAuth2 tokens (and, when ``mechanisms`` names them,
+CRAM-MD5, SCRAM-SHA-1/256 with and without -PLUS, played by ``scramp``, and
+OAUTHBEARER), SMTPUTF8 and a size limit,
 and lets a test inject failures through its mutable
 :class:`SMTPFaults`::
 
@@ -32,7 +34,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -47,6 +49,7 @@ from aiosmtpd.smtp import (
     LoginPassword,
     Session,
     TLSSetupException,
+    auth_mechanism,
 )
 
 from .xoauth2 import XOAUTH2Verifier
@@ -59,6 +62,19 @@ TLSMode = Literal["none", "starttls", "implicit"]
 Reply = tuple[int, str]
 
 _TLS_MODES = ("none", "starttls", "implicit")
+#: Every mechanism the server can offer; ``mechanisms=`` picks among them.
+_MECHANISMS = (
+    "PLAIN",
+    "LOGIN",
+    "CRAM-MD5",
+    "SCRAM-SHA-1",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-256-PLUS",
+    "XOAUTH2",
+    "OAUTHBEARER",
+    "EXTERNAL",
+)
 _STOP_TIMEOUT = 5.0
 _AIOSMTPD_LOGGER = "mail.log"  # the logger aiosmtpd's protocol code writes to
 # Longest client line inside an AUTH exchange (RFC 4954); aiosmtpd's own line reader
@@ -119,6 +135,10 @@ class SMTPFaults:
     * ``drop_after_data``: for that many upcoming messages, close the connection right
       after the final dot without any reply and without storing the message.
     * ``reply_delay`` is waited before every server reply, greeting included.
+    * ``auth_replies`` maps a mechanism name to the reply that refuses ``AUTH`` with
+      it at once (504 not supported, 454 temporary, ...).
+    * ``wrong_scram_signature``: the SCRAM server-final message carries a wrong
+      signature (an impostor that does not know the password).
     """
 
     reject_recipients: dict[str, Reply] = field(default_factory=dict)
@@ -126,6 +146,8 @@ class SMTPFaults:
     data_reply: Reply | None = None
     drop_after_data: int = 0
     reply_delay: float = 0.0
+    auth_replies: dict[str, Reply] = field(default_factory=dict)
+    wrong_scram_signature: bool = False
 
     def reset(self) -> None:
         """Remove every injected fault."""
@@ -230,6 +252,133 @@ class _SMTP(SMTP):
             success=False, handled=False, message="535 5.7.8 Username and Password not accepted"
         )
 
+    async def auth_OAUTHBEARER(self, _: Any, args: list[str]) -> AuthResult:
+        """OAUTHBEARER (RFC 7628), checked like XOAUTH2; a refusal sends the error
+        challenge, expects the client's ``\\x01`` and then fails with 535."""
+        verifier = self._owner.oauth2
+        if verifier is None:
+            return AuthResult(success=False, handled=False)
+        one_step = len(args) == 2
+        response = _decode_sasl(args[1]) if one_step else await self._sasl_challenge(b"")
+        if response is None:
+            await self.push("501 5.5.2 Can't decode base64 (or AUTH cancelled)")
+            return AuthResult(success=False, handled=True)
+        verdict = verifier.check(response, one_step=one_step, mechanism="OAUTHBEARER")
+        with self._owner._condition:
+            self._owner.auth_attempts.append(("OAUTHBEARER", verdict.username or ""))
+        if verdict.accepted:
+            return AuthResult(success=True, auth_data=verdict.username)
+        assert verdict.error is not None
+        await self._sasl_challenge(verdict.error)
+        return AuthResult(success=False, handled=False, message="535 5.7.8 Token not accepted")
+
+    @auth_mechanism("CRAM-MD5")
+    async def auth_CRAM_MD5(self, _: Any, args: list[str]) -> AuthResult:
+        """CRAM-MD5 (RFC 2195) against :attr:`SMTPTestServer.users`."""
+        challenge = f"<{time.monotonic_ns()}.{id(self)}@{self._owner.server_name}>".encode()
+        response = await self._sasl_challenge(challenge)
+        if response is None:
+            await self.push("501 5.5.2 Can't decode base64 (or AUTH cancelled)")
+            return AuthResult(success=False, handled=True)
+        user, _sep, digest = response.decode("utf-8", "replace").rpartition(" ")
+        with self._owner._condition:
+            self._owner.auth_attempts.append(("CRAM-MD5", user))
+        password = (self._owner.users or {}).get(user)
+        if password is not None:
+            expected = hmac.new(password.encode(), challenge, "md5").hexdigest()
+            if hmac.compare_digest(expected, digest):
+                return AuthResult(success=True, auth_data=user)
+        return AuthResult(success=False, handled=False)
+
+    async def auth_EXTERNAL(self, _: Any, args: list[str]) -> AuthResult:
+        """EXTERNAL (RFC 4422): the TLS client certificate's common name is the user;
+        the server context must request certificates (``verify_mode``)."""
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        certificate = ssl_object.getpeercert() if ssl_object is not None else None
+        response = _decode_sasl(args[1]) if len(args) == 2 else await self._sasl_challenge(b"")
+        if response is None:
+            await self.push("501 5.5.2 Can't decode base64 (or AUTH cancelled)")
+            return AuthResult(success=False, handled=True)
+        names = dict(pair[0] for pair in certificate.get("subject", ())) if certificate else {}
+        user = str(names.get("commonName", ""))
+        with self._owner._condition:
+            self._owner.auth_attempts.append(("EXTERNAL", user))
+        if user and (not response or response.decode("utf-8", "replace") == user):
+            return AuthResult(success=True, auth_data=user)
+        return AuthResult(success=False, handled=False)
+
+    @auth_mechanism("SCRAM-SHA-1")
+    async def auth_SCRAM_SHA_1(self, _: Any, args: list[str]) -> AuthResult:
+        """SCRAM-SHA-1, played by scramp's server."""
+        return await self._scram("SCRAM-SHA-1", args)
+
+    @auth_mechanism("SCRAM-SHA-256")
+    async def auth_SCRAM_SHA_256(self, _: Any, args: list[str]) -> AuthResult:
+        """SCRAM-SHA-256, played by scramp's server."""
+        return await self._scram("SCRAM-SHA-256", args)
+
+    @auth_mechanism("SCRAM-SHA-1-PLUS")
+    async def auth_SCRAM_SHA_1_PLUS(self, _: Any, args: list[str]) -> AuthResult:
+        """SCRAM-SHA-1-PLUS with ``tls-server-end-point``, played by scramp's server."""
+        return await self._scram("SCRAM-SHA-1-PLUS", args)
+
+    @auth_mechanism("SCRAM-SHA-256-PLUS")
+    async def auth_SCRAM_SHA_256_PLUS(self, _: Any, args: list[str]) -> AuthResult:
+        """SCRAM-SHA-256-PLUS with ``tls-server-end-point``, played by scramp's server."""
+        return await self._scram("SCRAM-SHA-256-PLUS", args)
+
+    async def _scram(self, name: str, args: list[str]) -> AuthResult:
+        """One SCRAM exchange with scramp's server checking the client against
+        :attr:`SMTPTestServer.users`; the server-final message goes in a ``334``."""
+        import scramp  # type: ignore[import-untyped]  # only the SCRAM tests need it
+
+        owner = self._owner
+        mechanism = scramp.ScramMechanism(name)
+        binding = None
+        if name.endswith("-PLUS"):
+            if owner.certificate_der is None or not self.is_secure:
+                return AuthResult(success=False, handled=False)
+            data = scramp.core.CBindData.from_der(owner.certificate_der)
+            binding = ("tls-server-end-point", bytes(data))
+        seen: list[str] = []
+
+        def auth_info(username: str) -> tuple[bytes, bytes, bytes, int]:
+            seen.append(username)
+            password = (owner.users or {}).get(username)
+            if password is None:
+                raise scramp.ScramException("unknown user", "unknown-user")
+            info = mechanism.make_auth_info(password, iteration_count=4096)
+            return info  # type: ignore[no-any-return]
+
+        server = mechanism.make_server(auth_info, channel_binding=binding)
+        first = _decode_sasl(args[1]) if len(args) == 2 else await self._sasl_challenge(b"")
+        try:
+            if first is None:
+                raise scramp.ScramException("cancelled")
+            server.set_client_first(first.decode("utf-8"))
+            final = await self._sasl_challenge(server.get_server_first().encode())
+            if final is None:
+                raise scramp.ScramException("cancelled")
+            server.set_client_final(final.decode("utf-8"))
+            accepted = True
+        except (scramp.ScramException, UnicodeDecodeError):
+            accepted = False
+        with owner._condition:
+            owner.auth_attempts.append((name, seen[0] if seen else ""))
+        if first is None or (not accepted and not seen):
+            await self.push("501 5.5.2 Can't decode base64 (or AUTH cancelled)")
+            return AuthResult(success=False, handled=True)
+        if not accepted:
+            return AuthResult(success=False, handled=False)
+        server_final = server.get_server_final()
+        if owner.faults.wrong_scram_signature:
+            server_final = "v=" + base64.b64encode(b"\0" * 32).decode("ascii")
+        answer = await self._sasl_challenge(server_final.encode())
+        if answer != b"":
+            await self.push("501 5.5.2 AUTH cancelled")
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=True, auth_data=seen[0])
+
     async def _sasl_challenge(self, payload: bytes) -> bytes | None:
         """Send ``334 <base64 payload>`` and return the client's decoded answer; ``None``
         when it cancelled with ``*``, is not base64, is too long or never came."""
@@ -273,6 +422,9 @@ class _Handler:
     ) -> Any:
         if not self._owner.offers_auth:
             return "502 5.5.1 AUTH not available"
+        refusal = self._owner.faults.auth_replies.get(args[0].upper() if args else "")
+        if refusal is not None:
+            return _format_reply(*refusal)
         return MISSING
 
     async def handle_MAIL(
@@ -478,6 +630,12 @@ class SMTPTestServer:
     expire one, and records every attempt. PLAIN and LOGIN are offered only with
     ``users``.
 
+    ``mechanisms`` replaces that default with the listed ones: CRAM-MD5 and SCRAM
+    check ``users`` (SCRAM through ``scramp``'s server, which the ``-PLUS`` variants
+    give the ``tls-server-end-point`` binding of ``certificate_der``, the server
+    certificate in DER), OAUTHBEARER checks ``oauth2_tokens`` like XOAUTH2, and
+    EXTERNAL takes the TLS client certificate's common name as the user.
+
     ``on_message`` is called with each accepted message, on the server's thread and
     before the client gets its reply; that is where a test delivers it onwards, e.g.
     ``on_message=lambda m: pop3_server.add_message(m.data)``. If it raises, the client
@@ -502,6 +660,8 @@ class SMTPTestServer:
         faults: SMTPFaults | None = None,
         oauth2_tokens: Mapping[str, str] | None = None,
         on_message: Callable[[ReceivedMessage], object] | None = None,
+        mechanisms: Sequence[str] | None = None,
+        certificate_der: bytes | None = None,
     ) -> None:
         _check_loopback(host)
         if tls not in _TLS_MODES:
@@ -526,6 +686,11 @@ class SMTPTestServer:
         self.ssl_context = ssl_context
         self.users: dict[str, str] | None = None if users is None else dict(users)
         self.oauth2 = XOAUTH2Verifier(oauth2_tokens) if oauth2_tokens is not None else None
+        unknown = {name.upper() for name in mechanisms or ()} - set(_MECHANISMS)
+        if unknown:
+            raise ValueError(f"unknown mechanisms {sorted(unknown)}; known: {_MECHANISMS}")
+        self.mechanisms = None if mechanisms is None else [name.upper() for name in mechanisms]
+        self.certificate_der = certificate_der
         self.auth_require_tls = auth_require_tls
         self.auth_required = auth_required
         self.require_starttls = require_starttls
@@ -697,7 +862,11 @@ class SMTPTestServer:
         return self.users is not None or self.oauth2 is not None
 
     def _excluded_mechanisms(self) -> list[str]:
-        excluded = [] if self.users is not None else ["PLAIN", "LOGIN"]
+        if self.mechanisms is not None:
+            return [name for name in _MECHANISMS if name not in self.mechanisms]
+        excluded = [name for name in _MECHANISMS if name not in ("PLAIN", "LOGIN", "XOAUTH2")]
+        if self.users is None:
+            excluded += ["PLAIN", "LOGIN"]
         return excluded if self.oauth2 is not None else [*excluded, "XOAUTH2"]
 
     def _authenticate(
@@ -719,6 +888,8 @@ def _decode_sasl(text: str) -> bytes | None:
     text = text.strip()
     if text == "*":
         return None
+    if text == "=":  # RFC 4954: an empty initial response
+        return b""
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):

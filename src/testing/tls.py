@@ -36,6 +36,10 @@ class TestCertificates:
         self.server_cert.configure_cert(context)
         return context
 
+    def server_certificate_der(self) -> bytes:
+        """The server certificate in DER, as a channel binding hashes it."""
+        return ssl.PEM_cert_to_DER_cert(self.server_cert.cert_chain_pems[0].bytes().decode())
+
     def client_context(self) -> ssl.SSLContext:
         """A verifying client context that trusts only this CA."""
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)

@@ -1,4 +1,4 @@
-"""The server side of SASL XOAUTH2, shared by the SMTP and POP3 test servers.
+"""The server side of SASL XOAUTH2 and OAUTHBEARER, shared by the SMTP and POP3 test servers.
 
 :class:`XOAUTH2Verifier` checks a client response (``user=...^Aauth=Bearer ...^A^A``)
 against a table of valid tokens and decides what the server says: success, or the
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 __all__ = ["XOAUTH2Attempt", "XOAUTH2Verdict", "XOAUTH2Verifier"]
 
 _RESPONSE = re.compile(rb"\Auser=([^\x01]+)\x01auth=Bearer ([^\x01]+)\x01\x01\Z")
+# OAUTHBEARER (RFC 7628): gs2 header with the user, then key=value pairs.
+_BEARER = re.compile(rb"\An,a=([^,]+),\x01(?:[a-z]+=[^\x01]*\x01)*?auth=Bearer ([^\x01]+)\x01")
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,13 @@ class XOAUTH2Verifier:
         with self._lock:
             self.expired.add(token)
 
-    def check(self, response: bytes, *, one_step: bool) -> XOAUTH2Verdict:
-        """Judge one decoded client response and record the attempt."""
-        match = _RESPONSE.match(response)
+    def check(
+        self, response: bytes, *, one_step: bool, mechanism: str = "XOAUTH2"
+    ) -> XOAUTH2Verdict:
+        """Judge one decoded client response of ``mechanism`` (``"XOAUTH2"`` or
+        ``"OAUTHBEARER"``, whose response names the user in its gs2 header) and record
+        the attempt."""
+        match = (_BEARER if mechanism == "OAUTHBEARER" else _RESPONSE).match(response)
         if match is None:
             return self._refuse(None, one_step, "400")
         user = match.group(1).decode("utf-8", "replace")

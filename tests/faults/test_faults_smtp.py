@@ -320,6 +320,7 @@ def make_handler(
         if fault.auth:
             options.update(username="alice", password=PASSWORD)
     options.setdefault("encryption", "none")
+    options.setdefault("allow_cleartext", True)
     options.setdefault("timeout", TIMEOUT)
     handler = SMTPProtocolHandler(
         *server.address,
@@ -423,7 +424,7 @@ def test_refused_connection_is_retried_then_temp_failed(
     assert result.outcome_unknown is False
     assert result.retry_count == 1
     assert sleeps == [RETRY_DELAY]
-    assert "cannot connect" in (result.smtp_error or "")
+    assert "could not connect" in (result.smtp_error or "")
     assert handler.pool.get_stats()["open"] == 0
 
 

@@ -55,6 +55,7 @@ def make_handler(
     **options: Any,
 ) -> SMTPProtocolHandler:
     options.setdefault("encryption", "none")
+    options.setdefault("allow_cleartext", True)
     options.setdefault("timeout", TIMEOUT)
     options.setdefault("operation_timeout", OPERATION_TIMEOUT)
     options.setdefault("pool", SMTPConnectionPool(max_connections=4))
@@ -150,7 +151,9 @@ def test_server_looping_on_auth_is_a_permanent_masked_failure(
         assert handler.connect() is False
         pool_error: BaseException | None = None
         try:
-            handler.pool.get_connection(*server.address, USER, PASSWORD, "none")
+            handler.pool.get_connection(
+                *server.address, USER, PASSWORD, "none", allow_cleartext=True
+            )
         except MailHandlerError as error:
             pool_error = error
     assert result.status is SMTPDeliveryStatus.FAILED
@@ -200,7 +203,9 @@ def test_refused_xoauth2_echo_is_masked_and_not_chained(
         result = send(handler, "xoauth2")
         pool_error: BaseException | None = None
         try:
-            handler.pool.get_connection(*server.address, USER, None, "none", oauth2_token=TOKEN)
+            handler.pool.get_connection(
+                *server.address, USER, None, "none", oauth2_token=TOKEN, allow_cleartext=True
+            )
         except MailHandlerError as error:
             pool_error = error
     assert result.status is SMTPDeliveryStatus.FAILED

@@ -72,10 +72,27 @@ def test_a_refused_password_is_one_auth_attempt(
     assert line.startswith("AUTH PLAIN")
 
 
-@pytest.mark.parametrize("refusal", [504, 534, 538])
-def test_a_refused_mechanism_lets_the_next_one_try(
+def test_an_unsupported_mechanism_lets_the_next_one_try(
+    server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
+) -> None:
+    script = SMTPDialogue(
+        tls_context=server_ssl_context,
+        auth_mechanisms=("LOGIN", "PLAIN"),
+        replies={"AUTH": [(504, "5.5.4 not this one")]},
+    )
+    with ScriptedServer(script) as server:
+        handler = _handler(server, client_ssl_context)
+        result = handler.send_message(["ada@example.org"], "x", text_body="y")
+        handler.close()
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result.to_dict()
+    assert [line.split()[1] for line in _auth_lines(server)] == ["PLAIN", "LOGIN"]
+
+
+@pytest.mark.parametrize("refusal", [534, 538])
+def test_too_weak_or_needs_encryption_stops_the_login(
     server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext, refusal: int
 ) -> None:
+    # The next candidate is weaker: no better for the server, worse for the password.
     script = SMTPDialogue(
         tls_context=server_ssl_context,
         auth_mechanisms=("LOGIN", "PLAIN"),
@@ -85,8 +102,8 @@ def test_a_refused_mechanism_lets_the_next_one_try(
         handler = _handler(server, client_ssl_context)
         result = handler.send_message(["ada@example.org"], "x", text_body="y")
         handler.close()
-    assert result.status is SMTPDeliveryStatus.SUCCESS, result.to_dict()
-    assert [line.split()[1] for line in _auth_lines(server)] == ["PLAIN", "LOGIN"]
+    assert result.status is SMTPDeliveryStatus.FAILED and result.smtp_code == refusal
+    assert [line.split()[1] for line in _auth_lines(server)] == ["PLAIN"]
 
 
 def test_none_mode_names_starttls_when_auth_waits_for_it(
@@ -113,7 +130,7 @@ def test_none_mode_still_warns_when_it_does_send_the_password(
 ) -> None:
     caplog.set_level(logging.WARNING)
     with ScriptedServer(SMTPDialogue(auth_mechanisms=("PLAIN",))) as server:
-        handler = _handler(server, client_ssl_context, encryption="none")
+        handler = _handler(server, client_ssl_context, encryption="none", allow_cleartext=True)
         assert handler.send_message(["ada@example.org"], "x", text_body="y").success
         handler.close()
     assert "without encryption" in caplog.text

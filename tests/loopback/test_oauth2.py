@@ -224,6 +224,7 @@ def smtp_handler(
             smtp_server.port,
             USER,
             encryption="none",
+            allow_cleartext=True,
             oauth2_token=token,
             pool=pool,
             sleep=lambda _: pytest.fail("an authentication failure must not be retried"),
@@ -273,7 +274,7 @@ def test_smtp_refused_static_token_fails_once_without_the_token_anywhere(
     result = send(handler)
     assert result.status is SMTPDeliveryStatus.FAILED
     assert result.smtp_code == 535 and not result.is_retryable and result.retry_count == 0
-    assert result.smtp_error is not None and "XOAUTH2 status 401" in result.smtp_error
+    assert result.smtp_error is not None and "XOAUTH2: status 401" in result.smtp_error
     [attempt] = smtp_server.oauth2.attempts  # type: ignore[union-attr]
     assert attempt.status == "401"
     for text in (str(result.to_dict()), repr(result), repr(handler), handler.last_error or ""):
@@ -390,7 +391,12 @@ def test_smtp_error_challenge_is_answered_with_an_empty_line() -> None:
     with ScriptedServer(gmail_like) as server:
         pool = SMTPConnectionPool()
         handler = SMTPProtocolHandler(
-            *server.address, USER, encryption="none", oauth2_token=WRONG, pool=pool
+            *server.address,
+            USER,
+            encryption="none",
+            oauth2_token=WRONG,
+            pool=pool,
+            allow_cleartext=True,
         )
         assert not handler.authenticate()
         [conv] = server.wait_for_connections(1)

@@ -74,6 +74,7 @@ def make_handler(
 
     def make(host: str, port: int, **options: Any) -> SMTPProtocolHandler:
         options.setdefault("encryption", "none")
+        options.setdefault("allow_cleartext", True)
         options.setdefault("from_address", SENDER)
         options.setdefault("ssl_context", client_ssl_context)
         options.setdefault("sleep", sleeps)

@@ -3,9 +3,12 @@
 Everything that reaches or leaves the socket goes through it: smtplib's own commands,
 the pipelined envelope and the message body (:meth:`SMTPClient.write_commands`,
 :meth:`SMTPClient.write_body`), and every reply, read by :meth:`SMTPClient.getreply`
-within :data:`MAX_REPLY_BYTES`. Implicit TLS is the same class with a context: the
-socket is wrapped as it is made. The protocol trace is written only while the caller
-asked for it (:func:`src.handlers._net.trace.tracing`); otherwise nothing is called.
+within :data:`MAX_REPLY_BYTES`. The socket is opened by
+:func:`src.handlers._net.connect.open_connection` (Happy Eyeballs, SOCKS and HTTP
+proxies) in :meth:`SMTPClient._get_socket`; implicit TLS is :class:`SMTPSSLClient`,
+whose ``smtplib.SMTP_SSL._get_socket`` wraps the socket that one returns. The
+protocol trace is written only while the caller asked for it
+(:func:`src.handlers._net.trace.tracing`); otherwise nothing is called.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import ssl
 from typing import Any
 
 from .._net import trace as wire_log
+from .._net.connect import Proxy, open_connection
 
 #: Largest reply accepted, all its lines together. smtplib bounds each line but not
 #: how many there are, so a server repeating "250-" lines would grow one reply until
@@ -27,8 +31,9 @@ _MAX_LINE = 8192  # smtplib's own bound on one reply line
 class SMTPClient(smtplib.SMTP):
     """smtplib's client with bounded replies, pipelined writes and an opt-in trace.
 
-    ``tls_context`` makes it an implicit-TLS client (what ``smtplib.SMTP_SSL`` does);
-    ``label`` names the server in trace records.
+    Its socket comes from :func:`open_connection` (Happy Eyeballs, or through
+    ``proxy``); ``label`` names the server in trace records. :class:`SMTPSSLClient`
+    is the implicit-TLS variant.
     """
 
     def __init__(
@@ -37,10 +42,10 @@ class SMTPClient(smtplib.SMTP):
         *,
         local_hostname: str,
         timeout: float,
-        tls_context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
         super().__init__(local_hostname=local_hostname, timeout=timeout)
-        self._tls_context = tls_context
+        self._proxy = proxy
         self._label = label
         self._tracer: wire_log.WireTracer | None = None
         self._secrets: tuple[str, ...] = ()
@@ -54,10 +59,10 @@ class SMTPClient(smtplib.SMTP):
         return super().connect(host, port, source_address)
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
-        if self._tls_context is not None:
-            sock = self._tls_context.wrap_socket(sock, server_hostname=self._host)
-        return sock
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            # smtplib would accept None (blocking for ever); a session needs a bound.
+            raise ValueError("the SMTP socket timeout must be a positive number of seconds")
+        return open_connection(host, port, timeout=timeout, proxy=self._proxy)
 
     # -- tracing ------------------------------------------------------------------
 
@@ -151,3 +156,26 @@ class SMTPClient(smtplib.SMTP):
             for part in shown.split("\n"):
                 tracer.received(f"{code} {part}", continuation=code == 334)
         return code, text
+
+
+class SMTPSSLClient(smtplib.SMTP_SSL, SMTPClient):
+    """:class:`SMTPClient` with implicit TLS: ``smtplib.SMTP_SSL._get_socket`` comes
+    first in the method order and wraps, with ``tls_context``, the socket that
+    :meth:`SMTPClient._get_socket` opened."""
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        local_hostname: str,
+        timeout: float,
+        tls_context: ssl.SSLContext,
+        proxy: Proxy | None = None,
+    ) -> None:
+        # smtplib.SMTP_SSL.__init__ calls SMTP.__init__ directly, so it would skip
+        # SMTPClient's; set what SMTP_SSL's own __init__ sets, then run SMTPClient's.
+        self.keyfile = self.certfile = None
+        self.context = tls_context
+        SMTPClient.__init__(
+            self, label, local_hostname=local_hostname, timeout=timeout, proxy=proxy
+        )

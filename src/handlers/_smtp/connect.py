@@ -14,6 +14,7 @@ import socket
 import ssl
 
 from .._net.config import Encryption, Endpoint
+from .._net.connect import Proxy
 from .._net.deadline import Deadline
 from .._net.tls import PLAINTEXT_REPLY
 from ..errors import (
@@ -24,7 +25,7 @@ from ..errors import (
     MailTimeoutError,
     SMTPResponseError,
 )
-from .client import SMTPClient
+from .client import SMTPClient, SMTPSSLClient
 from .mapping import HANDSHAKE_CUT, decode_reply, disconnected, map_errors
 
 
@@ -51,22 +52,30 @@ def connect(
     context: ssl.SSLContext | None,
     local_hostname: str,
     deadline: Deadline | None,
+    *,
+    proxy: Proxy | None = None,
 ) -> SMTPClient:
-    """Connect and read the greeting; raise a library error unless it is a 220."""
+    """Connect (through ``proxy`` if given) and read the greeting; raise a library
+    error unless it is a 220."""
     host, port, encryption = endpoint.host, endpoint.port, endpoint.encryption
     where = f"{host}:{port}"
-    client = SMTPClient(
-        where,
-        local_hostname=local_hostname,
-        timeout=timeout,
-        tls_context=context if encryption is Encryption.IMPLICIT_SSL else None,
-    )
+    client: SMTPClient
+    if encryption is Encryption.IMPLICIT_SSL:
+        assert context is not None
+        client = SMTPSSLClient(
+            where, local_hostname=local_hostname, timeout=timeout, tls_context=context, proxy=proxy
+        )
+    else:
+        client = SMTPClient(where, local_hostname=local_hostname, timeout=timeout, proxy=proxy)
     if deadline is not None:
         deadline.target = lambda: client.sock
     try:
         with map_errors("the greeting", host):
             try:
                 code, greeting = client.connect(host, port)
+            except MailHandlerError:
+                # open_connection's own errors: DNS, every address failed, the proxy.
+                raise
             except smtplib.SMTPConnectError as error:
                 raise SMTPResponseError(error.smtp_code, decode_reply(error.smtp_error)) from None
             except smtplib.SMTPResponseException as error:  # a greeting over its bounds

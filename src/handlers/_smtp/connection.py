@@ -36,7 +36,7 @@ from ..errors import (
     SMTPRecipientsRefused,
     SMTPSenderRefused,
 )
-from .auth import login
+from .auth import LoginOptions, login
 from .client import SMTPClient
 from .connect import close_quietly, connect, default_local_hostname, ehlo, starttls
 from .mapping import decode_reply, map_errors
@@ -117,8 +117,8 @@ class SMTPConnection:
         offers whatever the credentials).
 
         With a ``deadline``, the whole opening (greeting, TLS, login) is cut short when
-        it passes, however slowly the server drips its replies. Credentials with a
-        token source log in with XOAUTH2 (see :mod:`src.handlers._auth.oauth2`).
+        it passes, however slowly the server drips its replies. The login goes
+        through the SASL mechanisms of :mod:`src.handlers._sasl` (see :mod:`.auth`).
         """
         endpoint, credentials = settings.endpoint, settings.credentials
         host, port, encryption = endpoint.host, endpoint.port, endpoint.encryption
@@ -126,23 +126,26 @@ class SMTPConnection:
             resolve_context(settings.ssl_context) if encryption is not Encryption.NONE else None
         )
         name = settings.local_hostname or default_local_hostname()
-        client = connect(endpoint, settings.timeouts.socket, context, name, deadline)
+        client = connect(
+            endpoint, settings.timeouts.socket, context, name, deadline, proxy=settings.proxy
+        )
         secrets: tuple[str, ...] = ()
         try:
             ehlo(client)
             if encryption is Encryption.STARTTLS:
                 assert context is not None
                 starttls(client, host, context)
-            if log_in and credentials.username:
-                password = credentials.password
+            if log_in and (credentials.logs_in or settings.auth_mechanism == "EXTERNAL"):
                 secrets = login(
                     client,
-                    credentials.username,
-                    password.reveal() if password is not None else "",
-                    oauth2=credentials.token,
-                    oauth2_initial_response=settings.oauth2_initial_response,
-                    encrypted=encryption is not Encryption.NONE,
-                    where=f"{host}:{port}",
+                    credentials,
+                    LoginOptions(
+                        settings.auth_mechanism,
+                        settings.allow_cleartext,
+                        settings.oauth2_initial_response,
+                    ),
+                    host=host,
+                    port=port,
                 )
         except BaseException:
             close_quietly(client)

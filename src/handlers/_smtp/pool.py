@@ -23,12 +23,13 @@ from typing import Any
 from .._auth.credentials import Credentials
 from .._auth.oauth2 import TokenProvider, TokenSource
 from .._net.config import Encryption, Endpoint, Timeouts, check_seconds
+from .._net.connect import Proxy
 from .._net.deadline import Deadline
 from .._net.forksafe import forget_in_child
 from .._net.logs import get_logger
 from ..errors import ConfigurationError, PoolTimeoutError
 from .connection import SMTPConnection
-from .settings import ConnectionKey, SessionSettings
+from .settings import ConnectionKey, SessionSettings, check_auth_mechanism, check_proxy
 
 log = get_logger("smtp.pool")
 
@@ -117,23 +118,32 @@ class SMTPConnectionPool:
         deadline: Deadline | None = None,
         oauth2_token: str | TokenProvider | TokenSource | None = None,
         oauth2_initial_response: bool = True,
+        auth_mechanism: str | None = None,
+        allow_cleartext: bool = False,
+        proxy: Proxy | str | None = None,
     ) -> SMTPConnection:
         """Return a healthy connection for this server and login, opening one if needed.
 
         With ``oauth2_token`` (a token, a provider or a :class:`TokenSource`) new
-        connections log in with XOAUTH2 instead of the password. Bad settings raise
+        connections log in with OAUTHBEARER or XOAUTH2 instead of the password;
+        ``auth_mechanism``, ``allow_cleartext`` and ``proxy`` are the handler's
+        options of those names (see :class:`SMTPProtocolHandler`). Bad settings raise
         :class:`ConfigurationError`.
 
         Raises :class:`PoolTimeoutError` if the pool stays full for ``wait_timeout``
         seconds, or the library error that opening a connection raised.
         """
+        credentials = Credentials.of(username, password, oauth2_token)
         settings = SessionSettings(
             Endpoint(host, port, Encryption.parse(encryption)),
-            Credentials.of(username, password, oauth2_token),
+            credentials,
             Timeouts(socket=timeout),
             ssl_context,
             local_hostname,
             oauth2_initial_response,
+            check_auth_mechanism(auth_mechanism, credentials),
+            bool(allow_cleartext),
+            check_proxy(proxy),
         )
         return self.checkout(settings, wait_timeout=wait_timeout, deadline=deadline)
 
