@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._net.connect import Proxy, open_connection
 from .._net.deadline import announce_socket
 from .._net.tls import answers_tls
 from ..errors import POP3ConnectionError, POP3SecurityError
@@ -56,7 +57,22 @@ _LongReply = tuple[bytes, list[bytes], int]
 _PROBE_WAIT = 2.0
 
 
-class FastReplies(poplib.POP3):
+class Transport(poplib.POP3):
+    """Opens the TCP connection with :func:`~src.handlers._net.connect.open_connection`
+    (Happy Eyeballs, proxies) instead of :func:`socket.create_connection`.
+
+    It sits last before :class:`poplib.POP3` in every client's MRO, so
+    :class:`poplib.POP3_SSL` wraps the socket it returns.
+    """
+
+    #: The proxy to connect through; set before the constructor connects.
+    proxy: Proxy | None = None
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        return open_connection(self.host, self.port, timeout=timeout, proxy=self.proxy)
+
+
+class FastReplies(Transport):
     """The reading side shared by the plain and the TLS client."""
 
     #: Largest RETR/TOP data accepted, in bytes; ``None`` means no bound.
@@ -69,7 +85,7 @@ class FastReplies(poplib.POP3):
     def _create_socket(self, timeout: float) -> socket.socket:
         # Announced before the greeting is read, so a deadline can cut a server that
         # drips it (with implicit TLS, once the handshake is done).
-        sock: socket.socket = super()._create_socket(timeout)  # type: ignore[misc]
+        sock: socket.socket = super()._create_socket(timeout)
         announce_socket(sock)
         return sock
 
@@ -215,8 +231,14 @@ class FastPOP3(FastReplies):
     """
 
     def __init__(
-        self, host: str, port: int = poplib.POP3_PORT, timeout: float | None = None
+        self,
+        host: str,
+        port: int = poplib.POP3_PORT,
+        timeout: float | None = None,
+        *,
+        proxy: Proxy | None = None,
     ) -> None:
+        self.proxy = proxy
         try:
             super().__init__(host, port, timeout)  # type: ignore[arg-type]
         except TimeoutError:
@@ -235,7 +257,7 @@ class FastPOP3(FastReplies):
             raise
 
 
-class FastPOP3_SSL(FastReplies, poplib.POP3_SSL):
+class FastPOP3_SSL(FastReplies, poplib.POP3_SSL, Transport):
     """POP3 over TLS from the first byte; closes its socket if the greeting fails."""
 
     def __init__(
@@ -245,7 +267,9 @@ class FastPOP3_SSL(FastReplies, poplib.POP3_SSL):
         *,
         timeout: float | None = None,
         context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
+        self.proxy = proxy
         if context is None:
             raise ValueError("FastPOP3_SSL needs an explicit ssl.SSLContext")
         try:
