@@ -57,23 +57,8 @@ _LongReply = tuple[bytes, list[bytes], int]
 _PROBE_WAIT = 2.0
 
 
-class Transport(poplib.POP3):
-    """Opens the TCP connection with :func:`~src.handlers._net.connect.open_connection`
-    (Happy Eyeballs, proxies) instead of :func:`socket.create_connection`.
-
-    It sits last before :class:`poplib.POP3` in every client's MRO, so
-    :class:`poplib.POP3_SSL` wraps the socket it returns.
-    """
-
-    #: The proxy to connect through; set before the constructor connects.
-    proxy: Proxy | None = None
-
-    def _create_socket(self, timeout: float) -> socket.socket:
-        return open_connection(self.host, self.port, timeout=timeout, proxy=self.proxy)
-
-
-class FastReplies(Transport):
-    """The reading side shared by the plain and the TLS client."""
+class FastReplies(poplib.POP3):
+    """The reading side shared by the plain and the TLS client, and how both connect."""
 
     #: Largest RETR/TOP data accepted, in bytes; ``None`` means no bound.
     message_limit: int | None = None
@@ -81,13 +66,20 @@ class FastReplies(Transport):
     listing_limit: int = DEFAULT_LISTING_LIMIT
     #: Whether the server listed PIPELINING in CAPA; None until someone asked.
     pipelining: bool | None = None
+    #: The proxy to connect through; set before the constructor connects.
+    proxy: Proxy | None = None
 
     def _create_socket(self, timeout: float) -> socket.socket:
         # Announced before the greeting is read, so a deadline can cut a server that
         # drips it (with implicit TLS, once the handshake is done).
-        sock: socket.socket = super()._create_socket(timeout)
+        sock = self._connect(timeout)
         announce_socket(sock)
         return sock
+
+    def _connect(self, timeout: float) -> socket.socket:
+        """The TCP connection, opened by :func:`~src.handlers._net.connect.open_connection`
+        (Happy Eyeballs, proxies) rather than :func:`socket.create_connection`."""
+        return open_connection(self.host, self.port, timeout=timeout, proxy=self.proxy)
 
     def _getline(self) -> tuple[bytes, int]:
         line = self.file.readline(MAX_STATUS_LINE + 1)
@@ -257,7 +249,7 @@ class FastPOP3(FastReplies):
             raise
 
 
-class FastPOP3_SSL(FastReplies, poplib.POP3_SSL, Transport):
+class FastPOP3_SSL(FastReplies, poplib.POP3_SSL):
     """POP3 over TLS from the first byte; closes its socket if the greeting fails."""
 
     def __init__(
@@ -276,4 +268,15 @@ class FastPOP3_SSL(FastReplies, poplib.POP3_SSL, Transport):
             poplib.POP3_SSL.__init__(self, host, port, timeout=timeout, context=context)  # type: ignore[arg-type]
         except BaseException:
             _close_half_built(self)
+            raise
+
+    def _connect(self, timeout: float) -> socket.socket:
+        # poplib.POP3_SSL._create_socket calls POP3's by name, so it cannot wrap the
+        # socket FastReplies opens; the handshake is done here instead.
+        sock = super()._connect(timeout)
+        context: ssl.SSLContext = self.context  # type: ignore[attr-defined]
+        try:
+            return context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
             raise

@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from .._sasl import Mechanism, Refusal
+from .._sasl import Mechanism, Refusal, SASLAuthenticationError
 from ..errors import MailHandlerError, POP3AuthenticationError, POP3ProtocolError
 from .wire import error_for_reply, parse_error_reply
 
@@ -137,6 +137,12 @@ def authenticate(
             else:
                 try:
                     answer = mechanism.respond(challenge)
+                except SASLAuthenticationError as error:
+                    # The server refused inside the mechanism (SCRAM "e="): the
+                    # exchange ends with its -ERR, which says the rest.
+                    reply = _cancel(client) or b"-ERR [AUTH] " + error.text.encode()
+                    refusal = refused(reply, masked())
+                    raise _with_reason(refusal, mechanism) from None
                 except MailHandlerError:
                     _cancel(client)
                     raise
@@ -146,25 +152,32 @@ def authenticate(
     except poplib.error_proto as error:
         reply = error.args[0] if error.args else b""
         failure = refused(reply if isinstance(reply, bytes | str) else str(reply), masked())
-        if mechanism.failure is not None and isinstance(failure.error, POP3AuthenticationError):
-            explained = mechanism.refusal(None, failure.error.text, failure.error.enhanced_code)
-            failure = AuthRefused(
-                failure.refusal,
-                POP3AuthenticationError(explained.text, failure.error.enhanced_code),
-            )
-        raise failure from None
+        raise _with_reason(failure, mechanism) from None
 
 
-def _cancel(client: Any) -> None:
-    """Send ``*`` and read the server's answer, which ends the exchange (RFC 5034)."""
+def _with_reason(failure: AuthRefused, mechanism: Mechanism) -> AuthRefused:
+    """``failure`` with the reason the server gave inside the mechanism added."""
+    if mechanism.failure is None or not isinstance(failure.error, POP3AuthenticationError):
+        return failure
+    explained = mechanism.refusal(None, failure.error.text, failure.error.enhanced_code)
+    return AuthRefused(
+        failure.refusal, POP3AuthenticationError(explained.text, failure.error.enhanced_code)
+    )
+
+
+def _cancel(client: Any) -> bytes | None:
+    """Send ``*`` and read the server's answer, which ends the exchange (RFC 5034);
+    return that ``-ERR`` reply, if it came."""
     try:
         client._putcmd("*")
         for _ in range(_CANCEL_READS):
             line = client._getresp()
             if not _is_continuation(line):
-                return
-    except poplib.error_proto:
-        return
+                return None
+    except poplib.error_proto as error:
+        reply = error.args[0] if error.args else b""
+        return reply if isinstance(reply, bytes) else str(reply).encode()
+    return None
 
 
 def _is_continuation(line: bytes) -> bool:
