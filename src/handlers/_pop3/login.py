@@ -7,9 +7,10 @@ timestamp in the greeting), picks the candidates best first, and tries them in t
    ``SCRAM-SHA-256-PLUS``, ``SCRAM-SHA-1-PLUS`` (over TLS, bound to the server's
    certificate), ``SCRAM-SHA-256``, ``SCRAM-SHA-1``, ``CRAM-MD5``; for a token
    ``OAUTHBEARER``, then ``XOAUTH2``; ``EXTERNAL`` when pinned;
-2. ``APOP`` when the greeting carries a timestamp;
-3. ``PLAIN``, ``LOGIN``, then ``USER``/``PASS``, which show the password to whoever
-   reads the connection: only over TLS, unless cleartext is allowed.
+2. ``PLAIN``, ``LOGIN``, then ``USER``/``PASS``, which show the password to whoever
+   reads the connection: only over TLS, unless cleartext is allowed;
+3. ``APOP``, when the greeting carries a timestamp, only when pinned or when nothing
+   else could log in (no TLS, cleartext not allowed, no SASL mechanism left).
 
 The next candidate is tried only when the server says it does not support the one
 just tried; a refusal of the credentials ends the login there. With ``UTF8`` in
@@ -57,9 +58,6 @@ PINNABLE: Final = frozenset({*(n for names in PREFERENCE.values() for n in names
 
 _PASSWORD_ONLY: Final = frozenset({*PREFERENCE[CredentialKind.PASSWORD], USER_PASS, APOP})
 _TOKEN_ONLY: Final = frozenset(PREFERENCE[CredentialKind.TOKEN])
-# Where APOP stands among the password mechanisms: below the ones that keep the
-# password off the wire with a modern hash, above those that show it.
-_APOP_BEFORE: Final = ("PLAIN", "LOGIN")
 
 
 @dataclass(frozen=True)
@@ -253,9 +251,11 @@ def _password_candidates(
         )
     except (NoMechanismError, CleartextRefusedError):
         sasl = []
-    if timestamp is not None:
-        at = next((i for i, name in enumerate(sasl) if name in _APOP_BEFORE), len(sasl))
-        sasl.insert(at, APOP)
+    if timestamp is not None and not (tls or allow_cleartext):
+        # Only where it is the one way left that keeps the password off the wire:
+        # servers put a timestamp in their greeting without being able to check APOP
+        # for every account, and a refused APOP ends the login.
+        sasl.append(APOP)
     if tls or allow_cleartext:
         sasl.append(USER_PASS)
     if not sasl:
@@ -333,6 +333,13 @@ def _sasl(
         port=context.port,
     )
     context.remember(mechanism)
+    if mechanism.cleartext and token is None and context.encryption is Encryption.NONE:
+        log.warning(
+            "sending the POP3 password for %r to %s without encryption (%s)",
+            credentials.username,
+            context.where,
+            name,
+        )
     adapter.authenticate(
         mechanism, context.secrets, initial_response=context.options.initial_response
     )
