@@ -15,14 +15,21 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import trustme
 
-from src.handlers._sasl import CleartextRefusedError, SASLServerVerificationError
-from src.handlers.errors import ConfigurationError, MailHandlerError, ProxyError
+from src.handlers._sasl import (
+    CleartextRefusedError,
+    NoMechanismError,
+    SASLServerVerificationError,
+)
+from src.handlers.errors import ConfigurationError, MailHandlerError, POP3ResponseError, ProxyError
 from src.handlers.pop3 import (
     POP3AuthenticationError,
     POP3ConnectionPool,
+    POP3MailboxBusyError,
     POP3ProtocolHandler,
 )
+from src.handlers.retry import RetryPolicy
 from src.testing.pop3_server import POP3TestServer
 from src.testing.proxy_server import ProxyTestServer
 from src.testing.tls import TestCertificates
@@ -130,8 +137,10 @@ def test_each_pinned_mechanism_logs_in_for_real(
     mechanism: str, tls_server: POP3TestServer, client_ssl_context: ssl.SSLContext
 ) -> None:
     pop3 = handler(tls_server, "tls", client_ssl_context, auth_mechanism=mechanism.lower())
+    assert pop3.authenticated_with is None
     assert pop3.get_mailbox_stat()[0] == 1
     assert tls_server.logins == [(USER, mechanism)]
+    assert pop3.authenticated_with == mechanism
 
 
 def test_apop_is_used_when_it_is_the_best_available() -> None:
@@ -415,3 +424,78 @@ def test_a_proxy_that_refuses_or_drops(misbehaviour: str, tls_server: POP3TestSe
         with pytest.raises(ProxyError):
             pop3.get_mailbox_stat()
     assert tls_server.sessions_started == 0
+
+
+# -- more refusals ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "code"),
+    [
+        ("in_use", POP3MailboxBusyError, "IN-USE"),
+        ("login_delay", POP3MailboxBusyError, "LOGIN-DELAY"),
+    ],
+)
+def test_a_busy_mailbox_at_auth_is_not_a_reason_to_fall_back(
+    fault: str,
+    error: type[Exception],
+    code: str,
+    tls_server: POP3TestServer,
+    client_ssl_context: ssl.SSLContext,
+) -> None:
+    setattr(tls_server.faults, fault, True)
+    with pytest.raises(error) as caught:
+        handler(
+            tls_server, "tls", client_ssl_context, retry=RetryPolicy(max_retries=0)
+        ).authenticate()
+    assert getattr(caught.value, "enhanced_code", None) == code
+    assert verbs(tls_server).count("AUTH") == 1 and "USER" not in verbs(tls_server)
+
+
+def test_a_temporary_refusal_is_not_a_reason_to_fall_back(
+    tls_server: POP3TestServer, client_ssl_context: ssl.SSLContext
+) -> None:
+    tls_server.faults.error_replies["AUTH"] = "-ERR [SYS/TEMP] try again later"
+    with pytest.raises(POP3ResponseError) as caught:
+        handler(
+            tls_server, "tls", client_ssl_context, retry=RetryPolicy(max_retries=0)
+        ).authenticate()
+    assert not isinstance(caught.value, POP3AuthenticationError)
+    assert caught.value.enhanced_code == "SYS/TEMP"
+    assert verbs(tls_server).count("AUTH") == 1 and "USER" not in verbs(tls_server)
+
+
+def test_a_pinned_mechanism_the_server_lacks_sends_nothing(
+    tls_server: POP3TestServer, client_ssl_context: ssl.SSLContext
+) -> None:
+    tls_server.sasl_mechanisms = ("PLAIN",)
+    with pytest.raises(NoMechanismError):
+        handler(tls_server, "tls", client_ssl_context, auth_mechanism="SCRAM-SHA-1").authenticate()
+    assert "AUTH" not in verbs(tls_server) and "USER" not in verbs(tls_server)
+
+
+def test_external_logs_in_with_the_client_certificate(certs: TestCertificates) -> None:
+    client_ca = trustme.CA()
+    identity = "ada.example.org"
+    server_context = certs.server_context()
+    server_context.verify_mode = ssl.CERT_OPTIONAL
+    client_ca.configure_trust(server_context)
+    client_context = certs.client_context()
+    client_ca.issue_cert(identity).configure_cert(client_context)
+    with POP3TestServer(
+        users={identity: "unused"},
+        tls="implicit",
+        ssl_context=server_context,
+        sasl_mechanisms=("PLAIN", "EXTERNAL"),
+    ) as server:
+        pop3 = POP3ProtocolHandler(
+            server.host,
+            server.port,
+            identity,
+            encryption="ssl",
+            timeout=5,
+            ssl_context=client_context,
+            auth_mechanism="EXTERNAL",
+        )
+        assert pop3.get_mailbox_stat() == (0, 0)
+    assert server.logins == [(identity, "EXTERNAL")]

@@ -238,6 +238,12 @@ class POP3ProtocolHandler:
         return self._session.connector.encryption.value
 
     @property
+    def authenticated_with(self) -> str | None:
+        """How the last login went through: a SASL mechanism such as
+        ``"SCRAM-SHA-256"``, ``"APOP"``, or ``"USER"`` for USER/PASS; None before any."""
+        return self._session.mechanism
+
+    @property
     def is_connected(self) -> bool:
         """True while a session's connection is open."""
         return self._session.state in (SessionState.CONNECTED, SessionState.AUTHENTICATED)

@@ -66,6 +66,7 @@ BUILT_IN_MECHANISMS = frozenset(
         "CRAM-MD5",
         "LOGIN",
         "OAUTHBEARER",
+        "EXTERNAL",
     }
 )
 _SCRAM_ITERATIONS = 4096
@@ -287,7 +288,9 @@ class POP3TestServer:
     ``SCRAM-SHA-1`` and their ``-PLUS`` variants (run by scramp's server side, with the
     ``tls-server-end-point`` channel binding scramp computes from ``certificate``, the
     server certificate in DER, which the ``-PLUS`` ones need), ``CRAM-MD5``, ``LOGIN``
-    and (with ``oauth2_tokens``) ``OAUTHBEARER``, each checked against ``users``.
+    and (with ``oauth2_tokens``) ``OAUTHBEARER``, each checked against ``users``, and
+    ``EXTERNAL``, which logs in the user named by the first subjectAltName of the
+    client's TLS certificate (the server context must ask for one).
     ``apop`` puts a timestamp in the greeting and accepts ``APOP``; ``utf8`` offers
     RFC 6856 ``UTF8`` and ``languages`` its ``LANG``. :attr:`logins` records who
     logged in and how.
@@ -1003,8 +1006,26 @@ class _POP3Session:
             user = name.decode("utf-8", "replace")
             ok = self._server._password_ok(user, secret.decode("utf-8", "replace"))
             self._finish_login(user if ok else None, "AUTH", how=mechanism)
+        elif mechanism == "EXTERNAL":
+            self._external(initial)
         else:
             self._oauthbearer(initial)
+
+    def _external(self, initial: bytes | None) -> None:
+        authzid = initial if initial is not None else self._challenge(b"")
+        if authzid is None:
+            return
+        certificate = self._sock.getpeercert() if isinstance(self._sock, ssl.SSLSocket) else None
+        alt_names: Any = (certificate or {}).get("subjectAltName", ())
+        names = [str(entry[1]) for entry in alt_names]
+        user = names[0] if names else None
+        if user is not None and authzid and authzid.decode("utf-8", "replace") != user:
+            user = None
+        self._finish_login(
+            user if user is not None and user in self._server.users else None,
+            "AUTH",
+            how="EXTERNAL",
+        )
 
     def _scram(self, mechanism: str, initial: bytes | None) -> None:
         import scramp
