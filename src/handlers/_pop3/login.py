@@ -116,11 +116,6 @@ class LoginOptions:
             raise ConfigurationError("language must be one language tag, like 'en'", "language")
         return cls(mechanism, allow_cleartext, language, bool(initial_response))
 
-    @property
-    def external(self) -> bool:
-        """True when the TLS client certificate alone logs in."""
-        return self.mechanism == "EXTERNAL"
-
 
 @dataclass
 class LoginContext:

@@ -258,6 +258,8 @@ class Session:
         """Log in on a connection whose state is not tracked here (see
         :mod:`~src.handlers._pop3.login`)."""
         connector = self.connector
+        # What an earlier connection's exchanges held cannot be echoed on this one.
+        self._mechanisms.clear()
         context = LoginContext(
             credentials=self.credentials,
             options=self.login_options,
