@@ -38,12 +38,14 @@ from ._auth.oauth2 import TokenProvider, TokenSource
 from ._mime.dsn import DeliveryAction, DeliveryReport, RecipientReport, parse_delivery_report
 from ._mime.parser import ParseLimits
 from ._net.config import Encryption, Endpoint, Timeouts
+from ._net.connect import Proxy
 from ._net.logs import get_logger
 from ._net.tls import resolve_context
 from ._pop3.checks import check_size_limit, credentials_for
 from ._pop3.client import FastPOP3, FastPOP3_SSL
 from ._pop3.connection import DEFAULT_CONNECT_RETRY, ClientFactory, POP3Connector
 from ._pop3.listing import UIDListing
+from ._pop3.login import LoginOptions
 from ._pop3.mailbox import Mailbox, MessageOptions
 from ._pop3.pool import SessionPool
 from ._pop3.session import Session, SessionState
@@ -121,11 +123,31 @@ class POP3ProtocolHandler:
     ``trace`` (log every command and status line to the ``src.handlers.trace``
     logger at DEBUG, secrets masked; see :mod:`src.handlers._net.trace`).
 
+    Logging in picks the strongest way the server offers (``CAPA``'s ``SASL`` list and
+    the greeting's APOP timestamp): SCRAM-SHA-256-PLUS and SCRAM-SHA-1-PLUS over TLS,
+    SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5, APOP, then PLAIN, LOGIN and USER/PASS, which
+    show the password and are used only over TLS or with ``allow_cleartext``. A weaker
+    way is tried only when the server does not support the stronger one, never after
+    it refused the credentials. ``auth_mechanism`` pins one (``"SCRAM-SHA-256"``,
+    ``"APOP"``, ``"USER"``, ``"EXTERNAL"`` for the client certificate of
+    ``ssl_context``, in which case ``password`` is left out, ...). ``allow_cleartext``
+    defaults to what ``encryption`` says: allowed with ``'none'`` (with a warning),
+    never needed with TLS; False keeps even a ``'none'`` connection to logins that do
+    not show the password. ``language`` asks for server replies in that language
+    (``LANG``, RFC 6856) when offered; ``UTF8`` is sent whenever the server offers it.
+    See docs/authentication.md.
+
     ``oauth2_token`` (an OAuth2 access token, or a callable returning one) logs in with
-    SASL ``AUTH XOAUTH2`` instead of USER/PASS, and ``password`` is then left out;
-    ``oauth2_initial_response`` (default True) sends the token with the ``AUTH``
-    command when the line fits in 255 octets, False always waits for the server's
-    challenge. See docs/oauth2.md.
+    SASL ``OAUTHBEARER`` or ``XOAUTH2`` instead, and ``password`` is then left out; a
+    token the server refuses is refreshed once (see docs/oauth2.md).
+    ``oauth2_initial_response`` (default True) sends the client's first SASL message
+    with the ``AUTH`` command when the line fits in 255 octets, False always waits for
+    the server's challenge.
+
+    ``proxy`` (a :class:`~src.handlers._net.connect.Proxy` or a URL such as
+    ``socks5://proxy.example:1080``) reaches the server through a SOCKS or HTTP proxy;
+    without one, every address of the host is tried as Happy Eyeballs (RFC 8305)
+    says.
 
     ``operation_timeout`` bounds each exchange with the server as a whole: opening a
     session (connecting, greeting, STLS, login), or one command and its complete reply,
@@ -159,6 +181,10 @@ class POP3ProtocolHandler:
         oauth2_token: str | TokenProvider | TokenSource | None = None,
         oauth2_initial_response: bool = True,
         trace: bool = False,
+        auth_mechanism: str | None = None,
+        allow_cleartext: bool | None = None,
+        language: str | None = None,
+        proxy: Proxy | str | None = None,
     ) -> None:
         connector = POP3Connector(
             Endpoint(hostname, port, Encryption.parse(encryption)),
@@ -169,6 +195,7 @@ class POP3ProtocolHandler:
             clock,
             deadline,
             trace,
+            Proxy.from_url(proxy) if isinstance(proxy, str) else proxy,
         )
         options = MessageOptions(
             check_size_limit(max_message_size),
@@ -176,11 +203,19 @@ class POP3ProtocolHandler:
             include_attachment_content,
             parse_limits,
         )
+        external = isinstance(auth_mechanism, str) and auth_mechanism.upper() == "EXTERNAL"
+        credentials = credentials_for(username, password, oauth2_token, external=external)
         self._session = Session(
             connector,
-            credentials_for(username, password, oauth2_token),
+            credentials,
             self._client_factory,
-            oauth2_initial_response=oauth2_initial_response,
+            login_options=LoginOptions.check(
+                auth_mechanism,
+                allow_cleartext,
+                language,
+                credentials,
+                initial_response=oauth2_initial_response,
+            ),
         )
         self._mailbox = Mailbox(self._session, options)
 
@@ -211,6 +246,12 @@ class POP3ProtocolHandler:
     def encryption(self) -> str:
         """``'ssl'``, ``'tls'`` or ``'none'``."""
         return self._session.connector.encryption.value
+
+    @property
+    def authenticated_with(self) -> str | None:
+        """How the last login went through: a SASL mechanism such as
+        ``"SCRAM-SHA-256"``, ``"APOP"``, or ``"USER"`` for USER/PASS; None before any."""
+        return self._session.mechanism
 
     @property
     def is_connected(self) -> bool:
@@ -447,13 +488,20 @@ class POP3ProtocolHandler:
         # the specification's tests do) takes effect. The stock poplib classes are
         # swapped for subclasses that close their socket on failure and read fast.
         connector = self._session.connector
+        proxy = connector.proxy
         if connector.encryption is Encryption.IMPLICIT_SSL:
-            tls_class: Any = FastPOP3_SSL if POP3_SSL is poplib.POP3_SSL else POP3_SSL
             context = resolve_context(connector.ssl_context)
+            if POP3_SSL is poplib.POP3_SSL:
+                return lambda host, port, timeout: FastPOP3_SSL(
+                    host, port, timeout=timeout, context=context, proxy=proxy
+                )
+            tls_class: Any = POP3_SSL
             return lambda host, port, timeout: tls_class(
                 host, port, timeout=timeout, context=context
             )
-        plain_class: Any = FastPOP3 if POP3 is poplib.POP3 else POP3
+        if POP3 is poplib.POP3:
+            return lambda host, port, timeout: FastPOP3(host, port, timeout=timeout, proxy=proxy)
+        plain_class: Any = POP3
         return lambda host, port, timeout: plain_class(host, port, timeout=timeout)
 
 
@@ -465,7 +513,9 @@ class POP3ConnectionPool(SessionPool[POP3ProtocolHandler]):
     ``retry``, ``max_message_size``, ...) are passed to every handler the pool creates;
     ``clock`` also times blocking :meth:`acquire` calls. With ``oauth2_token`` the
     handlers log in with XOAUTH2 and ``password`` is left out; all of them share the
-    one token or provider.
+    one token or provider. ``auth_mechanism``, ``allow_cleartext``, ``language`` and
+    ``proxy`` are handler options like the others; handlers made with another proxy
+    never share a pool.
     """
 
     def __init__(

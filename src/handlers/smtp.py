@@ -32,6 +32,7 @@ from ._net.connect import Proxy
 from ._net.control_chars import find_control_character
 from ._net.deadline import Deadline
 from ._net.logs import get_logger
+from ._sasl import cleartext_consent
 from ._smtp.connection import SMTPConnection, Transaction, TransactionOutcome
 from ._smtp.options import NO_OPTIONS, DSNOptions, SendOptions, check_dsn
 from ._smtp.pool import SMTPConnectionPool
@@ -234,8 +235,10 @@ class SMTPProtocolHandler:
     fits; False always waits for the server's challenge), ``auth_mechanism`` (the one
     SASL mechanism to log in with, e.g. ``"SCRAM-SHA-256"`` or ``"EXTERNAL"`` for a
     client certificate given in ``ssl_context``; by default the strongest the server
-    offers, see SMTP_HANDLER.md), ``allow_cleartext`` (permit PLAIN, LOGIN,
-    OAUTHBEARER and XOAUTH2 with ``encryption='none'``; refused otherwise),
+    offers, see SMTP_HANDLER.md), ``allow_cleartext`` (whether PLAIN, LOGIN,
+    OAUTHBEARER and XOAUTH2 may run without TLS: by default choosing
+    ``encryption='none'`` is that consent, with a WARNING per login; False withdraws
+    it),
     ``proxy`` (a :class:`Proxy` or a ``socks5://``, ``socks4://`` or ``http://`` URL
     to connect through), ``trace`` (log every command and reply of this
     handler's sends to the ``src.handlers._net.trace`` logger at DEBUG, credentials
@@ -276,7 +279,7 @@ class SMTPProtocolHandler:
         trace: bool = False,
         # -- logging in and reaching the server
         auth_mechanism: str | None = None,
-        allow_cleartext: bool = False,
+        allow_cleartext: bool | None = None,
         proxy: Proxy | str | None = None,
         # -- delivery: what happens to each message on its way out
         dkim: DKIMSigner | None = None,
@@ -304,7 +307,7 @@ class SMTPProtocolHandler:
             local_hostname,
             oauth2_initial_response,
             check_auth_mechanism(auth_mechanism, credentials),
-            bool(allow_cleartext),
+            cleartext_consent(allow_cleartext, endpoint.encryption),
             check_proxy(proxy),
         )
         self._key = ConnectionKey.of(self._settings)

@@ -30,6 +30,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import hmac
 import ipaddress
 import itertools
 import logging
@@ -40,7 +41,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from .xoauth2 import XOAUTH2Verifier
 
@@ -53,6 +54,24 @@ TLSMode = Literal["none", "starttls", "implicit"]
 #: Checks one decoded SASL client response; returns the authenticated user or ``None``.
 SASLHandler = Callable[[bytes], str | None]
 
+#: Mechanisms the server carries out itself, with several steps where they need them.
+#: The SCRAM ones are run by scramp's server side (the ``test`` extra); the others are
+#: checked by hand here.
+BUILT_IN_MECHANISMS = frozenset(
+    {
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "CRAM-MD5",
+        "LOGIN",
+        "OAUTHBEARER",
+        "EXTERNAL",
+    }
+)
+_SCRAM_ITERATIONS = 4096
+_MAX_SASL_STEPS = 4
+
 _RECV_SIZE = 65536
 _POLL_INTERVAL = 0.05
 _HARD_LINE_LIMIT = 1 << 20  # command lines longer than this are refused even without a limit
@@ -61,6 +80,7 @@ _ENDLESS_CHUNK = b"+and this line is followed by another\r\n" * 256
 _ENDLESS_CHUNKS = 100_000  # about 1 GB: far beyond any client's bound, yet finite
 _ENDLESS_SEND_TIMEOUT = 1.0  # a client that stops reading this long has given up
 
+_TIMESTAMPS = itertools.count(1)
 _AUTHORIZATION = "AUTHORIZATION"
 _TRANSACTION = "TRANSACTION"
 _UPDATE = "UPDATE"
@@ -70,6 +90,9 @@ _COMMAND_STATES: dict[str, frozenset[str]] = {
     "USER": frozenset({_AUTHORIZATION}),
     "PASS": frozenset({_AUTHORIZATION}),
     "AUTH": frozenset({_AUTHORIZATION}),
+    "APOP": frozenset({_AUTHORIZATION}),
+    "UTF8": frozenset({_AUTHORIZATION}),
+    "LANG": frozenset({_AUTHORIZATION, _TRANSACTION}),
     "STLS": frozenset({_AUTHORIZATION}),
     "CAPA": frozenset({_AUTHORIZATION, _TRANSACTION}),
     "QUIT": frozenset({_AUTHORIZATION, _TRANSACTION}),
@@ -133,6 +156,9 @@ class POP3Faults:
     endless_on: str | None = None
     """Verb answered with ``+OK`` and data lines that never reach the terminating
     ``.``, until the client hangs up (or about 1 GB has been sent)."""
+    bad_scram_signature: bool = False
+    """Send a SCRAM server-final message whose signature is wrong, as an impostor that
+    does not know the password would."""
 
     def reset(self) -> None:
         """Switch every fault back off."""
@@ -224,6 +250,21 @@ def _mask(verb: str, text: str) -> str:
     return text
 
 
+def _parse_oauthbearer(message: bytes) -> tuple[str, str]:
+    """The user (``a=`` of the gs2 header) and the token of an OAUTHBEARER message."""
+    text = message.decode("utf-8", "replace")
+    header, _, rest = text.partition("\x01")
+    user = ""
+    for part in header.split(","):
+        if part.startswith("a="):
+            user = part[2:].replace("=2C", ",").replace("=3D", "=")
+    token = ""
+    for pair in rest.split("\x01"):
+        if pair.startswith("auth=Bearer "):
+            token = pair[len("auth=Bearer ") :]
+    return user, token
+
+
 def _dot_stuff(lines: Iterable[bytes]) -> Iterable[bytes]:
     for line in lines:
         yield (b"." + line if line.startswith(b".") else line) + b"\r\n"
@@ -243,6 +284,16 @@ class POP3TestServer:
     one step or two, with the error continuation for a refused token; :attr:`oauth2`
     (an :class:`~src.testing.xoauth2.XOAUTH2Verifier`) then holds the tokens, lets a
     test expire one, and records every attempt.
+    Built in as well, when listed in ``sasl_mechanisms``: ``SCRAM-SHA-256``,
+    ``SCRAM-SHA-1`` and their ``-PLUS`` variants (run by scramp's server side, with the
+    ``tls-server-end-point`` channel binding scramp computes from ``certificate``, the
+    server certificate in DER, which the ``-PLUS`` ones need), ``CRAM-MD5``, ``LOGIN``
+    and (with ``oauth2_tokens``) ``OAUTHBEARER``, each checked against ``users``, and
+    ``EXTERNAL``, which logs in the user named by the first subjectAltName of the
+    client's TLS certificate (the server context must ask for one).
+    ``apop`` puts a timestamp in the greeting and accepts ``APOP``; ``utf8`` offers
+    RFC 6856 ``UTF8`` and ``languages`` its ``LANG``. :attr:`logins` records who
+    logged in and how.
     ``max_line_length`` bounds command lines (longer ones get ``-ERR``).
     ``max_sessions`` bounds concurrent connections; extra ones get ``-ERR [SYS/TEMP]``
     (in plain text modes) and are closed.
@@ -271,6 +322,10 @@ class POP3TestServer:
         sasl_handlers: Mapping[str, SASLHandler] | None = None,
         max_sessions: int = 64,
         oauth2_tokens: Mapping[str, str] | None = None,
+        apop: bool = False,
+        utf8: bool = False,
+        languages: Sequence[str] = (),
+        certificate: bytes | None = None,
     ) -> None:
         if not _is_loopback(host):
             raise ValueError(f"the test server binds to loopback only, not {host!r}")
@@ -289,9 +344,14 @@ class POP3TestServer:
         mechanisms = tuple(name.upper() for name in sasl_mechanisms)
         built_in = {"XOAUTH2"} if oauth2_tokens is not None else set()
         mechanisms += tuple(sorted(built_in - set(mechanisms)))
+        built_in |= BUILT_IN_MECHANISMS - {"OAUTHBEARER"}
+        if oauth2_tokens is not None:
+            built_in.add("OAUTHBEARER")
         unknown = [name for name in mechanisms if name not in handlers and name not in built_in]
         if unknown:
             raise ValueError(f"no sasl_handlers entry for {', '.join(unknown)}")
+        if any(name.endswith("-PLUS") for name in mechanisms) and certificate is None:
+            raise ValueError("the -PLUS mechanisms need the server's certificate (DER)")
 
         self.host = host
         self.port = 0
@@ -311,6 +371,13 @@ class POP3TestServer:
         self.sessions_started = 0
         self.max_concurrent_sessions = 0
 
+        self.apop = apop
+        self.utf8 = utf8
+        self.languages = tuple(languages)
+        self.certificate = certificate
+        #: ``(user, mechanism)`` of every successful login, in order (``"USER"`` for
+        #: USER/PASS, ``"APOP"``, or the SASL mechanism).
+        self.logins: list[tuple[str, str]] = []
         self._sasl_handlers = handlers
         self.oauth2 = XOAUTH2Verifier(oauth2_tokens) if oauth2_tokens is not None else None
         self._lock = threading.Lock()
@@ -482,6 +549,32 @@ class POP3TestServer:
     def _sasl_check(self, mechanism: str, response: bytes) -> str | None:
         return self._sasl_handlers[mechanism](response)
 
+    def _scram_server(self, mechanism: str, users_seen: list[str]) -> Any:
+        import scramp  # type: ignore[import-untyped]
+
+        scram = scramp.ScramMechanism(mechanism)
+        infos: dict[str, Any] = {}
+
+        def auth_fn(user: str) -> Any:
+            users_seen.append(user)
+            password = self.users.get(user)
+            if password is None:  # an unknown user fails on the proof, like a wrong password
+                password = base64.b64encode(hashlib.sha256(user.encode()).digest()).decode()
+            if user not in infos:
+                infos[user] = scram.make_auth_info(password, iteration_count=_SCRAM_ITERATIONS)
+            return infos[user]
+
+        binding = None
+        if mechanism.endswith("-PLUS"):
+            assert self.certificate is not None
+            data = bytes(scramp.core.CBindData.from_der(self.certificate))
+            binding = ("tls-server-end-point", data)
+        return scram.make_server(auth_fn, channel_binding=binding)
+
+    def _login_recorded(self, user: str, mechanism: str) -> None:
+        with self._lock:
+            self.logins.append((user, mechanism))
+
     def _password_ok(self, user: str, password: str) -> bool:
         expected = self.users.get(user)
         return expected is not None and expected == password
@@ -547,6 +640,8 @@ class _POP3Session:
         self._maildrop: list[_StoredMessage] = []
         self._deleted: set[int] = set()  # 1-based message numbers marked by DELE
         self._muted = False
+        self._timestamp = f"<{threading.get_ident()}.{next(_TIMESTAMPS)}@mailhandlers.test>"
+        self.language: str | None = None
         self.thread = threading.Thread(target=self._run, name="pop3-test-session", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -591,7 +686,10 @@ class _POP3Session:
                 pass
             return
         self._pause(faults.greeting_delay)
-        self._send(b"+OK mailhandlers POP3 test server ready\r\n", verb=None)
+        greeting = "+OK mailhandlers POP3 test server ready"
+        if self._server.apop:
+            greeting += f" {self._timestamp}"
+        self._send(greeting.encode("ascii") + b"\r\n", verb=None)
         while self._state != _UPDATE:
             try:
                 line = self._reader.readline(self._sock, self._server._line_limit())
@@ -684,8 +782,13 @@ class _POP3Session:
         self._dispatch(verb, rest)
 
     def _dispatch(self, verb: str, rest: str) -> None:
+        server = self._server
         enabled = verb in _COMMAND_STATES and not (
-            (verb == "UIDL" and not self._server.uidl) or (verb == "TOP" and not self._server.top)
+            (verb == "UIDL" and not server.uidl)
+            or (verb == "TOP" and not server.top)
+            or (verb == "APOP" and not server.apop)
+            or (verb == "UTF8" and not server.utf8)
+            or (verb == "LANG" and not server.languages)
         )
         if not enabled:
             self._reply("-ERR unknown command", verb)
@@ -731,6 +834,10 @@ class _POP3Session:
         capabilities += ["RESP-CODES", "AUTH-RESP-CODE"]
         if server.sasl_mechanisms:
             capabilities.append("SASL " + " ".join(server.sasl_mechanisms))
+        if server.utf8:
+            capabilities.append("UTF8")
+        if server.languages:
+            capabilities.append("LANG")
         if (
             server.tls == "starttls"
             and not self._tls_active
@@ -769,7 +876,38 @@ class _POP3Session:
         if user is None:
             self._reply("-ERR send USER first", "PASS")
             return
-        self._finish_login(user if self._server._password_ok(user, rest) else None, "PASS")
+        self._finish_login(
+            user if self._server._password_ok(user, rest) else None, "PASS", how="USER"
+        )
+
+    def _cmd_apop(self, rest: str) -> None:
+        user, _, digest = rest.strip().rpartition(" ")
+        password = self._server.users.get(user)
+        expected = (
+            hashlib.md5((self._timestamp + password).encode("utf-8")).hexdigest()
+            if password is not None
+            else None
+        )
+        ok = expected is not None and hmac.compare_digest(expected, digest.lower())
+        self._finish_login(user if ok else None, "APOP", how="APOP")
+
+    def _cmd_utf8(self, rest: str) -> None:
+        self._reply("+OK UTF8 enabled", "UTF8")
+
+    def _cmd_lang(self, rest: str) -> None:
+        tag = rest.strip()
+        languages = self._server.languages
+        if not tag:
+            self._reply_lines(
+                "+OK language listing follows",
+                [f"{lang} {lang}".encode("ascii") for lang in languages],
+                "LANG",
+            )
+        elif tag in languages or tag == "*":
+            self.language = languages[0] if tag == "*" else tag
+            self._reply(f"+OK language changed to {self.language}", "LANG")
+        else:
+            self._reply("-ERR unsupported language", "LANG")
 
     def _cmd_auth(self, rest: str) -> None:
         server = self._server
@@ -781,6 +919,16 @@ class _POP3Session:
         mechanism = parts[0].upper()
         if mechanism not in server.sasl_mechanisms or len(parts) > 2:
             self._reply(f"-ERR unsupported mechanism or syntax: {parts[0]}", "AUTH")
+            return
+        if mechanism in BUILT_IN_MECHANISMS and mechanism not in server._sasl_handlers:
+            initial = None
+            if len(parts) == 2:
+                try:
+                    initial = b"" if parts[1] == "=" else base64.b64decode(parts[1], validate=True)
+                except (binascii.Error, ValueError):
+                    self._reply("-ERR [AUTH] invalid base64", "AUTH")
+                    return
+            self._built_in_sasl(mechanism, initial)
             return
         if len(parts) == 2:
             encoded = parts[1]
@@ -807,7 +955,123 @@ class _POP3Session:
         if mechanism == "XOAUTH2" and server.oauth2 is not None:
             self._finish_xoauth2(server.oauth2, response, one_step=len(parts) == 2)
             return
-        self._finish_login(server._sasl_check(mechanism, response), "AUTH")
+        self._finish_login(server._sasl_check(mechanism, response), "AUTH", how=mechanism)
+
+    def _challenge(self, data: bytes) -> bytes | None:
+        """Send one continuation; return the decoded answer, or None when the client
+        cancelled (``*``) or sent something unreadable (the reply is sent then)."""
+        if self._muted:
+            raise _Hangup("dropped during AUTH")
+        self._send(b"+ " + base64.b64encode(data) + b"\r\n", "AUTH")
+        try:
+            line = self._reader.readline(self._sock, self._server._line_limit())
+        except _LineTooLong:
+            self._reply("-ERR [AUTH] response too long", "AUTH")
+            return None
+        if line is None:
+            raise _Hangup("closed during AUTH")
+        encoded = line.decode("ascii", "replace").strip()
+        if encoded == "*":
+            self._reply("-ERR authentication cancelled", "AUTH")
+            return None
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            self._reply("-ERR [AUTH] invalid base64", "AUTH")
+            return None
+
+    def _built_in_sasl(self, mechanism: str, initial: bytes | None) -> None:
+        """Carry out one of :data:`BUILT_IN_MECHANISMS`; ``initial`` is the client's
+        first message, ``None`` when it has not sent one yet."""
+        if mechanism.startswith("SCRAM-"):
+            self._scram(mechanism, initial)
+        elif mechanism == "CRAM-MD5":
+            challenge = f"<{next(_TIMESTAMPS)}.{threading.get_ident()}@mailhandlers.test>"
+            answer = self._challenge(challenge.encode("ascii"))
+            if answer is None:
+                return
+            user, _, digest = answer.decode("utf-8", "replace").rpartition(" ")
+            password = self._server.users.get(user)
+            ok = password is not None and hmac.compare_digest(
+                hmac.new(password.encode(), challenge.encode(), hashlib.md5).hexdigest(), digest
+            )
+            self._finish_login(user if ok else None, "AUTH", how=mechanism)
+        elif mechanism == "LOGIN":
+            name = initial if initial else self._challenge(b"Username:")
+            if name is None:
+                return
+            secret = self._challenge(b"Password:")
+            if secret is None:
+                return
+            user = name.decode("utf-8", "replace")
+            ok = self._server._password_ok(user, secret.decode("utf-8", "replace"))
+            self._finish_login(user if ok else None, "AUTH", how=mechanism)
+        elif mechanism == "EXTERNAL":
+            self._external(initial)
+        else:
+            self._oauthbearer(initial)
+
+    def _external(self, initial: bytes | None) -> None:
+        authzid = initial if initial is not None else self._challenge(b"")
+        if authzid is None:
+            return
+        certificate = self._sock.getpeercert() if isinstance(self._sock, ssl.SSLSocket) else None
+        alt_names: Any = (certificate or {}).get("subjectAltName", ())
+        names = [str(entry[1]) for entry in alt_names]
+        user = names[0] if names else None
+        if user is not None and authzid and authzid.decode("utf-8", "replace") != user:
+            user = None
+        self._finish_login(
+            user if user is not None and user in self._server.users else None,
+            "AUTH",
+            how="EXTERNAL",
+        )
+
+    def _scram(self, mechanism: str, initial: bytes | None) -> None:
+        import scramp
+
+        seen: list[str] = []
+        scram = self._server._scram_server(mechanism, seen)
+        first = initial if initial is not None else self._challenge(b"")
+        if first is None:
+            return
+        try:
+            scram.set_client_first(first.decode("utf-8"))
+        except (scramp.ScramException, UnicodeDecodeError):
+            self._reply("-ERR [AUTH] malformed SCRAM client-first message", "AUTH")
+            return
+        final = self._challenge(scram.get_server_first().encode("utf-8"))
+        if final is None:
+            return
+        try:
+            scram.set_client_final(final.decode("utf-8"))
+            proven = True
+        except (scramp.ScramException, UnicodeDecodeError):
+            proven = False
+        server_final = scram.get_server_final()
+        if proven and self._server.faults.bad_scram_signature:
+            server_final = "v=" + base64.b64encode(b"\0" * 32).decode("ascii")
+        answer = self._challenge(server_final.encode("utf-8"))
+        if answer is None:
+            return
+        self._finish_login(seen[-1] if proven and seen else None, "AUTH", how=mechanism)
+
+    def _oauthbearer(self, initial: bytes | None) -> None:
+        verifier = self._server.oauth2
+        assert verifier is not None  # OAUTHBEARER is offered only with oauth2_tokens
+        message = initial if initial is not None else self._challenge(b"")
+        if message is None:
+            return
+        user, token = _parse_oauthbearer(message)
+        response = f"user={user}\x01auth=Bearer {token}\x01\x01".encode()
+        verdict = verifier.check(response, one_step=initial is not None)
+        if verdict.accepted:
+            self._finish_login(verdict.username, "AUTH", how="OAUTHBEARER")
+            return
+        assert verdict.error is not None
+        if self._challenge(verdict.error) is None:
+            return
+        self._finish_login(None, "AUTH", how="OAUTHBEARER")
 
     def _finish_xoauth2(
         self, verifier: XOAUTH2Verifier, response: bytes, *, one_step: bool
@@ -816,7 +1080,7 @@ class _POP3Session:
         (``+ <base64 JSON>``) and, once the client has answered it, ``-ERR``."""
         verdict = verifier.check(response, one_step=one_step)
         if verdict.accepted:
-            self._finish_login(verdict.username, "AUTH")
+            self._finish_login(verdict.username, "AUTH", how="XOAUTH2")
             return
         assert verdict.error is not None
         if self._muted:  # the continuation could never be answered
@@ -825,9 +1089,9 @@ class _POP3Session:
         with contextlib.suppress(_LineTooLong):  # any answer ends the exchange
             if self._reader.readline(self._sock, self._server._line_limit()) is None:
                 raise _Hangup("closed during AUTH")
-        self._finish_login(None, "AUTH")
+        self._finish_login(None, "AUTH", how="XOAUTH2")
 
-    def _finish_login(self, user: str | None, verb: str) -> None:
+    def _finish_login(self, user: str | None, verb: str, *, how: str) -> None:
         """Reply to a login attempt whose credentials check gave ``user``."""
         faults = self._server.faults
         if user is None or faults.reject_login:
@@ -844,6 +1108,7 @@ class _POP3Session:
             self._reply("-ERR [IN-USE] maildrop is locked by another session", verb)
             return
         self._user = user
+        self._server._login_recorded(user, how)
         self._maildrop = maildrop
         self._state = _TRANSACTION
         total = sum(stored.size for stored in maildrop)

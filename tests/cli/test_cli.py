@@ -688,7 +688,7 @@ def test_verbose_fetch_masks_the_password(
 ) -> None:
     run = cli(*fetch_args(pop3_server, cafile, "-v"))
     assert run.code == 0
-    assert "PASS ***" in run.err
+    assert "AUTH PLAIN ***" in run.err
     assert ">> UIDL" in run.err
     for secret in _secret_forms():
         assert secret not in run.err + run.out

@@ -217,6 +217,8 @@ def make_handler(
         sleep=sleeps.append,
         operation_timeout=OPERATION_TIMEOUT,
         max_message_size=MAX_MESSAGE_SIZE,
+        # The faults at USER and PASS need that login; the server also offers PLAIN.
+        auth_mechanism="USER",
     )
 
 

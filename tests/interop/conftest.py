@@ -29,6 +29,7 @@ from .extra_servers import (
     pop3d_available,
 )
 from .mailstack import MailStack, servers_available
+from .sasl_dovecot import SASLDovecot
 
 _HERE = Path(__file__).parent
 
@@ -116,6 +117,20 @@ def mailutils_pop3d(certs: TestCertificates) -> Iterator[MailutilsPOP3]:
     _require(pop3d_available)
     directory = _server_directory("pop3d-")
     server = MailutilsPOP3(directory, certs)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sasl_dovecot(certs: TestCertificates) -> Iterator[SASLDovecot]:
+    """A second private Dovecot offering every SASL mechanism, for the session."""
+    _require(servers_available)
+    directory = _server_directory("sasl-dovecot-")
+    server = SASLDovecot(directory, certs)
     try:
         server.start()
         yield server

@@ -36,9 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "SASL_MECHANISMS",
     "Layout",
     "dovecot_conf",
+    "dovecot_oauth2_conf",
     "dovecot_passwd",
+    "dovecot_sasl_conf",
     "postfix_full_mailboxes",
     "postfix_main_cf",
     "postfix_master_cf",
@@ -352,3 +355,104 @@ def postfix_full_mailboxes(layout: Layout) -> str:
         f"{layout.address(user)} {FULL_MAILBOX_REPLY}\n" for user in sorted(layout.full_mailboxes)
     ]
     return "".join(lines) or "# no full mailboxes\n"
+
+
+#: What the second Dovecot (``dovecot_sasl_conf``) offers, in its own spelling.
+SASL_MECHANISMS = "plain login scram-sha-256 scram-sha-1 cram-md5 apop oauthbearer xoauth2"
+_PASSWORD_MECHANISMS = "plain login scram-sha-256 scram-sha-1 cram-md5 apop"
+
+
+def dovecot_sasl_conf(
+    root: Path,
+    *,
+    host: str,
+    ports: Mapping[str, int],
+    instance_name: str,
+    mail_uid: int,
+    mail_gid: int,
+) -> str:
+    """A second, separate Dovecot that offers every mechanism of :data:`SASL_MECHANISMS`.
+
+    Passwords are stored as ``{PLAIN}`` in a passwd-file, the one scheme from which
+    Dovecot can answer SCRAM, CRAM-MD5 and APOP alike (APOP needs the plaintext).
+    Bearer tokens go to an oauth2 passdb that validates JWTs locally (``introspection_mode
+    = local``) with keys from ``<root>/keys`` (see :func:`dovecot_oauth2_conf`), so no
+    token endpoint is contacted. Nothing here is shared with the stack's first Dovecot:
+    its own directories, ports, log and no socket for Postfix.
+    """
+    log = root / "logs" / "dovecot.log"
+    return f"""\
+# Written by the interop tests: a private, loopback-only Dovecot with every SASL mechanism.
+protocols = pop3
+listen = {host}
+base_dir = {root / "run"}
+state_dir = {root / "state"}
+instance_name = {instance_name}
+login_greeting = {instance_name} ready.
+log_path = {log}
+info_log_path = {log}
+debug_log_path = {log}
+auth_verbose = yes
+auth_debug = yes
+
+ssl = yes
+ssl_cert = <{root / "tls" / "server-chain.pem"}
+ssl_key = <{root / "tls" / "server-key.pem"}
+disable_plaintext_auth = yes
+
+auth_mechanisms = {SASL_MECHANISMS}
+auth_username_format = %Ln
+auth_failure_delay = 0
+first_valid_uid = {mail_uid}
+last_valid_uid = {mail_uid}
+first_valid_gid = {mail_gid}
+last_valid_gid = {mail_gid}
+mail_location = maildir:{root / "mail"}/%u
+mail_max_userip_connections = 100
+
+passdb {{
+  driver = passwd-file
+  mechanisms = {_PASSWORD_MECHANISMS}
+  args = scheme=PLAIN {root / "users"}
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = oauthbearer xoauth2
+  args = {root / "dovecot-oauth2.conf.ext"}
+}}
+userdb {{
+  driver = static
+  args = uid={mail_uid} gid={mail_gid} home={root / "mail"}/%u
+}}
+
+service pop3-login {{
+  inet_listener pop3 {{
+    address = {host}
+    port = {ports["pop3"]}
+  }}
+  inet_listener pop3s {{
+    address = {host}
+    port = {ports["pop3s"]}
+    ssl = yes
+  }}
+}}
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+"""
+
+
+def dovecot_oauth2_conf(root: Path) -> str:
+    """The oauth2 passdb settings: local JWT validation, the user in ``sub``.
+
+    Dovecot 2.3 looks a key up as ``<azp>/<alg>/<kid>`` in the dictionary, ``default``
+    standing for a missing ``azp`` or ``kid``; an HMAC key is stored base64-encoded.
+    """
+    return f"""\
+introspection_mode = local
+local_validation_key_dict = fs:posix:prefix={root / "keys"}/
+username_attribute = sub
+username_format = %Ln
+"""

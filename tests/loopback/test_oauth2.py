@@ -438,7 +438,7 @@ def test_pop3_one_step_login(pop3_server: POP3TestServer) -> None:
     assert pop3_handler(pop3_server, TOKEN).get_mailbox_stat()[0] == 1
     [attempt] = pop3_server.oauth2.attempts  # type: ignore[union-attr]
     assert attempt.one_step and attempt.accepted
-    assert pop3_server.commands[0] == "AUTH XOAUTH2 ***"
+    assert pop3_server.commands[:2] == ["CAPA", "AUTH XOAUTH2 ***"]
 
 
 def test_pop3_two_step_login(pop3_server: POP3TestServer) -> None:
@@ -446,7 +446,7 @@ def test_pop3_two_step_login(pop3_server: POP3TestServer) -> None:
     assert handler.get_mailbox_stat()[0] == 1
     [attempt] = pop3_server.oauth2.attempts  # type: ignore[union-attr]
     assert not attempt.one_step and attempt.accepted
-    assert pop3_server.commands[0] == "AUTH XOAUTH2"
+    assert pop3_server.commands[:2] == ["CAPA", "AUTH XOAUTH2"]
 
 
 def test_pop3_auth_line_over_255_octets_goes_in_two_steps(pop3_server: POP3TestServer) -> None:
@@ -468,7 +468,7 @@ def test_pop3_refused_static_token_raises_once_without_the_token_anywhere(
         handler.list_messages()
     error = caught.value
     assert isinstance(error, MailAuthenticationError)
-    assert "XOAUTH2 status 401" in str(error) and error.enhanced_code == "AUTH"
+    assert "XOAUTH2: status 401" in str(error) and error.enhanced_code == "AUTH"
     assert pop3_server.sessions_started == 1  # not retried by the connect policy either
     [attempt] = pop3_server.oauth2.attempts  # type: ignore[union-attr]
     assert attempt.status == "401"
@@ -535,7 +535,7 @@ def test_pop3_pool_passes_the_token_through(pop3_server: POP3TestServer) -> None
         assert handler is not None and handler.get_mailbox_stat()[0] == 1
         pool.release(handler)
     assert provider.calls == 1
-    assert pop3_server.commands[0] == "AUTH XOAUTH2 ***"
+    assert pop3_server.commands[:2] == ["CAPA", "AUTH XOAUTH2 ***"]
     static = POP3ConnectionPool("127.0.0.1", 995, USER, oauth2_token=TOKEN)
     assert TOKEN not in repr(static) and TOKEN not in repr(vars(static))
 
@@ -544,6 +544,8 @@ def test_pop3_two_step_exchange_on_the_wire() -> None:
     # Microsoft 365's documented POP exchange: AUTH alone, "+ ", then the response.
     def microsoft_like(conv: Conversation) -> None:
         conv.send("+OK scripted POP3 ready")
+        conv.recv_line()  # CAPA
+        conv.send("+OK\r\nUSER\r\nSASL XOAUTH2\r\n.")
         conv.recv_line()  # AUTH XOAUTH2
         conv.send("+ ")
         conv.recv_line()  # the response
@@ -560,7 +562,7 @@ def test_pop3_two_step_exchange_on_the_wire() -> None:
         assert handler.get_mailbox_stat() == (0, 0)
         [conv] = server.wait_for_connections(1)
         server.join()
-    assert conv.received[:2] == [
+    assert conv.received[1:3] == [
         b"AUTH XOAUTH2\r\n",
         f"{encode_xoauth2(USER, LONG_TOKEN)}\r\n".encode(),
     ]
@@ -572,6 +574,8 @@ def test_pop3_error_continuation_is_answered_with_an_empty_line() -> None:
 
     def refusing(conv: Conversation) -> None:
         conv.send("+OK scripted POP3 ready")
+        conv.recv_line()  # CAPA
+        conv.send("-ERR no CAPA here")
         conv.recv_line()  # AUTH XOAUTH2 <response>
         conv.send(f"+ {challenge}")
         conv.recv_line()  # the answer
@@ -584,7 +588,7 @@ def test_pop3_error_continuation_is_answered_with_an_empty_line() -> None:
             handler.get_mailbox_stat()
         [conv] = server.wait_for_connections(1)
         server.join()
-    assert conv.received[:2] == [
+    assert conv.received[1:3] == [
         f"AUTH XOAUTH2 {encode_xoauth2(USER, WRONG)}\r\n".encode(),
         b"\r\n",
     ]

@@ -149,13 +149,13 @@ def test_cram_md5_is_used_over_clear_text_without_consent(
     servers: Any, client_ssl_context: Any
 ) -> None:
     server = servers("none", mechanisms=["CRAM-MD5", "PLAIN", "LOGIN"])
-    open_session(server, client_ssl_context)
+    open_session(server, client_ssl_context, allow_cleartext=False)
     assert mechanisms_seen(server) == ["CRAM-MD5"]
 
 
 def test_scram_over_clear_text_needs_no_consent(servers: Any, client_ssl_context: Any) -> None:
     server = servers("none", mechanisms=["SCRAM-SHA-256", "PLAIN"])
-    open_session(server, client_ssl_context)
+    open_session(server, client_ssl_context, allow_cleartext=False)
     assert mechanisms_seen(server) == ["SCRAM-SHA-256"]
 
 
@@ -167,8 +167,18 @@ def test_only_cleartext_mechanisms_without_tls_are_refused(
 ) -> None:
     server = servers("none", mechanisms=["PLAIN", "LOGIN"])
     with pytest.raises(CleartextRefusedError):
-        open_session(server, client_ssl_context)
+        open_session(server, client_ssl_context, allow_cleartext=False)
     assert server.auth_attempts == []
+
+
+def test_choosing_no_encryption_is_consent_with_a_warning(
+    servers: Any, client_ssl_context: Any, caplog: Any
+) -> None:
+    server = servers("none", mechanisms=["PLAIN", "LOGIN"])
+    with caplog.at_level(logging.WARNING, logger="src.handlers"):
+        open_session(server, client_ssl_context)
+    assert mechanisms_seen(server) == ["PLAIN"]
+    assert "without encryption" in caplog.text
 
 
 def test_cleartext_with_consent_logs_in(servers: Any, client_ssl_context: Any, caplog: Any) -> None:
@@ -182,8 +192,8 @@ def test_cleartext_with_consent_logs_in(servers: Any, client_ssl_context: Any, c
 def test_tokens_over_clear_text_need_consent(servers: Any, client_ssl_context: Any) -> None:
     server = servers("none", mechanisms=["XOAUTH2", "OAUTHBEARER"], oauth2_tokens={"alice": TOKEN})
     with pytest.raises(CleartextRefusedError):
-        open_session(server, client_ssl_context, oauth2_token=TOKEN)
-    open_session(server, client_ssl_context, oauth2_token=TOKEN, allow_cleartext=True)
+        open_session(server, client_ssl_context, oauth2_token=TOKEN, allow_cleartext=False)
+    open_session(server, client_ssl_context, oauth2_token=TOKEN)
     assert mechanisms_seen(server) == ["OAUTHBEARER"]
 
 

@@ -403,7 +403,7 @@ def test_smtp_setting_vector_is_refused_at_construction(
 
 def test_control_a_valid_pop3_login_does_reach_the_server(pop3_server: POP3TestServer) -> None:
     assert make_pop3(pop3_server).list_messages() == ([1, 2], sum(map(len, POP3_MESSAGES)))
-    assert {"USER", "PASS", "LIST"} <= set(pop3_verbs(pop3_server))
+    assert {"AUTH", "LIST"} <= set(pop3_verbs(pop3_server))
 
 
 @pytest.mark.parametrize("overrides", [pytest.param(o, id=i) for i, o in POP3_SETTING_VECTORS])
@@ -1014,7 +1014,12 @@ def test_pop3_secrets_never_leave_the_library(
             pool.release(handler)
         server.faults.error_replies["PASS"] = f"-ERR [AUTH] bad password {WRONG}"
         bad = make_pop3(
-            server, encryption="tls", ssl_context=client_ssl_context, password=WRONG, trace=True
+            server,
+            encryption="tls",
+            ssl_context=client_ssl_context,
+            password=WRONG,
+            trace=True,
+            auth_mechanism="USER",
         )
         with pytest.raises(MailHandlerError) as caught:
             bad.authenticate()
@@ -1294,7 +1299,7 @@ def _endless_retr(sent: list[int], chunk: bytes, chunks: int) -> Any:
 
     def script(conv: Conversation) -> None:
         conv.send("+OK ready")
-        for reply in ("+OK", "+OK logged in", "+OK 1 100"):  # USER, PASS, LIST 1
+        for reply in ("-ERR", "+OK", "+OK logged in", "+OK 1 100"):  # CAPA, USER, PASS, LIST 1
             conv.recv_line()
             conv.send(reply)
         conv.recv_line()  # RETR 1
@@ -1459,6 +1464,8 @@ def echoing_pop3_server(one_step: bool) -> Callable[[Conversation], None]:
                     answer = conv.recv_line()
                     payload = answer.strip().decode("ascii") if answer else ""
                 conv.send(f"-ERR [AUTH] invalid credentials: {payload}")
+            elif verb.upper() == "CAPA":
+                conv.send("-ERR no CAPA here")
             elif verb.upper() == "PASS":
                 echoed = base64.b64encode(rest.encode()).decode()
                 conv.send(f"-ERR [AUTH] invalid credentials: {echoed}")

@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._net import trace as wire_log
+from .._sasl import Mechanism
 from ..errors import POP3MessageTooLargeError, POP3ProtocolError
 from .client import FastReplies, RetrCallback
 from .listing import ScanListing, UIDListing
-from .sasl import sasl_auth
+from .sasl import authenticate
 from .wire import parse_scan_line, strip_ok
 
 #: Receives ``(number, status line, message)`` for each pipelined RETR.
@@ -120,7 +121,9 @@ class ClientAdapter:
             raise POP3ProtocolError("unusable CAPA reply from the server") from None
         if not isinstance(reply, dict):
             return {}
-        return {str(name).upper(): [str(arg) for arg in args] for name, args in reply.items()}
+        listed = {str(name).upper(): [str(arg) for arg in args] for name, args in reply.items()}
+        self._pipelining = "PIPELINING" in listed
+        return listed
 
     def stls(self, context: ssl.SSLContext) -> None:
         """``STLS`` and the TLS handshake."""
@@ -134,9 +137,20 @@ class ClientAdapter:
         """``PASS``."""
         self.client.pass_(password)
 
-    def sasl(self, mechanism: str, respond: Callable[..., str], *, initial: bool) -> None:
-        """``AUTH <mechanism>`` with ``respond`` answering (see :func:`sasl_auth`)."""
-        sasl_auth(self.client, mechanism, respond, initial_response_ok=initial)
+    def authenticate(
+        self,
+        mechanism: Mechanism,
+        secrets: Callable[[], Iterable[str | bytes | None]],
+        *,
+        initial_response: bool = True,
+    ) -> None:
+        """``AUTH`` with ``mechanism`` (see :func:`~src.handlers._pop3.sasl.authenticate`)."""
+        authenticate(self.client, mechanism, secrets=secrets, initial_response=initial_response)
+
+    def command(self, line: str) -> bytes:
+        """One command with a single-line reply (``APOP``, ``UTF8``, ``LANG``)."""
+        reply: bytes = self.client._shortcmd(line)
+        return reply
 
     # -- the mailbox ---------------------------------------------------------------
 
@@ -172,7 +186,7 @@ class ClientAdapter:
 
     def can_pipeline(self) -> bool:
         """Whether several RETRs may be sent at once: a fast client and PIPELINING in
-        CAPA (asked at most once per connection)."""
+        CAPA (the listing the login read, or asked now, at most once per connection)."""
         if not self._reader.pipelines:
             return False
         if self._pipelining is None:

@@ -28,10 +28,21 @@ def check_size_limit(max_message_size: int | None) -> int | None:
 
 
 def credentials_for(
-    username: str, password: str | None, oauth2_token: str | TokenProvider | TokenSource | None
+    username: str,
+    password: str | None,
+    oauth2_token: str | TokenProvider | TokenSource | None,
+    *,
+    external: bool = False,
 ) -> Credentials:
-    """The handler's credentials: a user name with a password or an OAuth2 token."""
-    if oauth2_token is None and password is None:
+    """The handler's credentials: a user name with a password or an OAuth2 token, or
+    (``external``, the TLS client certificate logs in) with neither."""
+    if external and (password is not None or oauth2_token is not None):
+        raise ConfigurationError(
+            "auth_mechanism='EXTERNAL' logs in with the client certificate; leave out "
+            "password and oauth2_token",
+            "auth_mechanism",
+        )
+    if oauth2_token is None and password is None and not external:
         raise ConfigurationError("password is required unless oauth2_token is given", "password")
     if isinstance(username, str) and not username:
         raise ConfigurationError("username must not be empty", "username")

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._net.connect import Proxy, open_connection
 from .._net.deadline import announce_socket
 from .._net.tls import answers_tls
 from ..errors import POP3ConnectionError, POP3SecurityError
@@ -57,7 +58,7 @@ _PROBE_WAIT = 2.0
 
 
 class FastReplies(poplib.POP3):
-    """The reading side shared by the plain and the TLS client."""
+    """The reading side shared by the plain and the TLS client, and how both connect."""
 
     #: Largest RETR/TOP data accepted, in bytes; ``None`` means no bound.
     message_limit: int | None = None
@@ -65,13 +66,20 @@ class FastReplies(poplib.POP3):
     listing_limit: int = DEFAULT_LISTING_LIMIT
     #: Whether the server listed PIPELINING in CAPA; None until someone asked.
     pipelining: bool | None = None
+    #: The proxy to connect through; set before the constructor connects.
+    proxy: Proxy | None = None
 
     def _create_socket(self, timeout: float) -> socket.socket:
         # Announced before the greeting is read, so a deadline can cut a server that
         # drips it (with implicit TLS, once the handshake is done).
-        sock: socket.socket = super()._create_socket(timeout)  # type: ignore[misc]
+        sock = self._connect(timeout)
         announce_socket(sock)
         return sock
+
+    def _connect(self, timeout: float) -> socket.socket:
+        """The TCP connection, opened by :func:`~src.handlers._net.connect.open_connection`
+        (Happy Eyeballs, proxies) rather than :func:`socket.create_connection`."""
+        return open_connection(self.host, self.port, timeout=timeout, proxy=self.proxy)
 
     def _getline(self) -> tuple[bytes, int]:
         line = self.file.readline(MAX_STATUS_LINE + 1)
@@ -215,8 +223,14 @@ class FastPOP3(FastReplies):
     """
 
     def __init__(
-        self, host: str, port: int = poplib.POP3_PORT, timeout: float | None = None
+        self,
+        host: str,
+        port: int = poplib.POP3_PORT,
+        timeout: float | None = None,
+        *,
+        proxy: Proxy | None = None,
     ) -> None:
+        self.proxy = proxy
         try:
             super().__init__(host, port, timeout)  # type: ignore[arg-type]
         except TimeoutError:
@@ -245,11 +259,24 @@ class FastPOP3_SSL(FastReplies, poplib.POP3_SSL):
         *,
         timeout: float | None = None,
         context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
+        self.proxy = proxy
         if context is None:
             raise ValueError("FastPOP3_SSL needs an explicit ssl.SSLContext")
         try:
             poplib.POP3_SSL.__init__(self, host, port, timeout=timeout, context=context)  # type: ignore[arg-type]
         except BaseException:
             _close_half_built(self)
+            raise
+
+    def _connect(self, timeout: float) -> socket.socket:
+        # poplib.POP3_SSL._create_socket calls POP3's by name, so it cannot wrap the
+        # socket FastReplies opens; the handshake is done here instead.
+        sock = super()._connect(timeout)
+        context: ssl.SSLContext = self.context  # type: ignore[attr-defined]
+        try:
+            return context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
             raise

@@ -27,15 +27,19 @@ from types import TracebackType
 from typing import Any, Final
 
 from .._net.config import Encryption, Endpoint, Timeouts, check_seconds
+from .._net.connect import Proxy
 from .._net.deadline import Deadline, SocketGetter, watching_sockets
 from .._net.logs import get_logger
 from .._net.tls import describe_tls_failure, resolve_context
 from ..errors import (
+    MailConnectionError,
     MailHandlerError,
+    MailTimeoutError,
     POP3ConnectionError,
     POP3ProtocolError,
     POP3SecurityError,
     POP3TimeoutError,
+    ProxyError,
 )
 from ..retry import Clock, RetryPolicy, Sleep, call_with_retry
 from .adapter import ClientAdapter
@@ -62,7 +66,8 @@ Login = Callable[[ClientAdapter], None]
 class POP3Connector:
     """How to reach one POP3 server; the values are checked when they are made, and
     nothing touches the network until :meth:`open`. With ``trace`` every connection's
-    dialogue is logged (see :mod:`src.handlers._net.trace`)."""
+    dialogue is logged (see :mod:`src.handlers._net.trace`); with ``proxy`` every
+    connection goes through that SOCKS or HTTP proxy."""
 
     endpoint: Endpoint
     timeouts: Timeouts
@@ -72,6 +77,7 @@ class POP3Connector:
     clock: Clock = time.monotonic
     deadline: float | None = None
     trace: bool = False
+    proxy: Proxy | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -155,10 +161,16 @@ class POP3Connector:
         *,
         during_login: bool = False,
         handshake: bool = False,
-        secrets: Iterable[str | None] = (),
+        secrets: Iterable[str | bytes | None] = (),
     ) -> MailHandlerError:
         """The library exception for ``error``, raised while running ``verb``; every form
         of ``secrets`` is masked out of a server reply it quotes."""
+        if isinstance(error, MailTimeoutError) and not isinstance(error, POP3ConnectionError):
+            return POP3TimeoutError(f"{verb}: {error}")
+        if isinstance(error, MailConnectionError) and not isinstance(
+            error, POP3ConnectionError | ProxyError
+        ):
+            return POP3ConnectionError(f"{verb}: {error}")
         if isinstance(error, MailHandlerError):
             return error
         if isinstance(error, poplib.error_proto):

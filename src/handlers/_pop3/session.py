@@ -2,7 +2,7 @@
 
 A session is in one :class:`SessionState` at a time. It opens a connection through the
 :class:`~src.handlers._pop3.connection.POP3Connector` (wrapped once in a
-:class:`~src.handlers._pop3.adapter.ClientAdapter`), logs in with USER/PASS or XOAUTH2,
+:class:`~src.handlers._pop3.adapter.ClientAdapter`), logs in (SASL, APOP or USER/PASS),
 runs each command within its time limit and turns failures into the library's errors,
 and ends with ``QUIT`` or at once. Every change of state goes through one reset, so a
 lost, ended, aborted or inherited session is forgotten the same way.
@@ -20,10 +20,9 @@ from enum import Enum
 from typing import TypeVar
 
 from .._auth.credentials import Credentials
-from .._auth.oauth2 import TokenSource
-from .._net.config import Encryption
 from .._net.forksafe import forget_in_child
 from .._net.logs import get_logger
+from .._sasl import Mechanism
 from ..errors import (
     ConfigurationError,
     MailHandlerError,
@@ -34,7 +33,7 @@ from ..errors import (
 )
 from .adapter import ClientAdapter
 from .connection import ClientFactory, POP3Connector, TimeLimit, chain_cause
-from .sasl import xoauth2_login
+from .login import LoginContext, LoginOptions, log_in
 from .wire import ResponseTooLargeError
 
 log = get_logger("pop3")
@@ -55,8 +54,7 @@ class Session:
     """The connection to one mailbox and what is known about it.
 
     ``factory`` makes a connected client (the handler's, which looks up the patchable
-    poplib classes). ``oauth2_initial_response`` says whether XOAUTH2 may send the
-    token with the ``AUTH`` command.
+    poplib classes). ``login_options`` say how to log in beyond the credentials.
     """
 
     def __init__(
@@ -65,13 +63,16 @@ class Session:
         credentials: Credentials,
         factory: Callable[[], ClientFactory],
         *,
-        oauth2_initial_response: bool = True,
+        login_options: LoginOptions | None = None,
     ) -> None:
         self.connector = connector
         self.credentials = credentials
+        self.login_options = login_options if login_options is not None else LoginOptions()
+        #: How the last login went through (``"SCRAM-SHA-256"``, ``"USER"``, ...).
+        self.mechanism: str | None = None
         self._factory = factory
-        self._oauth2_initial_response = oauth2_initial_response
         self._tokens_sent: list[str] = []
+        self._mechanisms: list[Mechanism] = []
         self._limit: TimeLimit | None = None
         self._adapter: ClientAdapter | None = None
         self._state = SessionState.CLOSED
@@ -115,10 +116,15 @@ class Session:
         """``RSET`` went through: nothing is pending any more."""
         self._pending_deletions = 0
 
-    def secrets(self) -> list[str]:
-        """Everything secret this session may have sent, to mask in server replies."""
+    def secrets(self) -> list[str | bytes]:
+        """Everything secret this session may have sent, to mask in server replies:
+        the password, the tokens, and what each SASL mechanism used holds."""
         password = self.credentials.password
-        return [password.reveal() if password is not None else "", *self._tokens_sent]
+        found: list[str | bytes] = [password.reveal() if password is not None else ""]
+        found += self._tokens_sent
+        for mechanism in self._mechanisms:
+            found += mechanism.sensitive()
+        return found
 
     # -- opening and ending ------------------------------------------------------
 
@@ -249,59 +255,29 @@ class Session:
         self._state = SessionState.AUTHENTICATED
 
     def _login(self, adapter: ClientAdapter) -> None:
-        """USER and PASS (or XOAUTH2) on a connection whose state is not tracked here."""
-        credentials = self.credentials
-        where = self.connector.where
-        plain = self.connector.encryption is Encryption.NONE
-        if credentials.token is not None:
-            self._login_xoauth2(adapter, credentials.token, plain=plain)
-            return
-        steps = (
-            ("USER", adapter.user, credentials.username or ""),
-            ("PASS", adapter.password, _revealed(credentials)),
+        """Log in on a connection whose state is not tracked here (see
+        :mod:`~src.handlers._pop3.login`)."""
+        connector = self.connector
+        # What an earlier connection's exchanges held cannot be echoed on this one.
+        self._mechanisms.clear()
+        context = LoginContext(
+            credentials=self.credentials,
+            options=self.login_options,
+            encryption=connector.encryption,
+            host=connector.hostname,
+            port=connector.port,
+            where=connector.where,
+            remember=self._remember,
+            secrets=self.secrets,
+            translate=lambda error, verb: self._translate(error, verb, during_login=True),
         )
-        for verb, send, argument in steps:
-            if verb == "PASS" and plain:
-                # Only now: a server that insists on TLS refuses USER already
-                # (Dovecot's disable_plaintext_auth), and the password stays here.
-                log.warning(
-                    "sending the POP3 password for %r to %s without encryption",
-                    credentials.username,
-                    where,
-                )
-            failure = None
-            try:
-                send(argument)
-            except Exception as error:
-                failure = self._translate(error, verb, during_login=True)
-            if failure is not None:
-                # Raised outside the handler so the original, which may hold the
-                # password or the server's echo of it, is not kept as the context.
-                raise failure
-        log.debug("logged in to %s as %r", where, credentials.username)
+        self.mechanism = log_in(adapter, context)
 
-    def _login_xoauth2(self, adapter: ClientAdapter, source: TokenSource, *, plain: bool) -> None:
-        username = self.credentials.username or ""
-        if plain:
-            log.warning(
-                "sending a POP3 OAuth2 token for %r to %s without encryption",
-                username,
-                self.connector.where,
-            )
-        xoauth2_login(
-            adapter,
-            username,
-            source,
-            initial_response=self._oauth2_initial_response,
-            translate=lambda error, token: self._translate(error, "AUTH", during_login=True),
-            where=self.connector.where,
-            sending=self._remember_token,
-        )
-        log.debug("logged in to %s as %r with XOAUTH2", self.connector.where, username)
-
-    def _remember_token(self, token: str) -> None:
-        if token not in self._tokens_sent:
-            self._tokens_sent.append(token)
+    def _remember(self, item: Mechanism | str) -> None:
+        if isinstance(item, Mechanism):
+            self._mechanisms.append(item)
+        elif item not in self._tokens_sent:
+            self._tokens_sent.append(item)
 
     # -- commands ----------------------------------------------------------------
 

@@ -147,7 +147,7 @@ def parse_error_reply(reply: bytes | str) -> ErrorReply | None:
 
 
 def error_for_reply(
-    reply: bytes | str, *, during_login: bool = False, secrets: Iterable[str | None] = ()
+    reply: bytes | str, *, during_login: bool = False, secrets: Iterable[str | bytes | None] = ()
 ) -> POP3ResponseError | POP3ProtocolError:
     """Turn a reply poplib refused into the library's exception.
 

@@ -34,6 +34,7 @@ from .selection import (
     CredentialKind,
     Refusal,
     choose_mechanisms,
+    cleartext_consent,
     create_mechanism,
 )
 from .simple import CramMD5, External, Login, Plain, apop_digest, apop_timestamp
@@ -73,6 +74,7 @@ __all__ = [
     "apop_timestamp",
     "base64_forms",
     "choose_mechanisms",
+    "cleartext_consent",
     "create_mechanism",
     "default_nonce",
     "mask_secrets",

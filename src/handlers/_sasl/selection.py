@@ -13,7 +13,8 @@ import enum
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from ..errors import MailValidationError
+from .._net.config import Encryption
+from ..errors import ConfigurationError, MailValidationError
 from .base import Mechanism
 from .channel_binding import ChannelBinding
 from .errors import CleartextRefusedError, NoMechanismError, safe_field
@@ -51,6 +52,21 @@ CLEARTEXT: Final = frozenset({"PLAIN", "LOGIN", "OAUTHBEARER", "XOAUTH2"})
 CHANNEL_BOUND: Final = frozenset({"SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"})
 #: Every mechanism this layer implements.
 SUPPORTED: Final = frozenset(name for names in PREFERENCE.values() for name in names)
+
+
+def cleartext_consent(allow_cleartext: bool | None, encryption: Encryption) -> bool:
+    """Whether mechanisms that show a password or token may run without TLS.
+
+    The rule both handlers follow: ``None`` (the default) takes choosing
+    ``encryption='none'`` as consent; ``False`` withdraws it, so such a connection logs
+    in only with SCRAM, CRAM-MD5 or APOP; ``True`` gives it. Over TLS it does not
+    matter. Anything else is a :class:`ConfigurationError`.
+    """
+    if allow_cleartext is None:
+        return encryption is Encryption.NONE
+    if not isinstance(allow_cleartext, bool):
+        raise ConfigurationError("allow_cleartext must be True, False or None", "allow_cleartext")
+    return allow_cleartext
 
 
 def choose_mechanisms(

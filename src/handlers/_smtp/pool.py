@@ -27,6 +27,7 @@ from .._net.connect import Proxy
 from .._net.deadline import Deadline
 from .._net.forksafe import forget_in_child
 from .._net.logs import get_logger
+from .._sasl import cleartext_consent
 from ..errors import ConfigurationError, PoolTimeoutError
 from .connection import SMTPConnection
 from .settings import ConnectionKey, SessionSettings, check_auth_mechanism, check_proxy
@@ -119,7 +120,7 @@ class SMTPConnectionPool:
         oauth2_token: str | TokenProvider | TokenSource | None = None,
         oauth2_initial_response: bool = True,
         auth_mechanism: str | None = None,
-        allow_cleartext: bool = False,
+        allow_cleartext: bool | None = None,
         proxy: Proxy | str | None = None,
     ) -> SMTPConnection:
         """Return a healthy connection for this server and login, opening one if needed.
@@ -134,15 +135,16 @@ class SMTPConnectionPool:
         seconds, or the library error that opening a connection raised.
         """
         credentials = Credentials.of(username, password, oauth2_token)
+        endpoint = Endpoint(host, port, Encryption.parse(encryption))
         settings = SessionSettings(
-            Endpoint(host, port, Encryption.parse(encryption)),
+            endpoint,
             credentials,
             Timeouts(socket=timeout),
             ssl_context,
             local_hostname,
             oauth2_initial_response,
             check_auth_mechanism(auth_mechanism, credentials),
-            bool(allow_cleartext),
+            cleartext_consent(allow_cleartext, endpoint.encryption),
             check_proxy(proxy),
         )
         return self.checkout(settings, wait_timeout=wait_timeout, deadline=deadline)

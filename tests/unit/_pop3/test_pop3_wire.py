@@ -255,7 +255,9 @@ def canned_pop3(replies: dict[str, bytes]) -> Callable[[Conversation], None]:
             if line is None:
                 return
             verb = line.split(b" ", 1)[0].strip().upper().decode("ascii")
-            conv.send(replies.get(verb, b"+OK\r\n"))
+            # No CAPA: the login then goes straight to USER/PASS.
+            default = b"-ERR no CAPA\r\n" if verb == "CAPA" else b"+OK\r\n"
+            conv.send(replies.get(verb, default))
             if verb == "QUIT":
                 return
 
