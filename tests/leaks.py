@@ -48,3 +48,10 @@ def assert_no_secret(texts: list[str], forms: list[str]) -> None:
     for text in texts:
         for form in forms:
             assert form not in text, f"{form!r} leaked into {text[:300]!r}"
+
+
+def xoauth2_response(username: str, token: str) -> str:
+    """The base64 XOAUTH2 client response, as Google's and Microsoft's documentation
+    spell it: how a token travels, so how it could leak."""
+    raw = f"user={username}\x01auth=Bearer {token}\x01\x01"
+    return base64.b64encode(raw.encode("ascii")).decode("ascii")

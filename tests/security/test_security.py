@@ -41,10 +41,10 @@ from leaks import (
     exception_texts,
     library_log_text,
     secret_forms,
+    xoauth2_response,
 )
 
 from src.handlers._auth.credentials import Credentials
-from src.handlers._auth.oauth2 import encode_xoauth2
 from src.handlers._mime.parser import ParseLimits, parse_message
 from src.handlers._net import tls
 from src.handlers._net import trace as wire_log
@@ -1097,8 +1097,8 @@ def test_oauth2_tokens_never_leave_the_library_or_the_trace(
     forbidden = [
         TOKEN,
         WRONG_TOKEN,
-        encode_xoauth2(OAUTH_USER, TOKEN),
-        encode_xoauth2(OAUTH_USER, WRONG_TOKEN),
+        xoauth2_response(OAUTH_USER, TOKEN),
+        xoauth2_response(OAUTH_USER, WRONG_TOKEN),
     ]
     assert_no_secret([*texts, log_text], forbidden)
     assert "AUTH XOAUTH2" in log_text and MASK in log_text
@@ -1519,7 +1519,7 @@ def check_base64_echo_is_masked(
     forms = [
         token,
         PASSWORD,
-        encode_xoauth2(USER, token),
+        xoauth2_response(USER, token),
         b64(PASSWORD),
         b64(f"auth=Bearer {token}"),
     ]

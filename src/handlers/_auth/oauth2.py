@@ -1,24 +1,11 @@
-"""OAuth 2.0 logins for SMTP and POP3: the SASL ``XOAUTH2`` mechanism.
+"""OAuth 2.0 logins for SMTP and POP3: where access tokens come from.
 
-The library does not run an OAuth flow. The caller hands a handler either an access
+The mechanisms that carry a token (OAUTHBEARER and XOAUTH2) live in the SASL layer
+(``_sasl/oauth.py``); this module holds the token itself. The library does not run an
+OAuth flow. The caller hands a handler either an access
 token (a string, used as is) or a *token provider*: a callable with no arguments that
 returns a current access token, typically by asking the caller's own OAuth library
 (google-auth, MSAL, ...) for a cached token and refreshing it when it has expired.
-
-What goes on the wire (Google's and Microsoft's XOAUTH2 documentation):
-
-* the client response is ``base64("user=" user "\\x01auth=Bearer " token "\\x01\\x01")``;
-* **one step**: it rides on the command (``AUTH XOAUTH2 <base64>``);
-  **two steps**: ``AUTH XOAUTH2``, an empty server challenge, then the response;
-* a refusal comes as one more challenge holding base64 JSON such as
-  ``{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}``; the
-  client answers it with an empty line and the server then refuses the login
-  (``535`` in SMTP, ``-ERR`` in POP3).
-
-One step is used when allowed and the command line stays within the protocol's limit
-(RFC 4954 section 4 applies SMTP's 512-octet command line; RFC 5034 section 4 and
-RFC 2449 give POP3 255 octets); otherwise two. Real Microsoft 365 tokens are long
-enough to always take two steps.
 
 When the server refuses a token that came from a provider, the provider is called
 once more and, if it returns a different token, the login is tried once more on the
@@ -29,12 +16,7 @@ refresh. A fixed token string is never retried.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import Final
 
 from .._net.logs import get_logger
 from .._net.secret import keyed_digest
@@ -42,39 +24,8 @@ from ..errors import MailAuthenticationError, MailHandlerError, MailValidationEr
 
 log = get_logger("oauth2")
 
-MECHANISM: Final = "XOAUTH2"
-#: Longest SMTP command line, CRLF included (RFC 5321 4.5.3.1.4, applied by RFC 4954).
-SMTP_COMMAND_LIMIT: Final = 512
-#: Longest POP3 command line, CRLF included (RFC 2449 section 4, applied by RFC 5034).
-POP3_COMMAND_LIMIT: Final = 255
-
 #: Returns a current OAuth 2.0 access token; called whenever a connection logs in.
 TokenProvider = Callable[[], str]
-
-_STATUS_MEANINGS: Final = {
-    "400": "the request was malformed, or the token was issued for another scope",
-    "401": "the access token is invalid or has expired",
-    "403": "the account may not use this service with OAuth",
-}
-
-
-# -- the client response -------------------------------------------------------------
-
-
-def xoauth2_string(username: str, token: str) -> str:
-    """The XOAUTH2 client response before base64: ``user=...^Aauth=Bearer ...^A^A``."""
-    return f"user={username}\x01auth=Bearer {token}\x01\x01"
-
-
-def encode_xoauth2(username: str, token: str) -> str:
-    """The XOAUTH2 client response, base64-encoded as it is sent."""
-    return base64.b64encode(xoauth2_string(username, token).encode("ascii")).decode("ascii")
-
-
-def initial_response_fits(username: str, token: str, line_limit: int) -> bool:
-    """Whether ``AUTH XOAUTH2 <response>`` plus CRLF stays within ``line_limit`` octets."""
-    command = f"AUTH {MECHANISM} {encode_xoauth2(username, token)}\r\n"
-    return len(command) <= line_limit
 
 
 def token_source_for(
@@ -122,80 +73,6 @@ def _usable_token(token: object) -> bool:
         and token.isprintable()
         and " " not in token
     )
-
-
-# -- the server's error challenge ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class XOAUTH2Error:
-    """What the server's error challenge said; every field is ``None`` when absent."""
-
-    status: str | None = None
-    schemes: str | None = None
-    scope: str | None = None
-
-    def describe(self) -> str:
-        """A short explanation for an error message, e.g. ``XOAUTH2 status 401: ...``."""
-        if self.status is None:
-            return "XOAUTH2: the server gave no reason"
-        meaning = _STATUS_MEANINGS.get(self.status, "refused")
-        scope = f"; scope {self.scope}" if self.scope else ""
-        return f"XOAUTH2 status {self.status}: {meaning}{scope}"
-
-
-def parse_error_challenge(challenge: bytes) -> XOAUTH2Error:
-    """Read the JSON of an error challenge (already base64-decoded).
-
-    Anything unreadable gives an empty :class:`XOAUTH2Error` rather than an exception:
-    the login has failed either way, and the reply code says so.
-    """
-    try:
-        data = json.loads(challenge.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return XOAUTH2Error()
-    if not isinstance(data, dict):
-        return XOAUTH2Error()
-
-    def text(name: str) -> str | None:
-        value = data.get(name)
-        return str(value)[:200] if isinstance(value, str | int) else None
-
-    return XOAUTH2Error(text("status"), text("schemes"), text("scope"))
-
-
-def explain(reply_text: str, failure: XOAUTH2Error | None, token: str) -> str:
-    """The server's refusal text with the XOAUTH2 reason added and the token masked."""
-    text = reply_text.replace(token, "***") if token else reply_text
-    return f"{text} ({failure.describe()})" if failure is not None else text
-
-
-class XOAUTH2Exchange:
-    """The client side of one XOAUTH2 exchange, as a SASL ``authobject``.
-
-    Called with no challenge (or for the first challenge of the two-step form) it
-    returns the client response; called again it records the server's error
-    challenge in :attr:`failure` and returns ``""``, the empty answer the mechanism
-    requires. This is the protocol of :meth:`smtplib.SMTP.auth` and of
-    :func:`src.handlers._pop3.client.sasl_auth`.
-    """
-
-    __slots__ = ("_response", "_sent", "failure")
-
-    def __init__(self, username: str, token: str) -> None:
-        self._response = xoauth2_string(username, token)
-        self._sent = False
-        self.failure: XOAUTH2Error | None = None
-
-    def __call__(self, challenge: bytes | None = None) -> str:
-        if not self._sent:
-            self._sent = True
-            return self._response
-        self.failure = parse_error_challenge(challenge or b"")
-        return ""
-
-    def __repr__(self) -> str:
-        return f"<XOAUTH2Exchange sent={self._sent}>"
 
 
 # -- where tokens come from ----------------------------------------------------------
@@ -395,11 +272,3 @@ def _attempt(attempt: Callable[[str], None], token: str) -> MailAuthenticationEr
 
 def _is_refusal(error: MailAuthenticationError) -> bool:
     return error.code is None or error.code >= 500
-
-
-def decode_challenge(payload: bytes) -> bytes:
-    """Decode a base64 server challenge; raise ``ValueError`` when it is not base64."""
-    try:
-        return base64.b64decode(payload.strip(), validate=True)
-    except binascii.Error as error:
-        raise ValueError("the server's AUTH challenge is not valid base64") from error
