@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from message_keys import SPEC_KEYS
 from parser_log import parser_log
 from paths import DATA
 
@@ -552,32 +553,8 @@ def assert_no_internal_failure(records: list[logging.LogRecord]) -> None:
     assert [r.getMessage() for r in records if "parsing failed" in r.getMessage()] == []
 
 
-SPEC_KEYS = {
-    "messageId",
-    "popId",
-    "messageIdHeader",
-    "from",
-    "to",
-    "cc",
-    "bcc",
-    "subject",
-    "textBody",
-    "htmlBody",
-    "receivedAt",
-    "size",
-    "attachmentCount",
-    "attachments",
-    "isRead",
-    "isStarred",
-    "isDeleted",
-    "isSpam",
-    "isDraft",
-    "isSent",
-}
-
-
 def assert_well_formed(result: dict[str, Any], raw: bytes) -> None:
-    assert set(result) - {"raw"} == SPEC_KEYS
+    assert set(result) - {"raw"} == set(SPEC_KEYS)
     assert result["size"] == len(raw)
     for key in ("messageIdHeader", "from", "subject", "textBody", "htmlBody"):
         assert isinstance(result[key], str)

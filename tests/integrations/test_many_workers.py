@@ -9,16 +9,13 @@ searched for them.
 from __future__ import annotations
 
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from interop.mailstack import MailStack, servers_available
-from services.deployment import Deployment, in_ci
+from interop.mailstack import MailStack
+from services.deployment import Deployment, private_mail_stack
 
 from src.integrations.celery_tasks import ACCOUNT_SEND_TASK, SYNC_TASK, task_message_id
 from src.testing.smtp_server import SMTPTestServer
@@ -41,18 +38,9 @@ def mail(subject: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def stack(certs: TestCertificates) -> Iterator[MailStack]:
-    available, reason = servers_available()
-    if not available:
-        if in_ci():
-            pytest.fail(f"must run in CI, but: {reason}", pytrace=False)
-        pytest.skip(reason)
     users = {f"user{i}": secrets.token_urlsafe(12) for i in range(ACCOUNTS)}
-    directory = Path(tempfile.mkdtemp(prefix="mailstack-"))
-    try:
-        with MailStack(directory, certs, users=users, locked_sessions=()) as running:
-            yield running
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with private_mail_stack(certs, users) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

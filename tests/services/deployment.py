@@ -13,7 +13,8 @@ import secrets
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,24 @@ def subjects(tokens: Iterable[str]) -> set[str]:
 def in_ci() -> bool:
     """Whether this run is CI."""
     return os.environ.get("CI", "").strip().lower() == "true"
+
+
+@contextmanager
+def private_mail_stack(certs: Any, users: dict[str, str]) -> Iterator[Any]:
+    """A private Postfix + Dovecot stack with these mailboxes (Dovecot allowing
+    concurrent sessions, as many workers need), removed afterwards. Skips when the
+    servers are not installed, and fails instead under CI=true."""
+    import pytest
+    from interop.mailstack import MailStack, servers_available
+
+    available, reason = servers_available()
+    if not available:
+        if in_ci():
+            pytest.fail(f"must run in CI, but: {reason}", pytrace=False)
+        pytest.skip(reason)
+    directory = Path(tempfile.mkdtemp(prefix="mailstack-"))
+    try:
+        with MailStack(directory, certs, users=users, locked_sessions=()) as running:
+            yield running
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

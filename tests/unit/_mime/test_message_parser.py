@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from message_keys import SPEC_KEYS
 from parser_log import parser_log
 from paths import DATA
 
@@ -20,28 +21,6 @@ from src.handlers._mime.parser import ParseLimits, parse_header_summary, parse_m
 from src.handlers._mime.uuencode import split_blocks, uudecode
 
 DATA_FILES = sorted(DATA.glob("*.eml"))
-SPEC_KEYS = [
-    "messageId",
-    "popId",
-    "messageIdHeader",
-    "from",
-    "to",
-    "cc",
-    "bcc",
-    "subject",
-    "textBody",
-    "htmlBody",
-    "receivedAt",
-    "size",
-    "attachmentCount",
-    "attachments",
-    "isRead",
-    "isStarred",
-    "isDeleted",
-    "isSpam",
-    "isDraft",
-    "isSent",
-]
 HEADER_KEYS = ["messageIdHeader", "from", "to", "cc", "bcc", "subject", "receivedAt"]
 
 
