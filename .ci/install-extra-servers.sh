@@ -26,9 +26,8 @@ OPENSMTPD_SPOOL=/var/spool/smtpd
 OPENSMTPD_CHROOT=/var/lib/opensmtpd/empty
 UNPACKED=(opensmtpd exim4-daemon-light)
 INSTALLED=(mailutils-pop3d)
-POLICY=/usr/sbin/policy-rc.d
-export PATH="$PATH:/usr/sbin:/sbin"
-export DEBIAN_FRONTEND=noninteractive
+# shellcheck source=lib/apt.sh
+. "$(dirname "$0")/lib/apt.sh"
 
 log() { printf 'install-extra-servers: %s\n' "$*"; }
 
@@ -66,38 +65,11 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# Keep whatever policy-rc.d the machine has, and restore it on any exit.
+hold_services
 workdir=$(mktemp -d)
-policy_backup=""
-cleanup() {
-    if [ -n "$policy_backup" ]; then
-        mv -f "$policy_backup" "$POLICY"
-    else
-        rm -f "$POLICY"
-    fi
-    rm -rf "$workdir"
-}
-if [ -e "$POLICY" ]; then
-    policy_backup=$(mktemp "${POLICY}.saved.XXXXXX")
-    cp -p "$POLICY" "$policy_backup"
-fi
-trap cleanup EXIT
-printf '#!/bin/sh\n# Installed by install-extra-servers.sh: start no services.\nexit 101\n' >"$POLICY"
-chmod 0755 "$POLICY"
+trap '_restore_policy; rm -rf "$workdir"' EXIT
 
-candidates_known() {
-    local pkg version
-    for pkg in "${UNPACKED[@]}" "${INSTALLED[@]}"; do
-        version=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
-        if [ -z "$version" ] || [ "$version" = "(none)" ]; then
-            return 1
-        fi
-    done
-}
-if ! candidates_known; then
-    log "package lists do not know ${UNPACKED[*]} ${INSTALLED[*]}: running apt-get update"
-    apt-get update -q
-fi
+ensure_package_lists "${UNPACKED[@]}" "${INSTALLED[@]}"
 
 # The shared libraries the unpacked binaries link against: only lib* packages among the
 # direct dependencies, so no MTA (and nothing that conflicts with Postfix) comes along.
@@ -116,9 +88,7 @@ if apt-get install -s -q --no-install-recommends "${INSTALLED[@]}" "${libraries[
     log "apt-get would remove packages to install ${INSTALLED[*]}; refusing" >&2
     exit 1
 fi
-apt-get install -y -q --no-install-recommends \
-    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-    "${INSTALLED[@]}" "${libraries[@]}"
+apt_install "${INSTALLED[@]}" "${libraries[@]}"
 
 # Unpack (not install) the MTAs, each into its own directory below $PREFIX.
 mkdir -p "$PREFIX"
@@ -158,14 +128,7 @@ if ! getent passwd Debian-exim >/dev/null; then
         --disabled-login --force-badname Debian-exim
 fi
 
-# The mailutils-pop3d package enables its service for the next boot even though
-# policy-rc.d kept it from starting now; take that back.
-if command -v systemctl >/dev/null 2>&1; then
-    systemctl disable mailutils-pop3d.service >/dev/null 2>&1 || true
-fi
-if [ -e /etc/init.d/mailutils-pop3d ]; then
-    update-rc.d mailutils-pop3d disable >/dev/null 2>&1 || true
-fi
+disable_at_boot mailutils-pop3d
 
 if ! have_everything; then
     log "install finished but a binary, user or directory is still missing" >&2

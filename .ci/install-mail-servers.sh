@@ -11,9 +11,8 @@
 set -euo pipefail
 
 PACKAGES=(postfix dovecot-core dovecot-pop3d)
-POLICY=/usr/sbin/policy-rc.d
-export PATH="$PATH:/usr/sbin:/sbin"
-export DEBIAN_FRONTEND=noninteractive
+# shellcheck source=lib/apt.sh
+. "$(dirname "$0")/lib/apt.sh"
 
 log() { printf 'install-mail-servers: %s\n' "$*"; }
 
@@ -60,22 +59,7 @@ if system_instance_running; then
     was_running=yes
 fi
 
-# Keep whatever policy-rc.d the machine has, and restore it on any exit.
-policy_backup=""
-restore_policy() {
-    if [ -n "$policy_backup" ]; then
-        mv -f "$policy_backup" "$POLICY"
-    else
-        rm -f "$POLICY"
-    fi
-}
-if [ -e "$POLICY" ]; then
-    policy_backup=$(mktemp "${POLICY}.saved.XXXXXX")
-    cp -p "$POLICY" "$policy_backup"
-fi
-trap restore_policy EXIT
-printf '#!/bin/sh\n# Installed by install-mail-servers.sh: start no services.\nexit 101\n' >"$POLICY"
-chmod 0755 "$POLICY"
+hold_services
 
 # 'No configuration' makes the postfix package install without writing a main.cf.
 debconf-set-selections <<'EOF'
@@ -83,40 +67,16 @@ postfix postfix/main_mailer_type select No configuration
 postfix postfix/mailname string localhost
 EOF
 
-candidates_known() {
-    local pkg version
-    for pkg in "${PACKAGES[@]}"; do
-        version=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
-        if [ -z "$version" ] || [ "$version" = "(none)" ]; then
-            return 1
-        fi
-    done
-}
-if ! candidates_known; then
-    log "package lists do not know ${PACKAGES[*]}: running apt-get update"
-    apt-get update -q
-fi
+ensure_package_lists "${PACKAGES[@]}"
 
-log "installing ${PACKAGES[*]}"
-apt-get install -y -q --no-install-recommends \
-    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-    "${PACKAGES[@]}"
+apt_install "${PACKAGES[@]}"
 
 if ! have_binaries; then
     log "install finished but the postfix/dovecot binaries are still missing" >&2
     exit 1
 fi
 
-# The packages' maintainer scripts enable the services for the next boot even when
-# policy-rc.d refuses to start them now; take that back (only for what we installed).
-if command -v deb-systemd-helper >/dev/null 2>&1; then
-    deb-systemd-helper disable postfix.service dovecot.service dovecot.socket >/dev/null 2>&1 || true
-fi
-for service in postfix dovecot; do
-    if [ -e "/etc/init.d/$service" ]; then
-        update-rc.d "$service" disable >/dev/null 2>&1 || true
-    fi
-done
+disable_at_boot postfix dovecot dovecot.socket
 
 if system_instance_running; then
     if [ "$was_running" = yes ]; then
