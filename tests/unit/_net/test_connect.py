@@ -606,3 +606,41 @@ def test_without_happy_eyeballs_a_silent_ipv6_address_costs_the_whole_timeout(
             open_connection(
                 "dual.example.test", 25, timeout=0.5, resolver=resolver, happy_eyeballs=False
             )
+
+
+@pytest.mark.parametrize("greeting_delay", [0.0, 0.05])
+def test_a_greeting_in_the_same_read_as_the_connect_reply_is_kept(greeting_delay: float) -> None:
+    """SMTP and POP3 servers speak first: a proxy may send its 200 and the server's
+    greeting in one segment. The tunnel must consume the reply header and nothing after."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    request: list[bytes] = []
+
+    def proxy_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(1024)
+            request.append(data)
+            reply = b"HTTP/1.1 200 Connection established\r\nVia: test\r\n\r\n"
+            if greeting_delay:
+                conn.sendall(reply)
+                time.sleep(greeting_delay)
+                conn.sendall(b"+OK ready\r\n")
+            else:
+                conn.sendall(reply + b"+OK ready\r\n")
+            conn.recv(1)  # hold the tunnel open until the client is done
+
+    thread = threading.Thread(target=proxy_once, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    sock = open_connection(
+        "pop.example.test", 110, timeout=5, proxy=f"http://user:pw@127.0.0.1:{port}"
+    )
+    with sock:
+        assert sock.recv(64) == b"+OK ready\r\n"
+    thread.join(5)
+    listener.close()
+    assert request[0].startswith(b"CONNECT pop.example.test:110 HTTP/1.1\r\n")
+    assert b"Proxy-Authorization: Basic dXNlcjpwdw==\r\n" in request[0]
