@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -83,57 +84,50 @@ def _server_directory(prefix: str) -> Path:
     return directory
 
 
-@pytest.fixture(scope="session")
-def opensmtpd(mail_stack: MailStack) -> Iterator[OpenSMTPD]:
-    """A private OpenSMTPD delivering into the stack's Maildirs, for the session."""
-    _require(opensmtpd_available)
-    directory = _server_directory("opensmtpd-")
-    server = OpenSMTPD(directory, mail_stack)
+class _Server(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _running(
+    available: Callable[[], tuple[bool, str]], prefix: str, make: Callable[[Path], S]
+) -> Iterator[S]:
+    """Start the server ``make`` builds in a directory of its own; stop it and remove
+    the directory afterwards."""
+    _require(available)
+    directory = _server_directory(prefix)
+    server = make(directory)
     try:
         server.start()
         yield server
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def opensmtpd(mail_stack: MailStack) -> Iterator[OpenSMTPD]:
+    """A private OpenSMTPD delivering into the stack's Maildirs, for the session."""
+    yield from _running(opensmtpd_available, "opensmtpd-", lambda d: OpenSMTPD(d, mail_stack))
 
 
 @pytest.fixture(scope="session")
 def exim(mail_stack: MailStack) -> Iterator[Exim]:
     """A private Exim delivering into the stack's Maildirs, for the session."""
-    _require(exim_available)
-    directory = _server_directory("exim-")
-    server = Exim(directory, mail_stack)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    yield from _running(exim_available, "exim-", lambda d: Exim(d, mail_stack))
 
 
 @pytest.fixture(scope="session")
 def mailutils_pop3d(certs: TestCertificates) -> Iterator[MailutilsPOP3]:
     """A private GNU Mailutils pop3d with mbox mailboxes of its own, for the session."""
-    _require(pop3d_available)
-    directory = _server_directory("pop3d-")
-    server = MailutilsPOP3(directory, certs)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    yield from _running(pop3d_available, "pop3d-", lambda d: MailutilsPOP3(d, certs))
 
 
 @pytest.fixture(scope="session")
 def sasl_dovecot(certs: TestCertificates) -> Iterator[SASLDovecot]:
     """A second private Dovecot offering every SASL mechanism, for the session."""
-    _require(servers_available)
-    directory = _server_directory("sasl-dovecot-")
-    server = SASLDovecot(directory, certs)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    yield from _running(servers_available, "sasl-dovecot-", lambda d: SASLDovecot(d, certs))
