@@ -38,7 +38,15 @@ import trustme
 from src.testing.tls import LOOPBACK_NAMES, TestCertificates
 
 from .mailstack import MailStack
-from .processes import Probe, Server, free_ports, probe_greeting, terminate
+from .processes import (
+    SBIN_PATH,
+    Probe,
+    Server,
+    free_ports,
+    spawn,
+    terminate,
+    wait_for_greetings,
+)
 
 __all__ = [
     "EXIM",
@@ -63,7 +71,6 @@ EXIM = MTA_PREFIX / "exim4-daemon-light" / "usr" / "sbin" / "exim4"
 OPENSMTPD_LIBEXEC = Path("/usr/libexec/opensmtpd")
 OPENSMTPD_SPOOL = Path("/var/spool/smtpd")
 OPENSMTPD_CONTROL = Path("/var/run/smtpd.sock")
-_SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 _POLL = 0.05
 
 
@@ -111,7 +118,7 @@ def exim_available() -> tuple[bool, str]:
 
 def pop3d_available() -> tuple[bool, str]:
     """Whether :class:`MailutilsPOP3` can run here."""
-    if shutil.which("pop3d", path=_SBIN_PATH) is None:
+    if shutil.which("pop3d", path=SBIN_PATH) is None:
         return False, f"GNU Mailutils' pop3d is not installed; {EXTRA_INSTALL_HINT}"
     if shutil.which("openssl") is None:
         return False, "openssl (for password hashes) is not installed"
@@ -253,49 +260,21 @@ class _PrivateServer:
         raise NotImplementedError
 
     def _spawn(self, command: list[str]) -> Server:
-        output = (self.logs / f"{self.name}-console.log").open("ab")
-        env = dict(os.environ, PATH=_SBIN_PATH, LC_ALL="C")
-        try:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.directory,
-                start_new_session=True,
-            )
-        except BaseException:
-            output.close()
-            raise
-        return Server(self.name, process, output, pid=process.pid, pgid=process.pid)
+        return spawn(
+            self.name, command, cwd=self.directory, log=self.logs / f"{self.name}-console.log"
+        )
 
     def _wait_ready(self) -> None:
         assert self._server is not None
-        waiting = self._probes()
-        deadline = time.monotonic() + self.startup_timeout
-        while waiting:
-            if not self._server.master_alive():
-                raise ExtraServerError(f"{self.name} exited during start-up\n" + self.log_tail())
-            for probe in list(waiting):
-                greeting = probe_greeting(probe)
-                if greeting is None or not greeting.startswith(probe.greeting):
-                    continue
-                if self._names_instance and self.instance.encode() not in greeting:
-                    raise ExtraServerError(
-                        f"{probe.name}: port {probe.port} answers {greeting[:80]!r}: "
-                        f"not our {self.name}, someone else's (address in use)"
-                    )
-                waiting.remove(probe)
-            if not waiting:
-                return
-            if time.monotonic() >= deadline:
-                names = ", ".join(f"{probe.name}:{probe.port}" for probe in waiting)
-                raise ExtraServerError(
-                    f"{self.name} did not greet on {names} within {self.startup_timeout:g}s\n"
-                    + self.log_tail()
-                )
-            time.sleep(_POLL)
+        wait_for_greetings(
+            self._server,
+            self._probes(),
+            timeout=self.startup_timeout,
+            instance=self.instance if self._names_instance else None,
+            log_tail=self.log_tail,
+            failed=ExtraServerError,
+            taken=ExtraServerError,
+        )
 
     _names_instance = True
 
@@ -673,7 +652,7 @@ server {self.host}:{self.ports["pop3s"]} {{
         config.write_text(conf)
         config.chmod(0o600)
         return [
-            shutil.which("pop3d", path=_SBIN_PATH) or "pop3d",
+            shutil.which("pop3d", path=SBIN_PATH) or "pop3d",
             "--no-site-config",
             f"--config-file={config}",
         ]

@@ -46,7 +46,17 @@ from src.testing.tls import LOOPBACK_NAMES, TestCertificates
 
 from . import mailconfig
 from .mailconfig import Layout
-from .processes import Probe, Server, free_ports, parent_of, pid_alive, probe_greeting, terminate
+from .processes import (
+    SBIN_PATH,
+    Probe,
+    Server,
+    free_ports,
+    parent_of,
+    pid_alive,
+    spawn,
+    terminate,
+    wait_for_greetings,
+)
 
 __all__ = ["INSTALL_HINT", "MailStack", "MailStackError", "server_versions", "servers_available"]
 
@@ -56,7 +66,6 @@ INSTALL_HINT = (
     "the system services from starting"
 )
 
-_SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 _BINARIES = ("postfix", "postconf", "dovecot", "doveconf")
 _DOVECOT_LIBEXEC = (Path("/usr/lib/dovecot"), Path("/usr/libexec/dovecot"))
 _ACCOUNTS = ("postfix", "dovecot", "dovenull")
@@ -78,7 +87,7 @@ class _PortTaken(MailStackError):
 
 
 def _which(name: str) -> str | None:
-    return shutil.which(name, path=_SBIN_PATH)
+    return shutil.which(name, path=SBIN_PATH)
 
 
 def _require(name: str) -> str:
@@ -621,53 +630,18 @@ class MailStack:
         return b"".join(chunks).decode(errors="replace").strip() or "(no complaints)"
 
     def _spawn(self, name: str, command: list[str]) -> Server:
-        output = (self.directory / "logs" / f"{name}-console.log").open("ab")
-        env = dict(os.environ, PATH=_SBIN_PATH, LC_ALL="C")
-        env.pop("MAIL_CONFIG", None)
-        try:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.directory,
-                start_new_session=True,
-            )
-        except BaseException:
-            output.close()
-            raise
-        return Server(name, process, output, pid=process.pid, pgid=process.pid)
+        return spawn(
+            name, command, cwd=self.directory, log=self.directory / "logs" / f"{name}-console.log"
+        )
 
     def _wait_ready(self, server: Server, probes: list[Probe]) -> None:
         """Poll until every probe gets its greeting; fail early if the server dies."""
-        waiting = list(probes)
-        deadline = time.monotonic() + self.startup_timeout
-        while waiting:
-            if not server.master_alive():
-                raise MailStackError(f"{server.name} exited during start-up\n" + self.log_tail())
-            for probe in list(waiting):
-                try:
-                    greeting = probe_greeting(probe)
-                except ssl.SSLCertVerificationError as exc:
-                    raise _PortTaken(
-                        f"{probe.name}: port {probe.port} presents a certificate our CA did "
-                        f"not sign (someone else's server, or a broken setup): {exc}"
-                    ) from exc
-                if greeting is None or not greeting.startswith(probe.greeting):
-                    continue  # nothing there yet, or a transient refusal
-                if self._instance.encode() not in greeting:
-                    raise _PortTaken(
-                        f"{probe.name}: port {probe.port} answers {greeting[:80]!r}, which is "
-                        f"not our {server.name}: someone else listens there"
-                    )
-                waiting.remove(probe)
-            if not waiting:
-                return
-            if time.monotonic() >= deadline:
-                names = ", ".join(f"{probe.name}:{probe.port}" for probe in waiting)
-                raise MailStackError(
-                    f"{server.name} did not greet on {names} within "
-                    f"{self.startup_timeout:g}s\n" + self.log_tail()
-                )
-            time.sleep(_POLL)
+        wait_for_greetings(
+            server,
+            probes,
+            timeout=self.startup_timeout,
+            instance=self._instance,
+            log_tail=self.log_tail,
+            failed=MailStackError,
+            taken=_PortTaken,
+        )

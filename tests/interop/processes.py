@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -214,3 +215,75 @@ def terminate(server: Server, grace: float = 5.0) -> None:
             _wait_gone([], server.pgid, grace)
     finally:
         server.output.close()
+
+
+#: PATH for the servers: the system's, plus the sbin directories their binaries live in.
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+
+
+def spawn(name: str, command: list[str], *, cwd: Path, log: Path) -> Server:
+    """Start ``command`` in a session of its own, its output appended to ``log``."""
+    output = log.open("ab")
+    env = dict(os.environ, PATH=SBIN_PATH, LC_ALL="C")
+    env.pop("MAIL_CONFIG", None)
+    try:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except BaseException:
+        output.close()
+        raise
+    return Server(name, process, output, pid=process.pid, pgid=process.pid)
+
+
+def wait_for_greetings(
+    server: Server,
+    probes: list[Probe],
+    *,
+    timeout: float,
+    instance: str | None,
+    log_tail: Callable[[], str],
+    failed: Callable[[str], Exception],
+    taken: Callable[[str], Exception],
+) -> None:
+    """Poll until every probe gets its greeting, naming ``instance`` when given.
+
+    Raises ``failed(...)`` when the server dies or stays silent past ``timeout``, and
+    ``taken(...)`` when a port answers with someone else's server (another greeting, or
+    a certificate our CA did not sign).
+    """
+    waiting = list(probes)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        if not server.master_alive():
+            raise failed(f"{server.name} exited during start-up\n" + log_tail())
+        for probe in list(waiting):
+            try:
+                greeting = probe_greeting(probe)
+            except ssl.SSLCertVerificationError as exc:
+                raise taken(
+                    f"{probe.name}: port {probe.port} presents a certificate our CA did not "
+                    f"sign (address in use by someone else's server, or a broken setup): {exc}"
+                ) from exc
+            if greeting is None or not greeting.startswith(probe.greeting):
+                continue  # nothing there yet, or a transient refusal
+            if instance is not None and instance.encode() not in greeting:
+                raise taken(
+                    f"{probe.name}: port {probe.port} answers {greeting[:80]!r}, which is not "
+                    f"our {server.name}: someone else listens there (address in use)"
+                )
+            waiting.remove(probe)
+        if not waiting:
+            return
+        if time.monotonic() >= deadline:
+            names = ", ".join(f"{probe.name}:{probe.port}" for probe in waiting)
+            raise failed(
+                f"{server.name} did not greet on {names} within {timeout:g}s\n" + log_tail()
+            )
+        time.sleep(_POLL)

@@ -25,8 +25,8 @@ from pathlib import Path
 from src.testing.tls import TestCertificates
 
 from . import mailconfig
-from .extra_servers import _SBIN_PATH, _PrivateServer
-from .processes import Probe
+from .extra_servers import _PrivateServer
+from .processes import SBIN_PATH, Probe
 
 __all__ = ["SASLDovecot"]
 
@@ -119,7 +119,7 @@ class SASLDovecot(_PrivateServer):
             )
         )
         conf.chmod(0o644)
-        return [shutil.which("dovecot", path=_SBIN_PATH) or "dovecot", "-F", "-c", str(conf)]
+        return [shutil.which("dovecot", path=SBIN_PATH) or "dovecot", "-F", "-c", str(conf)]
 
     def _probes(self) -> list[Probe]:
         return [
