@@ -23,23 +23,19 @@ difference and for an entry that no longer differs.
 from __future__ import annotations
 
 import functools
-import os
 import time
 
-import pytest
+from ci import unavailable
 from paths import CORPUS
 
 from src.handlers._mime.parser import parse_message
 
 if not (CORPUS / "MANIFEST.json").is_file():
-    if os.environ.get("CI") == "true":
-        pytest.fail(
-            f"the shared mail corpus is missing (expected at {CORPUS.name} next to the project)",
-            pytrace=False,
-        )
-    pytest.skip(
+    unavailable(
         "the shared mail corpus (../shared/mail-corpus from the project root) is not here",
-        allow_module_level=True,
+        in_ci_reason=f"the shared mail corpus is missing (expected at {CORPUS.name} "
+        "next to the project)",
+        module_level=True,
     )
 
 import corpus_fidelity

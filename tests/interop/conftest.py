@@ -10,7 +10,6 @@ except under ``CI=true``: there a missing server is a failure, never a silent sk
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import pytest
+from ci import in_ci
 
 from src.testing.tls import TestCertificates
 
@@ -42,10 +42,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.interop)
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() == "true"
-
-
 @pytest.fixture(scope="session")
 def mail_stack(certs: TestCertificates) -> Iterator[MailStack]:
     """A running :class:`MailStack` shared by the whole session, stopped at its end.
@@ -57,7 +53,7 @@ def mail_stack(certs: TestCertificates) -> Iterator[MailStack]:
     """
     available, reason = servers_available()
     if not available:
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"interop tests must run in CI, but: {reason}", pytrace=False)
         pytest.skip(reason)
     directory = Path(tempfile.mkdtemp(prefix="mailstack-"))
@@ -72,7 +68,7 @@ def _require(check: Callable[[], tuple[bool, str]]) -> None:
     """Skip (or, under CI, fail) when an extra server cannot run here."""
     available, reason = check()
     if not available:
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"interop tests must run in CI, but: {reason}", pytrace=False)
         pytest.skip(reason)
 

@@ -7,7 +7,6 @@ SCRAM-SHA-256, the strongest this Dovecot offers (it has no ``-PLUS`` variants).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ci import unavailable
 
 from src.handlers._smtp.pool import SMTPConnectionPool
 from src.handlers.smtp import SMTPDeliveryStatus, SMTPProtocolHandler
@@ -29,9 +29,7 @@ from .sasl_servers import SASLMailStack
 def sasl_stack(certs: TestCertificates) -> Iterator[SASLMailStack]:
     available, reason = servers_available()
     if not available:
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(f"interop tests must run in CI, but: {reason}", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason, in_ci_reason=f"interop tests must run in CI, but: {reason}")
     directory = Path(tempfile.mkdtemp(prefix="saslstack-"))
     try:
         stack = SASLMailStack(directory, certs)

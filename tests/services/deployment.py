@@ -8,7 +8,6 @@ app object (the same configuration, no worker).
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import tempfile
@@ -17,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ci import in_ci
 
 from .datastores import PostgresServer, RedisServer
 from .workers import CeleryWorker
@@ -187,11 +188,6 @@ class Deployment:
 def subjects(tokens: Iterable[str]) -> set[str]:
     """The set of ``tokens``, for readable assertions."""
     return set(tokens)
-
-
-def in_ci() -> bool:
-    """Whether this run is CI."""
-    return os.environ.get("CI", "").strip().lower() == "true"
 
 
 @contextmanager

@@ -13,13 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ci import in_ci
 
 from .datastores import PostgresServer, RedisServer, availability
-
-
-def in_ci() -> bool:
-    """Whether this run is CI, where nothing may be skipped for a missing server."""
-    return os.environ.get("CI", "").strip().lower() == "true"
 
 
 def require_servers() -> None:
