@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import os
 import socket
 import threading
@@ -129,6 +130,9 @@ class _Watchdog:
         self._heap: list[tuple[float, int, _Armed]] = []
         self._counter = itertools.count()
         self._cancelled = 0
+        # When the thread will look at the heap next on its own: -inf while it is
+        # awake, inf while it waits for a first deadline.
+        self._sleeping_until = -math.inf
         self._thread = threading.Thread(
             target=self._run, name="mailhandlers-deadlines", daemon=True
         )
@@ -138,7 +142,11 @@ class _Watchdog:
         armed = _Armed(deadline)
         with self._lock:
             heapq.heappush(self._heap, (deadline.when, next(self._counter), armed))
-            if self._heap[0][2] is armed:
+            # Wake the thread only when this deadline comes before the time it is
+            # already sleeping until: a wake-up costs a thread switch and the GIL,
+            # and deadlines armed one after another with the same limit never need it.
+            if deadline.when < self._sleeping_until:
+                self._sleeping_until = -math.inf  # woken: it looks at the heap first
                 self._lock.notify()
         return armed
 
@@ -158,18 +166,24 @@ class _Watchdog:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while self._heap and self._heap[0][2].cancelled:
-                    heapq.heappop(self._heap)
-                    self._cancelled = max(0, self._cancelled - 1)
                 if not self._heap:
+                    self._sleeping_until = math.inf
                     self._lock.wait()
                     continue
+                # A disarmed entry is left in place until it falls due: sleeping until
+                # the earliest entry, disarmed or not, keeps the heap non-empty while
+                # operations keep arming deadlines, so arming one rarely wakes this thread.
                 when, _, armed = self._heap[0]
                 remaining = when - time.monotonic()
                 if remaining > 0:
+                    self._sleeping_until = when
                     self._lock.wait(remaining)
                     continue
+                self._sleeping_until = -math.inf  # awake: the heap is looked at again
                 heapq.heappop(self._heap)
+                if armed.cancelled:
+                    self._cancelled = max(0, self._cancelled - 1)
+                    continue
                 armed.cancelled = True  # fired: a later disarm has nothing to do
             armed.deadline._fire()  # outside the lock: it does socket I/O
 
