@@ -228,3 +228,34 @@ def test_a_stalled_reply_in_a_pipelined_batch_still_times_out() -> None:
         with pytest.raises(POP3TimeoutError):
             pop.fetch_raw_messages()
         pop.disconnect()
+
+
+def test_dele_many_answers_in_order_and_isolates_refusals() -> None:
+    with POP3TestServer(users={"user": SECRET}) as srv:
+        for raw in MESSAGES[:4]:
+            srv.add_message(raw)
+        pop = client(srv)
+        replies = pop.dele_many([2, 99, 4, 2, 1], window=2)
+        assert [reply.startswith(b"+OK") for reply in replies] == [True, False, True, False, True]
+        assert pop.stat()[0] == 1  # in step; three marked
+        pop.quit()
+        assert srv.messages() == [MESSAGES[2]]
+
+
+def test_delete_messages_is_pipelined_only_when_offered(
+    server: POP3TestServer, mocker: MockerFixture
+) -> None:
+    spy = mocker.spy(FastPOP3, "dele_many")
+    pop3 = handler(server)
+    with pop3.session():
+        assert pop3.delete_messages([1, 3, 999_999, 5]) == (3, 1)
+        assert pop3.pending_deletions == 3
+    assert spy.call_count == (1 if server.pipelining else 0)
+    deles = [command for command in server.commands if command.startswith("DELE")]
+    assert deles == ["DELE 1", "DELE 3", "DELE 999999", "DELE 5"]
+    assert len(server.messages()) == len(MESSAGES) - 3
+
+
+def test_deleting_one_message_asks_for_no_capa(server: POP3TestServer) -> None:
+    handler(server).delete_messages([2])
+    assert server.commands.count("CAPA") == 1

@@ -23,6 +23,7 @@ from src.handlers import (
     SyncResult,
     TransactionalUIDStore,
 )
+from src.handlers._pop3.client import FastPOP3
 from src.handlers._sync.dbapi import Dialect
 from src.handlers.pop3 import POP3ProtocolHandler
 from src.testing.pop3_server import POP3TestServer
@@ -106,6 +107,41 @@ def test_save_and_uid_commit_together_then_delete(
     assert len(store) == 5
     assert handler_for(server).sync(store, saver(placeholder(conn))) == SyncResult()
     assert len(store) == 0  # pruned: the messages are gone from the server
+
+
+def test_a_committed_batch_is_deleted_in_one_pipelined_round_after_its_commit(
+    server: POP3TestServer, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = connect()
+    make_app_table(conn)
+    store = DBUIDStore(conn, account="alice", batch_size=3)
+    events: list[str] = []
+    save = saver(placeholder(conn))
+
+    def recording_save(message: dict[str, Any], cursor: Any) -> None:
+        events.append(f"save {message['subject']}")
+        save(message, cursor)
+
+    commit, dele_many = store.commit, FastPOP3.dele_many
+
+    def recording_commit() -> None:
+        commit()
+        events.append("commit")
+
+    monkeypatch.setattr(store, "commit", recording_commit)
+
+    def recording_dele_many(self: FastPOP3, numbers: Any, window: int = 128) -> list[bytes]:
+        events.append(f"dele {list(numbers)}")
+        return dele_many(self, numbers, window)
+
+    monkeypatch.setattr(FastPOP3, "dele_many", recording_dele_many)
+    result = handler_for(server).sync(store, recording_save, delete_after=True)
+    assert result == SyncResult(fetched=5, deleted=5)
+    assert events == [
+        *("save m0", "save m1", "save m2", "commit", "dele [1, 2, 3]"),
+        *("save m3", "save m4", "commit", "dele [4, 5]"),
+    ]
+    assert server.messages() == []
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,11 @@ class _LineReader:
     ) -> None:  # pragma: no cover - never called: pipelines is False
         raise POP3ProtocolError("this client cannot pipeline")
 
+    def delete_many(
+        self, numbers: list[int]
+    ) -> list[bytes]:  # pragma: no cover - never called: pipelines is False
+        raise POP3ProtocolError("this client cannot pipeline")
+
 
 class _BytesReader(_LineReader):
     """Reads multi-line replies as one ``bytes`` each (this library's fast clients)."""
@@ -80,6 +85,9 @@ class _BytesReader(_LineReader):
     def retrieve_many(self, numbers: Iterable[int], limit: int | None, deliver: Deliver) -> None:
         self._client.message_limit = limit
         self._client.retr_many(numbers, deliver)
+
+    def delete_many(self, numbers: list[int]) -> list[bytes]:
+        return self._client.dele_many(numbers)
 
 
 class ClientAdapter:
@@ -185,7 +193,7 @@ class ClientAdapter:
         return self._reader.message(number, limit)
 
     def can_pipeline(self) -> bool:
-        """Whether several RETRs may be sent at once: a fast client and PIPELINING in
+        """Whether several RETRs or DELEs may be sent at once: a fast client and PIPELINING in
         CAPA (the listing the login read, or asked now, at most once per connection)."""
         if not self._reader.pipelines:
             return False
@@ -204,6 +212,11 @@ class ClientAdapter:
     def delete(self, number: int) -> None:
         """``DELE n``."""
         self.client.dele(number)
+
+    def delete_many(self, numbers: list[int]) -> list[bytes]:
+        """Pipelined ``DELE`` of ``numbers`` (only after :meth:`can_pipeline`); the
+        status line of each, in order."""
+        return self._reader.delete_many(numbers)
 
     def reset(self) -> None:
         """``RSET``."""

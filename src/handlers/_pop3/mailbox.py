@@ -249,13 +249,33 @@ class Mailbox:
             return self._delete(session, number)
 
     def delete_many(self, numbers: list[int]) -> tuple[int, int]:
-        """Mark several messages for deletion; ``(deleted, failed)`` counts."""
+        """Mark several messages for deletion; ``(deleted, failed)`` counts.
+
+        The ``DELE`` commands are pipelined when the server lists PIPELINING.
+        """
         for number in numbers:
             check_message_id(number)
         with self._session.using() as session:
-            outcomes = [self._delete(session, number) for number in numbers]
+            if len(numbers) > 1 and session.run("CAPA", ClientAdapter.can_pipeline):
+                outcomes = self._delete_pipelined(session, numbers)
+            else:
+                outcomes = [self._delete(session, number) for number in numbers]
         deleted = sum(outcomes)
         return deleted, len(outcomes) - deleted
+
+    @staticmethod
+    def _delete_pipelined(session: Session, numbers: list[int]) -> list[bool]:
+        replies = session.run("DELE", lambda adapter: adapter.delete_many(numbers))
+        outcomes = []
+        for number, status in zip(numbers, replies, strict=True):
+            if status.startswith(b"+"):
+                session.deletion_marked()
+                outcomes.append(True)
+            else:
+                refusal = error_for_reply(status, secrets=session.secrets())
+                log.warning("POP3 server refused to delete message %d: %s", number, refusal)
+                outcomes.append(False)
+        return outcomes
 
     def reset(self) -> bool:
         """``RSET`` in a logged-in session; True with nothing to undo, False if refused."""

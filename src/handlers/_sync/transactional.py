@@ -10,7 +10,8 @@ For each new message, oldest first, :func:`sync_transactional`:
 3. records the UID in the same transaction (:meth:`~TransactionalUIDStore.record`);
 4. commits (:meth:`~TransactionalUIDStore.commit`), which first checks the account's
    fencing token inside the transaction;
-5. only then, with ``delete_after=True``, marks the message for deletion.
+5. only then, with ``delete_after=True``, marks the committed messages for deletion
+   (the ``DELE`` commands pipelined where the server offers PIPELINING).
 
 The save and the record are one commit, so there is no window: a worker that dies at
 any point either committed both (the message is skipped next time) or neither (it is
@@ -314,20 +315,22 @@ def sync_transactional(
     with store.run() as recorded, handler.session():
         safe, unsafe = split_listing(handler.uid_listing())
         todo: list[tuple[int, str]] = []
+        handled_before: list[int] = []
         for number, uid in safe:
             if uid in recorded:
                 skipped += 1
-                if delete_after and handler.delete_message(number):
-                    deleted += 1
+                handled_before.append(number)
                 continue
             todo.append((number, uid))
+        if delete_after:
+            deleted += _delete(handler, handled_before)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             messages = _download(handler, chunk, failed, batched=batch_size > 1)
             done = _save_batch(store, handler_fn, messages, failed)
             fetched += len(done)
             if delete_after:
-                deleted += sum(1 for number in done if handler.delete_message(number))
+                deleted += _delete(handler, done)
         if prune:
             store.retain({uid for _, uid in safe})
     result = SyncResult(
@@ -373,6 +376,17 @@ def _download(
         else:
             found.append((number, uid, one))
     return found
+
+
+def _delete(handler: SyncMailbox, numbers: list[int]) -> int:
+    """Mark ``numbers`` (all committed) for deletion; return how many the server took.
+
+    Pipelined (``delete_messages``) where the mailbox offers it."""
+    delete_many = getattr(handler, "delete_messages", None)
+    if delete_many is not None and len(numbers) > 1:
+        deleted, _failed = delete_many(numbers)
+        return int(deleted)
+    return sum(1 for number in numbers if handler.delete_message(number))
 
 
 def _save_batch(
