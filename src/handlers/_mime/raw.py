@@ -30,16 +30,14 @@ _FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _MESSAGE_ID = re.compile(rb"<[^<>\s]+>")
 
 
-def _split(data: bytes) -> tuple[list[bytes], bytes]:
-    """The header lines (without CRLF) and the body (after the blank line)."""
-    end = data.find(b"\r\n\r\n")
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    """The header section (without its final CRLF) and the body (after the blank line)."""
     if data.startswith(CRLF):
-        return [], data[2:]
+        return b"", data[2:]
+    end = data.find(b"\r\n\r\n")
     if end < 0:
-        head, body = data.rstrip(b"\r\n"), b""
-    else:
-        head, body = data[:end], data[end + 4 :]
-    return head.split(CRLF), body
+        return data.rstrip(b"\r\n"), b""
+    return data[:end], data[end + 4 :]
 
 
 def _fields(lines: list[bytes]) -> list[tuple[bytes, list[bytes]]]:
@@ -63,13 +61,13 @@ def _fields(lines: list[bytes]) -> list[tuple[bytes, list[bytes]]]:
     return fields
 
 
-def _check_lines(head: list[bytes], body: bytes) -> None:
-    for line in head:
-        if b"\r" in line or b"\x00" in line:
-            raise MailValidationError(
-                "a header line contains a bare CR or a NUL (header injection?)", "message"
-            )
-    if any(len(line) > MAX_LINE_OCTETS for line in head) or (
+def _check_lines(head_bytes: bytes, head: list[bytes], body: bytes) -> None:
+    """Refuse a bare CR or a NUL in the header section and a line over 998 octets."""
+    if b"\x00" in head_bytes or head_bytes.count(b"\r") != head_bytes.count(CRLF):
+        raise MailValidationError(
+            "a header line contains a bare CR or a NUL (header injection?)", "message"
+        )
+    if max(map(len, head), default=0) > MAX_LINE_OCTETS or (
         len(body) > MAX_LINE_OCTETS and max(map(len, body.split(CRLF)), default=0) > MAX_LINE_OCTETS
     ):
         raise MailValidationError(
@@ -93,7 +91,7 @@ def prepare_raw(
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MailValidationError("the message must be bytes", "message")
     data = bytes(data)
-    if not data.strip():
+    if not data or data.isspace():
         raise MailValidationError("the message is empty", "message")
     if sender:
         sender = split_display_name(sender)[1]
@@ -108,8 +106,9 @@ def prepare_raw(
             raise MailValidationError(f"recipient {recipient!r}: {problem}", "recipients")
     if data.count(b"\n") != data.count(CRLF):  # two C scans spare the regex
         data = _BARE_LF.sub(CRLF, data)
-    head, body = _split(data)
-    _check_lines(head, body)
+    head_bytes, body = _split(data)
+    head = head_bytes.split(CRLF) if head_bytes else []
+    _check_lines(head_bytes, head, body)
     fields = _fields(head)
     names = [name for name, _ in fields]
     if b"from" not in names:
