@@ -43,6 +43,7 @@ from .processes import (
     Probe,
     Server,
     free_ports,
+    group_members,
     spawn,
     terminate,
     wait_for_greetings,
@@ -184,6 +185,22 @@ class _PrivateServer:
 
     def client_ssl_context(self) -> ssl.SSLContext:
         return self.certificates.client_context()
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until the master has no session processes left.
+
+        A session process may still be writing its mailbox after its client has gone
+        (a dropped connection is noticed by the server a moment later), so what a test
+        reads or writes in the mailbox between sessions waits for this first.
+        """
+        if self._server is None:
+            return
+        master = self._server.pid
+        deadline = time.monotonic() + timeout
+        while [pid for pid in group_members(master) if pid != master]:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.name} still has sessions after {timeout} s")
+            time.sleep(_POLL / 5)
 
     def log_mark(self) -> dict[Path, int]:
         return {path: path.stat().st_size for path in self.logs.glob("*log")}
@@ -582,7 +599,9 @@ class MailutilsPOP3(_PrivateServer):
     def deposit(self, user: str, message: bytes, sender: str = "sender@example.test") -> None:
         """Append ``message`` (LF line ends) to the mbox of ``user``, as a local
         delivery agent would: a ``From `` separator line, ``>``-quoting of body lines
-        that start with ``From ``, and an empty line after the message."""
+        that start with ``From ``, and an empty line after the message. Waits for the
+        sessions still running to end first, since they rewrite the mbox as they close."""
+        self.wait_idle()
         lines = message.split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
@@ -596,12 +615,17 @@ class MailutilsPOP3(_PrivateServer):
         path.chmod(0o600)
 
     def clear_mailbox(self, user: str) -> None:
+        self.wait_idle()
         path = self.mbox(user)
         path.write_bytes(b"")
         os.chown(path, self.mail_uid, self.mail_gid)
         path.chmod(0o600)
 
-    def mbox_bytes(self, user: str) -> bytes:
+    def mbox_bytes(self, user: str, *, settled: bool = True) -> bytes:
+        """The mbox of ``user``; with ``settled``, as it is once every session has
+        ended (pass ``settled=False`` to read it while a session of the test is open)."""
+        if settled:
+            self.wait_idle()
         return self.mbox(user).read_bytes()
 
     def _prepare(self) -> list[str]:

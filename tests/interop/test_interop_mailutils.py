@@ -65,11 +65,11 @@ def _raw(subject: str, body: bytes = b"hello\n") -> bytes:
     ).encode() + body
 
 
-def _on_disk(server: MailutilsPOP3, user: str = "alice") -> list[str]:
-    """Subjects of the messages now in the mbox of ``user``, in order."""
-    return [
-        match.decode() for match in re.findall(rb"^Subject: (.*)$", server.mbox_bytes(user), re.M)
-    ]
+def _on_disk(server: MailutilsPOP3, user: str = "alice", *, settled: bool = True) -> list[str]:
+    """Subjects of the messages in the mbox of ``user``, in order: once every session
+    has ended, or with ``settled=False`` as they are now (while a session is open)."""
+    mbox = server.mbox_bytes(user, settled=settled)
+    return [match.decode() for match in re.findall(rb"^Subject: (.*)$", mbox, re.M)]
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ def test_deletion_is_committed_by_quit(mailutils_pop3d: MailutilsPOP3, alice: li
     handler = _handler(mailutils_pop3d, "tls")
     with handler:
         assert handler.delete_message(2)
-        assert _on_disk(mailutils_pop3d) == alice  # marked only
+        assert _on_disk(mailutils_pop3d, settled=False) == alice  # marked only
     assert _on_disk(mailutils_pop3d) == [alice[0], alice[2]]
 
 
@@ -350,6 +350,6 @@ def test_sync_inside_an_open_session_commits_at_its_quit(
     with handler:
         result = handler.sync(MemoryUIDStore(), _recorder(seen), delete_after=True)
         assert result.deleted == 2
-        assert _on_disk(server, "bob") == subjects
+        assert _on_disk(server, "bob", settled=False) == subjects
     assert _on_disk(server, "bob") == []
     assert seen == subjects
