@@ -91,6 +91,12 @@ class SmtpSink:
             _stop(self._process)
             self._process = None
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("smtp-sink is not running")
+        return self._process.pid
+
 
 class DelayProxy:
     """:mod:`bench.proxy` forwarding to ``HOST:target_port`` with ``delay`` s each way."""
