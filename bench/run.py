@@ -434,8 +434,8 @@ def _smtp_rows(
         f"which validation and building {cpu['ours validate+build']:.0f} us; smtplib with "
         f"pre-built bytes {z:.0f} us; Django {cpu['django']:.0f} us. One NOOP round trip to "
         f"smtp-sink: {r:.0f} us. Pipelining saves smtplib's 2 extra round trips per message "
-        f"(about {2 * r:.0f} us of waiting) while send_message spends {x - z:.0f} us more "
-        f"CPU. One thread's message takes {1e6 / one_thread:.0f} us of wall time, "
+        f"(about {2 * r:.0f} us of waiting); send_message's CPU differs from smtplib's by "
+        f"{x - z:+.0f} us. One thread's message takes {1e6 / one_thread:.0f} us of wall time, "
         f"{100 * x * one_thread / 1e6:.0f}% of it on the CPU; four threads share one GIL, "
         f"so they gain only on the rest, the time a message waits for its replies."
     )
