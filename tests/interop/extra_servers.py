@@ -43,10 +43,10 @@ from .processes import (
     Probe,
     Server,
     free_ports,
-    group_members,
     spawn,
     terminate,
     wait_for_greetings,
+    wait_sessions_ended,
 )
 
 __all__ = [
@@ -193,14 +193,8 @@ class _PrivateServer:
         (a dropped connection is noticed by the server a moment later), so what a test
         reads or writes in the mailbox between sessions waits for this first.
         """
-        if self._server is None:
-            return
-        master = self._server.pid
-        deadline = time.monotonic() + timeout
-        while [pid for pid in group_members(master) if pid != master]:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{self.name} still has sessions after {timeout} s")
-            time.sleep(_POLL / 5)
+        if self._server is not None and not wait_sessions_ended(self._server.pid, timeout):
+            raise TimeoutError(f"{self.name} still has sessions after {timeout} s")
 
     def log_mark(self) -> dict[Path, int]:
         return {path: path.stat().st_size for path in self.logs.glob("*log")}

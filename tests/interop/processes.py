@@ -32,6 +32,7 @@ __all__ = [
     "pid_alive",
     "probe_greeting",
     "terminate",
+    "wait_sessions_ended",
 ]
 
 _POLL = 0.05
@@ -179,16 +180,32 @@ def _signal_group(pgid: int, signum: int) -> None:
             os.killpg(pgid, signum)
 
 
-def _wait_gone(pids: list[int], pgid: int | None, timeout: float) -> bool:
-    """Wait until ``pids`` and the members of ``pgid`` have gone; False on timeout."""
+def _poll_until(done: Callable[[], bool], timeout: float, interval: float = _POLL) -> bool:
+    """Poll ``done()`` until it is true; False if ``timeout`` seconds pass first."""
     deadline = time.monotonic() + timeout
-    while True:
-        alive = [pid for pid in pids if pid_alive(pid)]
-        if not alive and (pgid is None or not group_members(pgid)):
-            return True
+    while not done():
         if time.monotonic() >= deadline:
             return False
-        time.sleep(_POLL)
+        time.sleep(interval)
+    return True
+
+
+def _wait_gone(pids: list[int], pgid: int | None, timeout: float) -> bool:
+    """Wait until ``pids`` and the members of ``pgid`` have gone; False on timeout."""
+    return _poll_until(
+        lambda: (
+            not any(pid_alive(pid) for pid in pids) and (pgid is None or not group_members(pgid))
+        ),
+        timeout,
+    )
+
+
+def wait_sessions_ended(master: int, timeout: float) -> bool:
+    """Wait until the process group that ``master`` leads holds no process but
+    ``master`` (its per-connection children have exited); False on timeout."""
+    return _poll_until(
+        lambda: all(pid == master for pid in group_members(master)), timeout, _POLL / 5
+    )
 
 
 def terminate(server: Server, grace: float = 5.0) -> None:
