@@ -30,10 +30,7 @@ class Placement:
 
 def placements() -> list[Placement]:
     """Separate cores (a server on another machine: every reply crosses cores) and
-    one shared core (replies are context switches); on a one-CPU machine, just that;
-    where CPUs cannot be pinned, one unpinned placement (empty CPU sets)."""
-    if not hasattr(os, "sched_setaffinity"):
-        return [Placement("unpinned", frozenset(), frozenset())]
+    one shared core (replies are context switches); on a one-CPU machine, just that."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return [Placement("one core", frozenset(cpus), frozenset(cpus))]
@@ -48,9 +45,6 @@ def placements() -> list[Placement]:
 def placed(placement: Placement, server_pid: int) -> Iterator[Placement]:
     """Pin every thread of this process, and ``server_pid``, as ``placement`` says;
     restore on exit. Threads started meanwhile inherit the pin."""
-    if not placement.client:
-        yield placement
-        return
     own = os.sched_getaffinity(0)
     server = os.sched_getaffinity(server_pid)
     _pin_threads(placement.client)
