@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ._auth.credentials import Credentials
 from ._auth.oauth2 import TokenProvider, TokenSource
 from ._mime.addresses import check_address
-from ._mime.builder import OutgoingMessage, build_message
+from ._mime.builder import OutgoingMessage, PendingMessage, plan_message
 from ._mime.raw import prepare_raw
 from ._net import trace as wire_log
 from ._net.config import Encryption, Endpoint, Timeouts
@@ -593,7 +593,7 @@ class SMTPProtocolHandler:
         attachments: Sequence[Mapping[str, Any]] | None,
         custom_headers: Mapping[str, str] | None,
         from_address: str | None,
-    ) -> OutgoingMessage:
+    ) -> PendingMessage:
         sender = self._sender(from_address)
         to_list = address_list(to_addresses, "to_addresses")
         cc_list = address_list(cc_addresses, "cc_addresses")
@@ -611,7 +611,7 @@ class SMTPProtocolHandler:
             custom_headers,
             deliverability=self._deliverability,
         )
-        return build_message(
+        return plan_message(
             from_address=sender,
             to_addresses=to_list,
             subject=subject,
@@ -626,12 +626,16 @@ class SMTPProtocolHandler:
         )
 
     def _deliver(
-        self, message: OutgoingMessage, retry: bool, options: SendOptions = NO_OPTIONS
+        self,
+        message: OutgoingMessage | PendingMessage,
+        retry: bool,
+        options: SendOptions = NO_OPTIONS,
     ) -> DeliveryResult:
         if self.dkim is not None:
             # Signed once: every retry sends these same bytes.
+            built = message.built() if isinstance(message, PendingMessage) else message
             try:
-                message = dataclasses.replace(message, data=self.dkim.sign(message.data))
+                message = dataclasses.replace(built, data=self.dkim.sign(built.data))
             except MailValidationError as error:
                 self.last_error = str(error)
                 return DeliveryResult(
@@ -687,7 +691,9 @@ class SMTPProtocolHandler:
             enhanced_status_code=parse_enhanced_code(outcome.text),
         )
 
-    def _attempt(self, message: OutgoingMessage, options: SendOptions) -> TransactionOutcome:
+    def _attempt(
+        self, message: OutgoingMessage | PendingMessage, options: SendOptions
+    ) -> TransactionOutcome:
         with Deadline(self.operation_timeout) as deadline, wire_log.tracing(self.trace):
             try:
                 return self._transact(message, deadline, options)
@@ -702,7 +708,10 @@ class SMTPProtocolHandler:
                 raise
 
     def _transact(
-        self, message: OutgoingMessage, deadline: Deadline, options: SendOptions
+        self,
+        message: OutgoingMessage | PendingMessage,
+        deadline: Deadline,
+        options: SendOptions,
     ) -> TransactionOutcome:
         transaction = Transaction()
         try:
@@ -720,7 +729,7 @@ class SMTPProtocolHandler:
 
     def _transact_once(
         self,
-        message: OutgoingMessage,
+        message: OutgoingMessage | PendingMessage,
         deadline: Deadline,
         transaction: Transaction,
         options: SendOptions,
@@ -833,7 +842,7 @@ def _describe(error: BaseException) -> str:
 
 def _failure(
     error: BaseException,
-    message: OutgoingMessage,
+    message: OutgoingMessage | PendingMessage,
     retries: int,
     status: SMTPDeliveryStatus,
 ) -> DeliveryResult:

@@ -325,6 +325,8 @@ def postfix_master_cf(layout: Layout) -> str:
             "smtpd_reject_unlisted_recipient=no",
             "smtpd_recipient_restrictions=permit",
         ],
+        # Like a server with PIPELINING and SIZE but no CHUNKING: mail goes with DATA.
+        "unchunked": [*submission, "smtpd_discard_ehlo_keywords=chunking"],
         # Like a domain's MX: plain text allowed, no AUTH, local recipients only.
         "plain": [
             "smtpd_tls_security_level=may",

@@ -72,7 +72,16 @@ _ACCOUNTS = ("postfix", "dovecot", "dovenull")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _DOMAIN = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)+")
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
-_PORT_NAMES = ("submission", "smtps", "limited", "plain", "pop3", "pop3s", "accepting")
+_PORT_NAMES = (
+    "submission",
+    "smtps",
+    "limited",
+    "plain",
+    "pop3",
+    "pop3s",
+    "accepting",
+    "unchunked",
+)
 _PORT_ATTEMPTS = 3
 _IN_USE = "Address already in use"
 _POLL = 0.05
@@ -164,6 +173,8 @@ class MailStack:
       stack's own domain is taken.
     * ``smtp_accepting_port``: like submission, but mail for unknown local recipients
       is accepted and bounced afterwards (a DSN to the sender, 5.1.1).
+    * ``unchunked_submission_port``: like submission, without CHUNKING in the EHLO
+      reply, so mail goes with pipelined MAIL, RCPT and DATA.
     * ``pop3_port``: POP3 with STLS. ``pop3s_port``: POP3 behind implicit TLS.
 
     ``users`` maps account names to passwords (log in with the name or the full
@@ -305,6 +316,11 @@ class MailStack:
         bounces it after the transaction, so the sender gets a delivery status
         notification, as from a server that checks recipients only at delivery."""
         return self._port("accepting")
+
+    @property
+    def unchunked_submission_port(self) -> int:
+        """Submission without CHUNKING: PIPELINING and SIZE, and the body after DATA."""
+        return self._port("unchunked")
 
     @property
     def pop3_port(self) -> int:

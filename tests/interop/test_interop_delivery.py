@@ -2,7 +2,8 @@
 
 Postfix offers PIPELINING, CHUNKING and 8BITMIME on its submission port, so these sends
 go out as one write of MAIL, RCPT and ``BDAT <size> LAST`` with the body; the protocol
-trace proves it.
+trace proves it. A listener without CHUNKING takes a ``send_message`` built while
+Postfix reads its envelope.
 """
 
 from __future__ import annotations
@@ -92,3 +93,41 @@ def test_requiretls_on_a_postfix_without_it_sends_nothing(mail_stack: MailStack)
     assert "does not offer it" in (result.smtp_error or "")
     with pop3_handler(stack, "ssl", "alice") as reader:
         assert not [m for m in reader.fetch_messages() if marker in str(m.get("subject"))]
+
+
+def test_send_message_built_while_postfix_reads_the_envelope(
+    mail_stack: MailStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = mail_stack
+    stack.clear_mailbox("alice")
+    marker = token()
+    text = "Grüße aus Köln\n" + "a line of plain text\n" * 100
+    caplog.set_level(logging.DEBUG, logger="src.handlers.trace")
+    with smtp_handler(
+        stack, "tls", "bob", port=stack.unchunked_submission_port, trace=True, eight_bit=True
+    ) as sender:
+        capabilities = sender.capabilities()
+        result = sender.send_message(
+            [stack.address("alice")],
+            f"in flight {marker}",
+            text,
+            attachments=[{"filename": "n.txt", "data": "aGVsbG8=", "contentType": "text/plain"}],
+        )
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result.to_dict()
+    assert capabilities.offers("PIPELINING") and capabilities.offers("SIZE")
+    assert not capabilities.offers("CHUNKING")
+    # MAIL announced the builder's estimate (RFC 1870) with BODY=8BITMIME; DATA carried it.
+    mail = re.search(r"MAIL FROM:<[^>]+> BODY=8BITMIME SIZE=(\d+)", caplog.text)
+    assert mail is not None, caplog.text
+    assert "BDAT" not in caplog.text
+    fetched = _fetch(stack, "alice", marker)
+    assert fetched["messageIdHeader"] == result.message_id
+    assert str(fetched["textBody"]).replace("\r\n", "\n").rstrip("\n") == text.rstrip("\n")
+    attachments = fetched["attachments"]
+    assert isinstance(attachments, list) and [a["filename"] for a in attachments] == ["n.txt"]
+    raw = fetched["raw"]
+    assert isinstance(raw, bytes)
+    # What we sent starts at our first field, From (Postfix and Dovecot add theirs above
+    # it); the estimate covered it.
+    ours = raw[raw.index(b"\r\nFrom: ") + 2 :]
+    assert len(ours) <= int(mail.group(1)) <= 2 * len(ours) + 2048

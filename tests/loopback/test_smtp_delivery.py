@@ -16,6 +16,9 @@ import pytest
 from fake_sleep import Sleeps
 
 from src.handlers import ConfigurationError, DSNOptions
+from src.handlers._mime import builder
+from src.handlers._mime.builder import OutgoingMessage, PendingMessage
+from src.handlers._smtp.client import SMTPClient
 from src.handlers._smtp.options import xtext
 from src.handlers.smtp import SMTPConnectionPool, SMTPDeliveryStatus, SMTPProtocolHandler
 from src.testing.scripted_server import ScriptedServer
@@ -382,6 +385,106 @@ def test_bdat_transient_refusal_is_retried(make_handler: MakeHandler, sleeps: Sl
     with scripted("CHUNKING", "PIPELINING", end_of_data=[(451, "4.3.0 later")]) as server:
         handler = make_handler(server.host, server.port)
         result = handler.send_raw(SENDER, ["bob@example.org"], RAW)
+    assert result.status is SMTPDeliveryStatus.SUCCESS and result.retry_count == 1
+    first, second = server.conversations[0].blocks
+    assert first == second
+
+
+# ---------------------------------------------------------- built during the envelope's trip
+
+
+def test_pipelined_send_builds_after_the_envelope_went_out(
+    make_handler: MakeHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    write_commands = SMTPClient.write_commands
+    built = PendingMessage.built
+
+    def spy_write(client: SMTPClient, lines: list[str], data: bytes = b"") -> None:
+        events.append(lines[0].split(" ", 1)[0])
+        write_commands(client, lines, data)
+
+    def spy_built(pending: PendingMessage) -> OutgoingMessage:
+        events.append("built")
+        return built(pending)
+
+    monkeypatch.setattr(SMTPClient, "write_commands", spy_write)
+    monkeypatch.setattr(PendingMessage, "built", spy_built)
+    with scripted("PIPELINING", "8BITMIME", "SIZE 10240000") as server:
+        result = make_handler(server.host, server.port).send_message(["bob@example.org"], "s", "hi")
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result
+    assert events[:2] == ["MAIL", "built"]
+    [body] = server.conversations[0].blocks
+    assert result.message_id is not None and result.message_id.encode() in body
+    # SIZE carries the builder's estimate (RFC 1870 asks for one): close, from above.
+    [mail] = commands(server, "MAIL")
+    declared = int(mail.rsplit("SIZE=", 1)[1])
+    assert len(body) - 5 <= declared <= 2 * len(body) + 2048
+
+
+@pytest.mark.parametrize(
+    "extensions",
+    [
+        ("8BITMIME", "SIZE 10240000"),  # no PIPELINING: every command waits anyway
+        ("PIPELINING", "CHUNKING", "8BITMIME"),  # BDAT needs the exact size first
+        ("PIPELINING", "8BITMIME", "SIZE 4000"),  # an estimate near the limit
+    ],
+)
+def test_exact_size_where_the_envelope_depends_on_the_bytes(
+    make_handler: MakeHandler, extensions: tuple[str, ...]
+) -> None:
+    with scripted(*extensions) as server:
+        result = make_handler(server.host, server.port).send_message(
+            ["bob@example.org"], "s", "x" * 1500 + "\n"
+        )
+    assert result.status is SMTPDeliveryStatus.SUCCESS, result
+    [block] = server.conversations[0].blocks
+    [mail] = commands(server, "MAIL")
+    if "SIZE" in mail:
+        size = len(block) - len(b".\r\n")  # the block ends with the final dot's line
+        assert mail.endswith(f"SIZE={size}")
+
+
+def test_a_build_failing_after_the_envelope_sends_nothing(
+    make_handler: MakeHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_build(pending: PendingMessage) -> OutgoingMessage:
+        raise RuntimeError("builder bug")
+
+    with scripted("PIPELINING", "8BITMIME") as server:
+        handler = make_handler(server.host, server.port)
+        monkeypatch.setattr(PendingMessage, "_build", broken_build)
+        failed = handler.send_message(["bob@example.org"], "s", "hi")
+        monkeypatch.undo()
+        after = handler.send_message(["bob@example.org"], "s", "hi")
+    assert failed.status is SMTPDeliveryStatus.FAILED and not failed.outcome_unknown
+    assert after.status is SMTPDeliveryStatus.SUCCESS, after
+    first, second = server.conversations
+    # The first connection saw MAIL, RCPT and DATA, then was given up without the
+    # final dot (the second send needed a new one).
+    assert first.blocks == []
+    assert b"DATA\r\n" in first.data and b"QUIT" not in first.data
+    assert len(second.blocks) == 1
+
+
+def test_bytes_that_need_more_than_the_envelope_announced_are_not_sent(
+    make_handler: MakeHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plan that wrongly promised 7-bit bytes: the MAIL without BODY=8BITMIME went out.
+    monkeypatch.setattr(builder, "_travels_8bit", lambda text, eight_bit: False)
+    with scripted("PIPELINING", "8BITMIME") as server:
+        handler = make_handler(server.host, server.port, eight_bit=True)
+        result = handler.send_message(["bob@example.org"], "s", "Grüße")
+    assert result.status is SMTPDeliveryStatus.FAILED and not result.outcome_unknown
+    assert "differs from the envelope" in (result.smtp_error or "")
+    assert server.conversations[0].blocks == []
+
+
+def test_a_retry_sends_the_bytes_built_for_the_first_attempt(
+    make_handler: MakeHandler,
+) -> None:
+    with scripted("PIPELINING", "8BITMIME", end_of_data=[(451, "4.3.0 later")]) as server:
+        result = make_handler(server.host, server.port).send_message(["bob@example.org"], "s", "hi")
     assert result.status is SMTPDeliveryStatus.SUCCESS and result.retry_count == 1
     first, second = server.conversations[0].blocks
     assert first == second

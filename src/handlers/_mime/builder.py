@@ -188,6 +188,14 @@ def _max_line_length(data: bytes) -> int:
     return max(map(len, data.split(b"\n")), default=0)
 
 
+def _travels_8bit(text: str | None, eight_bit: bool) -> bool:
+    """Whether :func:`_encode_text_body` sends ``text`` as 8bit (without building it)."""
+    if text is None or not eight_bit or text.isascii():
+        return False
+    raw = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8", "surrogatepass")
+    return b"\x00" not in raw and _max_line_length(raw) <= 998
+
+
 def _encode_text_body(text: str, eight_bit: bool = False) -> tuple[str, bytes]:
     """Choose a transfer encoding for a text body; return (encoding, CRLF payload).
 
@@ -402,37 +410,208 @@ def build_message(
     or base64; the message then needs a server offering 8BITMIME (``eight_bit`` on the
     result says so).
     """
+    return plan_message(
+        from_address=from_address,
+        to_addresses=to_addresses,
+        subject=subject,
+        text_body=text_body,
+        html_body=html_body,
+        cc_addresses=cc_addresses,
+        bcc_addresses=bcc_addresses,
+        reply_to=reply_to,
+        attachments=attachments,
+        custom_headers=custom_headers,
+        message_id=message_id,
+        date=date,
+        eight_bit=eight_bit,
+    ).built()
+
+
+def plan_message(
+    *,
+    from_address: str,
+    to_addresses: Sequence[str],
+    subject: str | None,
+    text_body: str | None = None,
+    html_body: str | None = None,
+    cc_addresses: Sequence[str] = (),
+    bcc_addresses: Sequence[str] = (),
+    reply_to: str | None = None,
+    attachments: Sequence[Attachment] = (),
+    custom_headers: Mapping[str, str] | None = None,
+    message_id: str | None = None,
+    date: datetime | None = None,
+    eight_bit: bool = False,
+) -> PendingMessage:
+    """What :func:`build_message` would build, with the bytes left for later.
+
+    The envelope, the Message-ID and the MAIL parameters are settled here, so the
+    Message-ID is the same however often the message is sent.
+    """
     sender = _bare(from_address)
     recipients = unique_recipients(to_addresses, cc_addresses, bcc_addresses)
     custom = dict(custom_headers or {})
     custom_id = next((v for k, v in custom.items() if k.lower() == "message-id"), None)
     custom = {k: v for k, v in custom.items() if k.lower() != "message-id"}
     message_id = (custom_id or message_id or make_message_id(sender.rpartition("@")[2])).strip()
-    headers = [address_header("From", [from_address])]
-    if to_addresses:
-        headers.append(address_header("To", to_addresses))
-    if cc_addresses:
-        headers.append(address_header("Cc", cc_addresses))
-    if reply_to:
-        headers.append(address_header("Reply-To", [reply_to]))
-    headers.append(unstructured_header("Subject", subject or ""))
-    headers.append(f"Date: {format_datetime(date) if date else _date_now()}")
-    headers.append(f"Message-ID: {message_id}")
-    headers.append("MIME-Version: 1.0")
-    headers.extend(unstructured_header(name, value) for name, value in custom.items())
-    root = _body_tree(text_body, html_body, attachments, eight_bit)
-    root.headers[:0] = headers
-    out: list[bytes] = []
-    _serialize(root, out, _leaf_payloads(root))
-    data = b"".join(out)
-    return OutgoingMessage(
+    # Reply-To is the one address only in a header; raw UTF-8 there needs SMTPUTF8 too.
+    smtputf8 = any(
+        needs_smtputf8(a) for a in (sender, *recipients, _bare(reply_to) if reply_to else "")
+    )
+    return PendingMessage(
         sender=sender,
         recipients=recipients,
-        data=data,
         message_id=message_id,
-        # Reply-To is the one address only in a header; raw UTF-8 there needs SMTPUTF8 too.
-        smtputf8=any(
-            needs_smtputf8(a) for a in (sender, *recipients, _bare(reply_to) if reply_to else "")
+        smtputf8=smtputf8,
+        # Raw UTF-8 reaches the bytes only through 8bit text bodies and SMTPUTF8
+        # addresses; everything else in a header is encoded.
+        eight_bit=eight_bit
+        and (smtputf8 or _travels_8bit(text_body, True) or _travels_8bit(html_body, True)),
+        parts=(
+            from_address,
+            to_addresses,
+            cc_addresses,
+            reply_to,
+            subject,
+            custom,
+            text_body,
+            html_body,
+            attachments,
+            date,
+            eight_bit,
         ),
-        eight_bit=eight_bit and not data.isascii(),
     )
+
+
+# Header fields the builder adds (Date, Message-ID, MIME-Version, Content-Type,
+# Content-Transfer-Encoding), boundaries and separators: a generous allowance.
+_FIXED_SIZE = 512
+_PER_PART_SIZE = 256
+
+
+def _estimate_size(
+    headers: Sequence[str | None], bodies: Sequence[str | None], attachments: Sequence[Attachment]
+) -> int:
+    """The message's size in octets, estimated from its parts (RFC 1870's SIZE is
+    the client's estimate): close for ASCII text, generous for the rest."""
+    size = _FIXED_SIZE
+    for text in (*headers, *bodies):
+        if text is None:
+            continue
+        if text.isascii():
+            # CRLF for every line end, and room for folding.
+            size += len(text) + text.count("\n") + len(text) // 32 + 8
+        else:
+            # Encoded words, quoted-printable or base64: at most three octets per octet.
+            size += 3 * len(text.encode("utf-8", "surrogatepass")) + 64
+    size += _PER_PART_SIZE * sum(body is not None for body in bodies)
+    for attachment in attachments:
+        # base64 in lines of 76 characters and a CRLF; the file name possibly encoded.
+        lines = (len(attachment.content) + 56) // 57
+        size += lines * 78 + 3 * len(attachment.filename.encode("utf-8")) + _PER_PART_SIZE
+    return size
+
+
+_Parts = tuple[
+    str,  # from_address
+    Sequence[str],  # to_addresses
+    Sequence[str],  # cc_addresses
+    str | None,  # reply_to
+    str | None,  # subject
+    dict[str, str],  # custom headers, Message-ID taken out
+    str | None,  # text_body
+    str | None,  # html_body
+    Sequence[Attachment],
+    datetime | None,  # date
+    bool,  # eight_bit
+]
+
+
+class PendingMessage:
+    """A validated message whose bytes are built on first use.
+
+    ``sender``, ``recipients``, ``message_id``, ``smtputf8`` and ``eight_bit`` (it may
+    carry raw 8-bit octets; never False when the built message has them) are known
+    without building, and :attr:`estimated_size` is close to the built size, so a
+    sender can put the envelope on the wire first and build while the server answers
+    it. :meth:`built` builds once; later calls (a retry) return the same message.
+    """
+
+    __slots__ = (
+        "_built",
+        "_estimated_size",
+        "_parts",
+        "eight_bit",
+        "message_id",
+        "recipients",
+        "sender",
+        "smtputf8",
+    )
+
+    def __init__(
+        self,
+        *,
+        sender: str,
+        recipients: tuple[str, ...],
+        message_id: str,
+        smtputf8: bool,
+        eight_bit: bool,
+        parts: _Parts,
+    ) -> None:
+        self.sender = sender
+        self.recipients = recipients
+        self.message_id = message_id
+        self.smtputf8 = smtputf8
+        self.eight_bit = eight_bit
+        self._parts = parts
+        self._estimated_size: int | None = None
+        self._built: OutgoingMessage | None = None
+
+    @property
+    def estimated_size(self) -> int:
+        """The built message's size in octets, estimated without building it."""
+        if self._estimated_size is None:
+            (from_, to, cc, reply_to, subject, custom, text, html, attachments, _, _) = self._parts
+            headers = [from_, *to, *cc, reply_to, subject]
+            headers.extend(f"{name}: {value}" for name, value in custom.items())
+            self._estimated_size = _estimate_size(headers, (text, html), attachments)
+        return self._estimated_size
+
+    def built(self) -> OutgoingMessage:
+        """The message's bytes and envelope, built on the first call."""
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def _build(self) -> OutgoingMessage:
+        (from_, to, cc, reply_to, subject, custom, text, html, attachments, date, eight_bit) = (
+            self._parts
+        )
+        headers = [address_header("From", [from_])]
+        if to:
+            headers.append(address_header("To", to))
+        if cc:
+            headers.append(address_header("Cc", cc))
+        if reply_to:
+            headers.append(address_header("Reply-To", [reply_to]))
+        headers.append(unstructured_header("Subject", subject or ""))
+        headers.append(f"Date: {format_datetime(date) if date else _date_now()}")
+        headers.append(f"Message-ID: {self.message_id}")
+        headers.append("MIME-Version: 1.0")
+        headers.extend(unstructured_header(name, value) for name, value in custom.items())
+        root = _body_tree(text, html, attachments, eight_bit)
+        root.headers[:0] = headers
+        out: list[bytes] = []
+        _serialize(root, out, _leaf_payloads(root))
+        data = b"".join(out)
+        return OutgoingMessage(
+            sender=self.sender,
+            recipients=self.recipients,
+            data=data,
+            message_id=self.message_id,
+            smtputf8=self.smtputf8,
+            eight_bit=eight_bit and not data.isascii(),
+        )
+
+    def __repr__(self) -> str:
+        return f"<PendingMessage {self.message_id} to {len(self.recipients)} recipient(s)>"

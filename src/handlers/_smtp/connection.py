@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .._mime.builder import OutgoingMessage
+from .._mime.builder import OutgoingMessage, PendingMessage
 from .._net.config import Encryption
 from .._net.deadline import Deadline
 from .._net.logs import get_logger
@@ -252,7 +252,9 @@ class SMTPConnection:
 
     # ------------------------------------------------------------------ transaction
 
-    def _mail_options(self, message: OutgoingMessage, options: SendOptions) -> list[str]:
+    def _mail_options(
+        self, message: OutgoingMessage | PendingMessage, options: SendOptions
+    ) -> list[str]:
         parameters: list[str] = []
         if message.smtputf8:
             if not self.has_extension("smtputf8"):
@@ -268,12 +270,13 @@ class SMTPConnection:
         if (message.smtputf8 or message.eight_bit) and self.has_extension("8bitmime"):
             parameters.append("BODY=8BITMIME")
         if self.has_extension("size"):
+            size = _declared_size(message)
             limit = _size_limit(self.client.esmtp_features.get("size", ""))
-            if limit is not None and len(message.data) > limit:
+            if limit is not None and size > limit:
                 raise SMTPNotSupportedError(
-                    f"message is {len(message.data)} bytes; the server accepts at most {limit}"
+                    f"message is {size} bytes; the server accepts at most {limit}"
                 )
-            parameters.append(f"SIZE={len(message.data)}")
+            parameters.append(f"SIZE={size}")
         if options.require_tls:
             if not self.tls_active:
                 raise SMTPNotSupportedError(
@@ -302,18 +305,22 @@ class SMTPConnection:
 
     def send(
         self,
-        message: OutgoingMessage,
+        message: OutgoingMessage | PendingMessage,
         transaction: Transaction,
         options: SendOptions = NO_OPTIONS,
     ) -> TransactionOutcome:
         """Run MAIL, RCPT and DATA (or BDAT) for ``message``; pipelined when allowed.
 
-        ``transaction`` records how far this attempt got. Returns the outcome when the
-        message was accepted for at least one recipient; raises SMTPSenderRefused,
-        SMTPRecipientsRefused, SMTPDataRefused, SMTPNotSupportedError (nothing sent),
-        a connection error (message not accepted) or OutcomeUnknownError (body sent,
-        no reply).
+        A :class:`PendingMessage` is built while the server answers the pipelined
+        envelope when its estimated size may stand in for the real one (see
+        :meth:`_builds_in_flight`); otherwise first. ``transaction`` records how far
+        this attempt got. Returns the outcome when the message was accepted for at
+        least one recipient; raises SMTPSenderRefused, SMTPRecipientsRefused,
+        SMTPDataRefused, SMTPNotSupportedError (nothing sent), a connection error
+        (message not accepted) or OutcomeUnknownError (body sent, no reply).
         """
+        if isinstance(message, PendingMessage) and not self._builds_in_flight(message):
+            message = message.built()
         parameters = " ".join(self._mail_options(message, options))
         # smtplib encodes commands as ASCII unless told otherwise; SMTPUTF8 needs UTF-8.
         self.client.command_encoding = "utf-8" if message.smtputf8 else "ascii"
@@ -323,15 +330,20 @@ class SMTPConnection:
             f"RCPT TO:<{r}>" + ("".join(f" {p}" for p in dsn.rcpt_parameters(r)) if dsn else "")
             for r in message.recipients
         ]
-        if self.has_extension("chunking"):
-            return self._send_chunked(message, transaction, mail_args, rcpt_lines)
-        if self.has_extension("pipelining"):
-            replies = self._pipelined_envelope(mail_args, rcpt_lines)
+        if isinstance(message, PendingMessage):
+            replies = self._pipelined_envelope(mail_args, rcpt_lines, build=message)
+            built = message.built()
         else:
-            replies = self._lockstep_envelope(mail_args, rcpt_lines)
+            built = message
+            if self.has_extension("chunking"):
+                return self._send_chunked(message, transaction, mail_args, rcpt_lines)
+            if self.has_extension("pipelining"):
+                replies = self._pipelined_envelope(mail_args, rcpt_lines)
+            else:
+                replies = self._lockstep_envelope(mail_args, rcpt_lines)
         self._note_mail_refusal(transaction, replies[0][0])
-        outcome = self._judge_envelope(message, replies)
-        self._send_body(message.data)
+        outcome = self._judge_envelope(built, replies)
+        self._send_body(built.data)
         transaction.final_dot_sent = True
         code, text = self._final_reply()
         if code != 250:
@@ -441,12 +453,49 @@ class SMTPConnection:
             replies.append(self._command("DATA"))
         return replies
 
-    def _pipelined_envelope(self, mail_args: str, rcpt_lines: list[str]) -> list[tuple[int, str]]:
+    def _pipelined_envelope(
+        self, mail_args: str, rcpt_lines: list[str], build: PendingMessage | None = None
+    ) -> list[tuple[int, str]]:
         # RFC 2920: MAIL, every RCPT and DATA go out in one write; replies come back in order.
         commands = [f"MAIL {mail_args}", *rcpt_lines, "DATA"]
         with map_errors("MAIL", on_failure=self._broke):
             self.client.write_commands(commands)
+        if build is not None:
+            self._build_in_flight(build)
         return [self._read_reply(command.split(" ", 1)[0]) for command in commands]
+
+    def _builds_in_flight(self, message: PendingMessage) -> bool:
+        """Whether ``message`` may be built after its envelope went out.
+
+        Only where the envelope does not depend on the bytes: a pipelined DATA
+        transaction (BDAT needs the exact size first), an estimate far inside the
+        server's SIZE limit (a message near it is measured before anything is sent),
+        and 8-bit content only for a server that offers 8BITMIME (otherwise the exact
+        answer decides whether anything is sent at all).
+        """
+        if not self.has_extension("pipelining") or self.has_extension("chunking"):
+            return False
+        if message.eight_bit and not self.has_extension("8bitmime"):
+            return False
+        if message.estimated_size > _MAX_ESTIMATED_SIZE:
+            return False
+        limit = _size_limit(self.client.esmtp_features.get("size", ""))
+        return limit is None or 2 * message.estimated_size <= limit
+
+    def _build_in_flight(self, message: PendingMessage) -> None:
+        # The server is reading the envelope meanwhile: building now costs no wall time.
+        # If it failed, the envelope's DATA would be waiting for a body that must not
+        # come; closing without the final dot makes the server drop the transaction.
+        try:
+            built = message.built()
+        except BaseException:
+            self._broke()
+            raise
+        if built.smtputf8 != message.smtputf8 or (built.eight_bit and not message.eight_bit):
+            self._broke()
+            raise MailHandlerError(
+                "the message built differs from the envelope announced for it; nothing was sent"
+            )
 
     def _judge_envelope(
         self, message: OutgoingMessage, replies: list[tuple[int, str]]
@@ -541,6 +590,17 @@ class SMTPConnection:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+# Above this the estimate stands in for no size: the message is built, then announced.
+_MAX_ESTIMATED_SIZE = 1 << 20
+
+
+def _declared_size(message: OutgoingMessage | PendingMessage) -> int:
+    """SIZE= for MAIL (RFC 1870): exact when built, else the builder's estimate."""
+    if isinstance(message, PendingMessage):
+        return message.estimated_size
+    return len(message.data)
 
 
 def _size_limit(parameter: str) -> int | None:

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from src.handlers._mime.builder import OutgoingMessage, build_message
+from src.handlers._mime.builder import OutgoingMessage, PendingMessage, build_message
 from src.handlers._smtp.connection import SMTPConnection, TransactionOutcome
 from src.handlers._smtp.pool import SMTPConnectionPool
 from src.handlers._smtp.settings import ConnectionKey, SessionSettings
@@ -1355,7 +1355,9 @@ def send(handler: SMTPProtocolHandler, **changes: Any) -> DeliveryResult:
 
 
 def sent_messages(connection: Any) -> list[OutgoingMessage]:
-    return [c.args[0] for c in connection.send.call_args_list]
+    # send_message hands the connection a PendingMessage: the bytes are built on the wire.
+    sent = [c.args[0] for c in connection.send.call_args_list]
+    return [m.built() if isinstance(m, PendingMessage) else m for m in sent]
 
 
 @pytest.mark.parametrize("encryption", ["tls1.3", "", "bogus", 3, None])
