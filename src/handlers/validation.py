@@ -107,6 +107,8 @@ def address_list(value: str | Iterable[str] | None, field: str) -> list[str]:
         return []
     if isinstance(value, str):
         return [value]
+    if type(value) in (list, tuple):  # the common case, spared the ABC checks below
+        return list(value)
     if isinstance(value, Mapping) or not isinstance(value, Iterable):
         raise MailValidationError(f"{field} must be a list of addresses", field)
     return list(value)
