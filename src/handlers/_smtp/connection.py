@@ -477,6 +477,8 @@ class SMTPConnection:
             return False
         if message.eight_bit and not self.has_extension("8bitmime"):
             return False
+        if not self.has_extension("size"):
+            return True  # no SIZE= to announce: nothing depends on the bytes
         if message.estimated_size > _MAX_ESTIMATED_SIZE:
             return False
         limit = _size_limit(self.client.esmtp_features.get("size", ""))
@@ -592,7 +594,7 @@ class SMTPConnection:
 # ---------------------------------------------------------------------- helpers
 
 
-# Above this the estimate stands in for no size: the message is built, then announced.
+# Above this an estimate is not announced: the message is built, then its size announced.
 _MAX_ESTIMATED_SIZE = 1 << 20
 
 
