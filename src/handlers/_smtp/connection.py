@@ -485,7 +485,7 @@ class SMTPConnection:
         return limit is None or 2 * message.estimated_size <= limit
 
     def _build_in_flight(self, message: PendingMessage) -> None:
-        # The server is reading the envelope meanwhile: building now costs no wall time.
+        # The server is reading the envelope meanwhile, so the building hides in its reply time.
         # If it failed, the envelope's DATA would be waiting for a body that must not
         # come; closing without the final dot makes the server drop the transaction.
         try:
