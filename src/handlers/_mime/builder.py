@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import NamedTuple
 
 from .addresses import envelope_address, needs_smtputf8, split_display_name
 from .attachments import Attachment
@@ -188,12 +189,19 @@ def _max_line_length(data: bytes) -> int:
     return max(map(len, data.split(b"\n")), default=0)
 
 
-def _travels_8bit(text: str | None, eight_bit: bool) -> bool:
-    """Whether :func:`_encode_text_body` sends ``text`` as 8bit (without building it)."""
-    if text is None or not eight_bit or text.isascii():
-        return False
-    raw = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8", "surrogatepass")
+def _text_octets(text: str) -> bytes:
+    """A text body as UTF-8 with LF line ends, before any transfer encoding."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8", "surrogatepass")
+
+
+def _sendable_as_is(raw: bytes) -> bool:
+    """Whether text octets may travel unencoded (7bit, or 8bit where allowed)."""
     return b"\x00" not in raw and _max_line_length(raw) <= 998
+
+
+def _travels_8bit(text: str | None) -> bool:
+    """Whether :func:`_encode_text_body` with ``eight_bit`` sends ``text`` as 8bit."""
+    return text is not None and not text.isascii() and _sendable_as_is(_text_octets(text))
 
 
 def _encode_text_body(text: str, eight_bit: bool = False) -> tuple[str, bytes]:
@@ -201,8 +209,8 @@ def _encode_text_body(text: str, eight_bit: bool = False) -> tuple[str, bytes]:
 
     With ``eight_bit``, UTF-8 text travels as it is (RFC 6152 8bit) when its lines fit.
     """
-    raw = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8", "surrogatepass")
-    if b"\x00" not in raw and _max_line_length(raw) <= 998:
+    raw = _text_octets(text)
+    if _sendable_as_is(raw):
         if raw.isascii():
             return "7bit", raw.replace(b"\n", CRLF)
         if eight_bit:
@@ -289,7 +297,7 @@ def _attachment_body(attachment: Attachment) -> tuple[str, str, bytes]:
 
 
 def _is_7bit_text(data: bytes) -> bool:
-    return data.isascii() and b"\x00" not in data and _max_line_length(data) <= 998
+    return data.isascii() and _sendable_as_is(data)
 
 
 def _multipart(subtype: str, children: list[_Part]) -> _Part:
@@ -465,9 +473,8 @@ def plan_message(
         smtputf8=smtputf8,
         # Raw UTF-8 reaches the bytes only through 8bit text bodies and SMTPUTF8
         # addresses; everything else in a header is encoded.
-        eight_bit=eight_bit
-        and (smtputf8 or _travels_8bit(text_body, True) or _travels_8bit(html_body, True)),
-        parts=(
+        eight_bit=eight_bit and (smtputf8 or _travels_8bit(text_body) or _travels_8bit(html_body)),
+        content=_Content(
             from_address,
             to_addresses,
             cc_addresses,
@@ -512,19 +519,21 @@ def _estimate_size(
     return size
 
 
-_Parts = tuple[
-    str,  # from_address
-    Sequence[str],  # to_addresses
-    Sequence[str],  # cc_addresses
-    str | None,  # reply_to
-    str | None,  # subject
-    dict[str, str],  # custom headers, Message-ID taken out
-    str | None,  # text_body
-    str | None,  # html_body
-    Sequence[Attachment],
-    datetime | None,  # date
-    bool,  # eight_bit
-]
+class _Content(NamedTuple):
+    """What the builder turns into the message's bytes (Message-ID taken out of
+    ``custom``: the PendingMessage holds it)."""
+
+    from_address: str
+    to_addresses: Sequence[str]
+    cc_addresses: Sequence[str]
+    reply_to: str | None
+    subject: str | None
+    custom: dict[str, str]
+    text_body: str | None
+    html_body: str | None
+    attachments: Sequence[Attachment]
+    date: datetime | None
+    eight_bit: bool
 
 
 class PendingMessage:
@@ -539,8 +548,8 @@ class PendingMessage:
 
     __slots__ = (
         "_built",
+        "_content",
         "_estimated_size",
-        "_parts",
         "eight_bit",
         "message_id",
         "recipients",
@@ -556,14 +565,14 @@ class PendingMessage:
         message_id: str,
         smtputf8: bool,
         eight_bit: bool,
-        parts: _Parts,
+        content: _Content,
     ) -> None:
         self.sender = sender
         self.recipients = recipients
         self.message_id = message_id
         self.smtputf8 = smtputf8
         self.eight_bit = eight_bit
-        self._parts = parts
+        self._content = content
         self._estimated_size: int | None = None
         self._built: OutgoingMessage | None = None
 
@@ -571,10 +580,18 @@ class PendingMessage:
     def estimated_size(self) -> int:
         """The built message's size in octets, estimated without building it."""
         if self._estimated_size is None:
-            (from_, to, cc, reply_to, subject, custom, text, html, attachments, _, _) = self._parts
-            headers = [from_, *to, *cc, reply_to, subject]
-            headers.extend(f"{name}: {value}" for name, value in custom.items())
-            self._estimated_size = _estimate_size(headers, (text, html), attachments)
+            content = self._content
+            headers = [
+                content.from_address,
+                *content.to_addresses,
+                *content.cc_addresses,
+                content.reply_to,
+                content.subject,
+            ]
+            headers.extend(f"{name}: {value}" for name, value in content.custom.items())
+            self._estimated_size = _estimate_size(
+                headers, (content.text_body, content.html_body), content.attachments
+            )
         return self._estimated_size
 
     def built(self) -> OutgoingMessage:
@@ -585,7 +602,7 @@ class PendingMessage:
 
     def _build(self) -> OutgoingMessage:
         (from_, to, cc, reply_to, subject, custom, text, html, attachments, date, eight_bit) = (
-            self._parts
+            self._content
         )
         headers = [address_header("From", [from_])]
         if to:

@@ -320,7 +320,7 @@ class SMTPConnection:
         (message not accepted) or OutcomeUnknownError (body sent, no reply).
         """
         if isinstance(message, PendingMessage) and not self._builds_in_flight(message):
-            message = message.built()
+            message = message.built()  # still pending below means: built in flight
         parameters = " ".join(self._mail_options(message, options))
         # smtplib encodes commands as ASCII unless told otherwise; SMTPUTF8 needs UTF-8.
         self.client.command_encoding = "utf-8" if message.smtputf8 else "ascii"
@@ -485,15 +485,16 @@ class SMTPConnection:
         return limit is None or 2 * message.estimated_size <= limit
 
     def _build_in_flight(self, message: PendingMessage) -> None:
-        # The server is reading the envelope meanwhile, so the building hides in its reply time.
-        # If it failed, the envelope's DATA would be waiting for a body that must not
+        # The server is reading the envelope meanwhile, so building hides in its reply
+        # time. If building fails, the envelope's DATA waits for a body that must not
         # come; closing without the final dot makes the server drop the transaction.
         try:
             built = message.built()
         except BaseException:
             self._broke()
             raise
-        if built.smtputf8 != message.smtputf8 or (built.eight_bit and not message.eight_bit):
+        if built.eight_bit and not message.eight_bit:
+            # MAIL went out without BODY=8BITMIME; these bytes must not follow it.
             self._broke()
             raise MailHandlerError(
                 "the message built differs from the envelope announced for it; nothing was sent"
