@@ -32,6 +32,7 @@ from ._net.connect import Proxy
 from ._net.control_chars import find_control_character
 from ._net.deadline import Deadline
 from ._net.logs import get_logger
+from ._net.slots import Slots
 from ._sasl import cleartext_consent
 from ._smtp.connection import SMTPConnection, Transaction, TransactionOutcome
 from ._smtp.options import NO_OPTIONS, DSNOptions, SendOptions, check_dsn
@@ -295,10 +296,6 @@ class SMTPProtocolHandler:
         timeouts = Timeouts(timeout, operation_timeout, pool_wait_timeout)
         if local_hostname is not None:
             local_hostname = _check_local_hostname(local_hostname)
-        if from_address is not None:
-            valid, error = SMTPMessageValidator.validate_email_address(from_address)
-            if not valid:
-                raise ConfigurationError(f"from_address: {error}", "from_address")
         self._settings = SessionSettings(
             endpoint,
             credentials,
@@ -325,7 +322,7 @@ class SMTPProtocolHandler:
         self._pool = pool if pool is not None else shared_pool()
         self.operation_timeout = timeouts.operation or timeouts.socket * 10
         self._deliverability = _deliverability_checker(check_deliverability)
-        self._slots = threading.BoundedSemaphore(pool_size)
+        self._slots = Slots(pool_size)
         self.last_error: str | None = None
         self.trace = trace
         self.auth_mechanism = self._settings.auth_mechanism
@@ -520,7 +517,12 @@ class SMTPProtocolHandler:
         try:
             options = _send_options(dsn, require_tls)
             sender = "" if envelope_from == "" else self._sender(envelope_from)
-            outgoing = prepare_raw(sender, address_list(recipients, "recipients"), message)
+            outgoing = prepare_raw(
+                sender,
+                address_list(recipients, "recipients"),
+                message,
+                sender_checked=sender == self._from_address,
+            )
         except MailValidationError as error:
             self.last_error = str(error)
             return DeliveryResult(status=SMTPDeliveryStatus.INVALID, smtp_error=str(error))
@@ -570,6 +572,19 @@ class SMTPProtocolHandler:
             envelope_from, recipients, data, dsn=dsn, require_tls=require_tls, retry=retry
         )
 
+    @property
+    def from_address(self) -> str | None:
+        """The sender used when a send names none; checked when set, not per send."""
+        return self._from_address
+
+    @from_address.setter
+    def from_address(self, value: str | None) -> None:
+        if value is not None:
+            valid, error = SMTPMessageValidator.validate_email_address(value)
+            if not valid:
+                raise ConfigurationError(f"from_address: {error}", "from_address")
+        self._from_address = value
+
     def _sender(self, from_address: str | None) -> str:
         sender = from_address or self.from_address
         if sender is None and self.username and check_address(self.username) is None:
@@ -595,6 +610,8 @@ class SMTPProtocolHandler:
         from_address: str | None,
     ) -> PendingMessage:
         sender = self._sender(from_address)
+        # The handler's own sender was checked when it was set.
+        unchecked_sender = None if sender == self._from_address else sender
         to_list = address_list(to_addresses, "to_addresses")
         cc_list = address_list(cc_addresses, "cc_addresses")
         bcc_list = address_list(bcc_addresses, "bcc_addresses")
@@ -606,7 +623,7 @@ class SMTPProtocolHandler:
             cc_list,
             bcc_list,
             attachments,
-            sender,
+            unchecked_sender,
             reply_to,
             custom_headers,
             deliverability=self._deliverability,

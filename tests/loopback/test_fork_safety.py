@@ -187,3 +187,40 @@ def test_smtp_shared_pool_is_not_shared_with_a_child() -> None:
             assert server.sessions == 2  # the parent's connection was reused, not broken
         finally:
             shared_pool().close_all()
+
+
+def test_smtp_handler_is_usable_in_a_child_forked_while_another_thread_sends() -> None:
+    with SMTPTestServer() as server:
+        handler = SMTPProtocolHandler(
+            server.host,
+            server.port,
+            encryption="none",
+            from_address="a@example.com",
+            pool_size=1,
+            pool_wait_timeout=1.0,
+            retry=RetryPolicy.never(),
+        )
+        inside, leave = threading.Event(), threading.Event()
+
+        def sending_thread() -> None:
+            # Another thread holds the handler's one slot at fork time, as a send does.
+            assert handler._slots.acquire(timeout=5.0)
+            inside.set()
+            leave.wait(CHILD_TIME_LIMIT)
+            handler._slots.release()
+
+        thread = threading.Thread(target=sending_thread)
+        thread.start()
+        try:
+            assert inside.wait(5.0)
+
+            def child() -> str:
+                result = handler.send_message(["b@example.org"], "from the child", "hi")
+                return f"{result.status.value} {result.smtp_error}"
+
+            assert in_child(child) == "success None"
+        finally:
+            leave.set()
+            thread.join()
+            handler.close()
+        assert handler.send_message(["b@example.org"], "the parent", "hi").success

@@ -78,7 +78,12 @@ def _check_lines(head_bytes: bytes, head: list[bytes], body: bytes) -> None:
 
 
 def prepare_raw(
-    sender: str, recipients: Sequence[str], data: bytes, *, message_id: str | None = None
+    sender: str,
+    recipients: Sequence[str],
+    data: bytes,
+    *,
+    message_id: str | None = None,
+    sender_checked: bool = False,
 ) -> OutgoingMessage:
     """Check and normalise a pre-built message for sending; raise MailValidationError.
 
@@ -86,7 +91,8 @@ def prepare_raw(
     ``recipients`` every envelope recipient, Bcc included; either may carry a display
     name (``App <app@example.com>``), which the envelope leaves out. Bare LF becomes CRLF; Bcc
     header fields are removed from the bytes; a message without a Message-ID gets
-    ``message_id`` (or a new one) as its first header field.
+    ``message_id`` (or a new one) as its first header field. ``sender_checked`` says
+    the caller already validated ``sender`` (a handler's configured sender).
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MailValidationError("the message must be bytes", "message")
@@ -95,7 +101,7 @@ def prepare_raw(
         raise MailValidationError("the message is empty", "message")
     if sender:
         sender = split_display_name(sender)[1]
-        problem = check_address(sender)
+        problem = None if sender_checked else check_address(sender)
         if problem is not None:
             raise MailValidationError(f"envelope sender: {problem}", "envelope_from")
     if not recipients:

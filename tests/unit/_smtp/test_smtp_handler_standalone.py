@@ -1509,6 +1509,27 @@ def test_username_that_is_an_address_is_the_default_sender(mock_pool: Any, conne
     assert sent_messages(connection)[0].sender == "me@example.com"
 
 
+def test_the_handlers_sender_is_checked_when_set_not_per_send(
+    mock_pool: Any, connection: Any, mocker: Any
+) -> None:
+    handler = make_handler(mock_pool)
+    with pytest.raises(ConfigurationError) as refused:
+        handler.from_address = "bad sender"
+    assert refused.value.field == "from_address"
+    assert handler.from_address == "sender@example.com"
+    handler.from_address = "Sender <other@example.com>"
+    checks = mocker.spy(SMTPMessageValidator, "check_single_address")
+    assert send(handler).status is SMTPDeliveryStatus.SUCCESS
+    assert sent_messages(connection)[0].sender == "other@example.com"
+    assert [c.args for c in checks.call_args_list] == [(None, "from_address"), (None, "reply_to")]
+    # A sender named for one send is still checked.
+    assert send(handler, from_address="nope@").status is SMTPDeliveryStatus.INVALID
+    raw = handler.send_raw(
+        "nope@", ["rcpt@example.com"], b"From: a@example.com\r\nSubject: x\r\n\r\nHi\r\n"
+    )
+    assert raw.status is SMTPDeliveryStatus.INVALID and "envelope sender" in (raw.smtp_error or "")
+
+
 def test_successful_send(mock_pool: Any, connection: Any, sleep: Any) -> None:
     result = send(make_handler(mock_pool, sleep), bcc_addresses=["hidden@example.org"])
     assert result.status is SMTPDeliveryStatus.SUCCESS and result.success
