@@ -49,6 +49,7 @@ from .errors import (
     RateLimitTimeout,
     SMTPNotSupportedError,
     SMTPRecipientsRefused,
+    SMTPResponseError,
     SMTPSenderRefused,
     parse_enhanced_code,
 )
@@ -691,6 +692,10 @@ class SMTPProtocolHandler:
         except Exception as error:  # every failure becomes a result, never a crash
             if policy.is_retryable(error):
                 status = SMTPDeliveryStatus.TEMP_FAILED if retry else SMTPDeliveryStatus.RETRY
+            elif _temporary_reply(error):
+                # A 4xx the policy does not retry (454, 455, ...): the server said
+                # "later", so it is not a permanent failure either.
+                status = SMTPDeliveryStatus.RETRY
             else:
                 status = _permanent_status(error)
             result = _failure(error, message, retries, status)
@@ -842,6 +847,10 @@ def _send_options(dsn: object, require_tls: object) -> SendOptions:
 
 def _failures_text(refused: Mapping[str, tuple[int, str]]) -> dict[str, str]:
     return {address: f"{code} {text}".strip() for address, (code, text) in refused.items()}
+
+
+def _temporary_reply(error: BaseException) -> bool:
+    return isinstance(error, SMTPResponseError) and 400 <= (error.code or 0) < 500
 
 
 def _permanent_status(error: BaseException) -> SMTPDeliveryStatus:

@@ -75,3 +75,21 @@ def test_quickstart_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert '"status": "success"' in done.stdout
+
+
+@pytest.mark.parametrize("page", ["SMTP_HANDLER.md", "POP3_HANDLER.md"])
+def test_the_spec_test_commands_name_files_pytest_collects(page: str) -> None:
+    text = (ROOT / page).read_text(encoding="utf-8")
+    section = text[text.index("## The spec's test command") :]
+    [commands] = re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M)
+    paths = re.findall(r"python -m pytest (tests/\S+\.py)", commands)
+    assert paths
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *paths],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^\d+ tests collected", done.stdout, re.M), done.stdout

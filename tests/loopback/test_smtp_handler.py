@@ -456,6 +456,31 @@ def test_retry_false_reports_retry(
     assert server.messages == []
 
 
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [("mail", 454), ("rcpt", 455), ("data", 471)],
+)
+def test_a_temporary_reply_outside_the_retried_codes_is_retry_not_permanent(
+    start_server: StartServer, make_handler: MakeHandler, sleeps: Sleeps, fault: str, code: int
+) -> None:
+    server = start_server()
+    reply = (code, "4.7.0 Try again later")
+    if fault == "mail":
+        server.faults.mail_replies[1] = reply
+    elif fault == "rcpt":
+        server.faults.reject_recipients["bob@example.org"] = reply
+    else:
+        server.faults.data_reply = reply
+    handler = make_handler(server.host, server.port)
+    result = send_simple(handler, to_addresses=["bob@example.org"])
+    # Not one of the spec's retried codes, so sent once; but not a permanent refusal.
+    assert result.status is SMTPDeliveryStatus.RETRY
+    assert result.is_retryable is True
+    assert result.retry_count == 0 and sleeps == []
+    assert result.smtp_code == code and result.enhanced_status_code == "4.7.0"
+    assert server.messages == []
+
+
 def test_permanent_data_refusal_is_failed(
     start_server: StartServer, make_handler: MakeHandler, sleeps: Sleeps
 ) -> None:
