@@ -171,6 +171,8 @@ class BenchStack:
             users={name: f"pw-{name}-bench" for name in names},
             full_mailboxes=(),
             message_size_limit=64 * 1024 * 1024,
+            # As a server that many sync workers log into runs (docs/performance.md).
+            reuse_processes=True,
         )
 
     def __enter__(self) -> BenchStack:

@@ -187,6 +187,8 @@ class MailStack:
 
     ``milters`` is Postfix's ``smtpd_milters`` (say ``"inet:127.0.0.1:8891"`` for an
     OpenDKIM verifier the test runs); mail is refused with 451 while a filter is down.
+    ``reuse_processes`` runs Dovecot's login and pop3 processes in its high-performance
+    mode (each serves many sessions) instead of one new process per session.
     """
 
     def __init__(
@@ -204,6 +206,7 @@ class MailStack:
         mail_user: str = "mail",
         startup_timeout: float = 30.0,
         milters: str = "",
+        reuse_processes: bool = False,
     ) -> None:
         self._servers: list[Server] = []
         self._ports: dict[str, int] = {}
@@ -235,6 +238,7 @@ class MailStack:
         self.limited_message_size = limited_message_size
         self.startup_timeout = startup_timeout
         self.milters = milters
+        self.reuse_processes = reuse_processes
         try:
             account = pwd.getpwnam(mail_user)
         except KeyError:
@@ -479,6 +483,7 @@ class MailStack:
             ports=dict(self._ports),
             locked_sessions=self.locked_sessions,
             milters=self.milters,
+            reuse_processes=self.reuse_processes,
         )
 
     def _check_reachable(self) -> None:

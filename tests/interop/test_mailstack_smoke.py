@@ -284,3 +284,30 @@ def test_second_stack_on_another_loopback_address_stops_completely(
                 socket.create_connection((stack.host, port), timeout=TIMEOUT).close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _pop3_processes(stack: MailStack) -> set[int]:
+    """Dovecot's post-login ``pop3`` processes of this stack."""
+    members = group_members(stack.pids["dovecot"])
+    return {pid for pid in members if Path(f"/proc/{pid}/comm").read_text().strip() == "pop3"}
+
+
+def test_dovecot_reusing_processes_serves_sessions_from_one_pop3_process(
+    certs: TestCertificates,
+) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="mailstack-"))
+    try:
+        with MailStack(directory, certs, users={"dave": "pw-dave"}, reuse_processes=True) as stack:
+            seen: set[int] = set()
+            for _ in range(3):
+                client = poplib.POP3(stack.host, stack.pop3_port, timeout=TIMEOUT)
+                with _pop3(client) as pop:
+                    pop.stls(stack.client_ssl_context())
+                    pop.user("dave")
+                    pop.pass_("pw-dave")
+                    assert pop.stat() == (0, 0)
+                seen |= _pop3_processes(stack)
+            # Each session ended, and the one pop3 process that served them waits on.
+            assert len(seen) == 1 and _pop3_processes(stack) == seen
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
