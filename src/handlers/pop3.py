@@ -67,7 +67,7 @@ from .errors import (
     POP3TimeoutError,
     POP3UnsupportedError,
 )
-from .retry import Clock, RetryPolicy, Sleep
+from .retry import Clock, RetryPolicy, Sleep, default_sleep
 
 __all__ = [
     "DEFAULT_CONNECT_RETRY",
@@ -170,7 +170,7 @@ class POP3ProtocolHandler:
         *,
         ssl_context: ssl.SSLContext | None = None,
         retry: RetryPolicy | None = None,
-        sleep: Sleep = time.sleep,
+        sleep: Sleep = default_sleep,
         clock: Clock = time.monotonic,
         deadline: float | None = None,
         operation_timeout: float | None = None,

@@ -30,6 +30,13 @@ T = TypeVar("T")
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
 
+
+def default_sleep(seconds: float) -> None:
+    """Wait with :func:`time.sleep`, looked up at each call: a test that patches
+    ``time.sleep`` (``mocker.patch("time.sleep")``) also skips the handlers' back-off."""
+    time.sleep(seconds)
+
+
 #: Retries after the first attempt (so at most four attempts in all).
 MAX_RETRIES = 3
 #: Seconds to wait before the first, second and third retry.
@@ -123,7 +130,7 @@ class RetryPolicy:
 def call_with_retry(
     operation: Callable[[], T],
     policy: RetryPolicy,
-    sleep: Sleep = time.sleep,
+    sleep: Sleep = default_sleep,
     on_retry: Callable[[BaseException, int, float], None] | None = None,
 ) -> T:
     """Run ``operation``; on a retryable error wait and run it again, within ``policy``.

@@ -14,7 +14,6 @@ import email.message
 import email.utils
 import ssl
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +59,7 @@ from .retry import (
     RetryPolicy,
     Sleep,
     call_with_retry,
+    default_sleep,
 )
 from .validation import SMTPMessageValidator, address_list
 
@@ -271,7 +271,7 @@ class SMTPProtocolHandler:
         ssl_context: ssl.SSLContext | None = None,
         local_hostname: str | None = None,
         retry: RetryPolicy | None = None,
-        sleep: Sleep = time.sleep,
+        sleep: Sleep = default_sleep,
         pool: SMTPConnectionPool | None = None,
         pool_wait_timeout: float = 30.0,
         operation_timeout: float | None = None,

@@ -202,6 +202,17 @@ def test_connect_retries_with_exponential_backoff(factory: Mock, client: Mock) -
     assert handler.is_connected
 
 
+def test_patching_time_sleep_skips_the_connect_back_off(
+    factory: Mock, client: Mock, mocker: MockerFixture
+) -> None:
+    # What a user's own test does, without the handler's sleep= option.
+    waits = mocker.patch("time.sleep")
+    factory.side_effect = [ConnectionRefusedError(), OSError("unreachable"), client]
+    handler = POP3ProtocolHandler("pop.example.com", 995, "user", "secret")
+    assert handler.connect() is True
+    assert [c.args for c in waits.call_args_list] == [(1.0,), (2.0,)]
+
+
 def test_connect_gives_up_after_three_attempts(factory: Mock) -> None:
     factory.side_effect = ConnectionRefusedError("refused")
     sleeps = Recorder()

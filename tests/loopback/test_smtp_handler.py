@@ -426,6 +426,24 @@ def test_transient_mail_reply_is_retried_with_the_same_message_id(
     assert received["Message-ID"] == result.message_id
 
 
+def test_patching_time_sleep_skips_the_back_off(
+    start_server: StartServer, mocker: MockerFixture
+) -> None:
+    # What a user's own test does, without the handler's sleep= option.
+    waits = mocker.patch("time.sleep")
+    server = start_server()
+    server.faults.mail_replies[1] = (451, "4.3.0 Try again")
+    handler = SMTPProtocolHandler(
+        server.host, server.port, encryption="none", from_address="app@example.com"
+    )
+    try:
+        result = send_simple(handler)
+    finally:
+        handler.close()
+    assert result.status is SMTPDeliveryStatus.SUCCESS and result.retry_count == 1
+    waits.assert_called_once_with(1)
+
+
 def test_retries_exhausted_is_temp_failed(
     start_server: StartServer, make_handler: MakeHandler, sleeps: Sleeps
 ) -> None:

@@ -41,7 +41,7 @@ from ..errors import (
     POP3TimeoutError,
     ProxyError,
 )
-from ..retry import Clock, RetryPolicy, Sleep, call_with_retry
+from ..retry import Clock, RetryPolicy, Sleep, call_with_retry, default_sleep
 from .adapter import ClientAdapter
 from .wire import error_for_reply
 
@@ -73,7 +73,7 @@ class POP3Connector:
     timeouts: Timeouts
     ssl_context: ssl.SSLContext | None = None
     retry: RetryPolicy = DEFAULT_CONNECT_RETRY
-    sleep: Sleep = time.sleep
+    sleep: Sleep = default_sleep
     clock: Clock = time.monotonic
     deadline: float | None = None
     trace: bool = False
