@@ -17,9 +17,10 @@ _ENCODED_WORD = re.compile(r"=\?[^?\s]{1,80}\?[bBqQ]\?[^?]*\?=")
 _ATOM_END = re.compile(r'[\s"(),:;<>@.\[\]]|=\?')
 _ANGLE_STOP = re.compile(r'[\s"(),;>]')
 _AROUND_SEPARATOR = re.compile(r"\s+(?=[.@])|(?<=[.@])\s+")
-# Without these the list has no comments, quoted strings, groups, source routes or
-# encoded words, and a plain split finds the same addresses as the scanner below.
-_NEEDS_SCANNER = re.compile(r'[(":\\]|=\?')
+# Without these (and without "=?") the list has no comments, quoted strings, groups,
+# source routes or encoded words, and a plain split finds the same addresses as the
+# scanner below. A character class alone is searched much faster than an alternation.
+_NEEDS_SCANNER = re.compile(r'[(":\\]')
 _ENTRY_SEPARATOR = re.compile(r"[,;]")
 # A quoted display name right before an angle-addr says nothing about the address.
 _QUOTED_NAME = re.compile(r'"(?:[^"\\]|\\.)*"(?=[ \t]*<)')
@@ -110,7 +111,7 @@ def address_list(text: str) -> list[str]:
     Entries that yield no address, or only an undecoded encoded word, are left out.
     """
     plain = _QUOTED_NAME.sub("", text) if '"' in text else text
-    if _NEEDS_SCANNER.search(plain) is None:
+    if "=?" not in plain and _NEEDS_SCANNER.search(plain) is None:
         simple = _simple_list(plain)
         if simple is not None:
             return simple

@@ -69,9 +69,8 @@ def _empty_result(number: int, size: int) -> dict[str, Any]:
         "size": size,
         "attachmentCount": 0,
         "attachments": [],
+        **dict.fromkeys(_FLAGS, False),
     }
-    for flag in _FLAGS:
-        result[flag] = False
     return result
 
 
@@ -103,7 +102,8 @@ def _summary(
 ) -> tuple[dict[str, Any], Headers, int]:
     """The header-derived result, the headers, and where the body starts in ``data``."""
     result = _empty_result(message_number, len(data) if size is None else size)
-    headers, body = Headers(), len(data)
+    headers: Headers | None = None
+    body = len(data)
     try:
         headers, body, defects = header_bounds(data, limits.max_header_bytes, 0, len(data))
         for defect in defects:
@@ -112,7 +112,7 @@ def _summary(
     except Exception as exc:
         log.warning("message %s: header parsing failed (%s)", message_number, type(exc).__name__)
         log.debug("message %s: header parsing traceback", message_number, exc_info=True)
-    return result, headers, body
+    return result, Headers() if headers is None else headers, body
 
 
 def parse_message(
@@ -166,8 +166,8 @@ def parse_message(
     except Exception as exc:
         log.warning("message %s: body parsing failed (%s)", message_number, type(exc).__name__)
         log.debug("message %s: body parsing traceback", message_number, exc_info=True)
-    result["textBody"] = "\n".join(text for text in collector.texts if text)
-    result["htmlBody"] = "\n".join(html for html in collector.htmls if html)
+    result["textBody"] = "\n".join(filter(None, collector.texts))  # the non-empty ones
+    result["htmlBody"] = "\n".join(filter(None, collector.htmls))
     result["attachments"] = collector.attachments
     result["attachmentCount"] = len(collector.attachments)
     if include_raw:
