@@ -326,7 +326,9 @@ def test_session_cut_by_the_server_is_never_reused(
     assert handler.disconnect() is False  # nothing was committed, and the handler says so
     assert len(server.messages()) == len(MESSAGES)
     assert handler.list_messages()[0] == [1, 2]
-    assert server.sessions_started == 2
+    # The cut session and one new one; on a loaded machine the 0.5 s socket timeout may
+    # cost an attempt, and each retry (recorded in ``sleeps``) is one more session.
+    assert server.sessions_started == 2 + len(sleeps)
 
 
 def test_pooled_session_closed_while_idle_is_replaced(
