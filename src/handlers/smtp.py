@@ -692,12 +692,8 @@ class SMTPProtocolHandler:
         except Exception as error:  # every failure becomes a result, never a crash
             if policy.is_retryable(error):
                 status = SMTPDeliveryStatus.TEMP_FAILED if retry else SMTPDeliveryStatus.RETRY
-            elif _temporary_reply(error):
-                # A 4xx the policy does not retry (454, 455, ...): the server said
-                # "later", so it is not a permanent failure either.
-                status = SMTPDeliveryStatus.RETRY
             else:
-                status = _permanent_status(error)
+                status = _unretried_status(error)
             result = _failure(error, message, retries, status)
             self.last_error = result.smtp_error
             return result
@@ -849,11 +845,12 @@ def _failures_text(refused: Mapping[str, tuple[int, str]]) -> dict[str, str]:
     return {address: f"{code} {text}".strip() for address, (code, text) in refused.items()}
 
 
-def _temporary_reply(error: BaseException) -> bool:
-    return isinstance(error, SMTPResponseError) and 400 <= (error.code or 0) < 500
-
-
-def _permanent_status(error: BaseException) -> SMTPDeliveryStatus:
+def _unretried_status(error: BaseException) -> SMTPDeliveryStatus:
+    """The status of a failure the retry policy does not retry."""
+    if isinstance(error, SMTPResponseError) and 400 <= (error.code or 0) < 500:
+        # A 4xx outside the policy's codes (454, 455, ...): the server said "later",
+        # so it is not a permanent failure either.
+        return SMTPDeliveryStatus.RETRY
     if isinstance(error, SMTPSenderRefused | SMTPRecipientsRefused):
         return SMTPDeliveryStatus.REJECTED
     return SMTPDeliveryStatus.FAILED
