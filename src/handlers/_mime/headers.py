@@ -173,11 +173,7 @@ class _Params:
         if name in self.extended:
             return self.extended[name]
         raw = self.plain.get(name)
-        if raw is None:
-            return ""
-        if raw.isascii() and "=?" not in raw:
-            return raw  # what decode_words gives for ASCII without encoded words
-        return decode_words(raw.encode("latin-1"))
+        return "" if raw is None else decode_words(raw.encode("latin-1"))
 
 
 def _unquote(value: str) -> str:
@@ -269,54 +265,14 @@ def sender(raw: bytes | None) -> str:
     return clean(decoded)
 
 
-# A date in the form RFC 5322 asks for ("Mon, 2 Mar 2026 10:07:00 +0000"), and whatever
-# follows the zone after a space (a "(UTC)" comment): what parsedate_tz ignores too.
-_RFC5322_DATE = re.compile(
-    r"[ \t]*(?:[A-Za-z]{3},[ \t]+)?([0-9]{1,2}) ([A-Za-z]{3}) ([1-9][0-9]{3}) "
-    r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-][0-9]{4})(?:[ \t].*)?",
-    re.S,
-)
-_MONTHS = {
-    name: number
-    for number, name in enumerate(
-        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
-        start=1,
-    )
-}
-_DateFields = tuple[int, int, int, int, int, int]
-
-
-def _read_date(value: str) -> tuple[_DateFields, int] | None:
-    """Year, month, day, hour, minute and second of a date, and its zone's offset in
-    seconds (0 when it has none), as :func:`email.utils.parsedate_tz` reads them.
-
-    Dates in the RFC 5322 form, which nearly every message's Date or Received header
-    has, are read here, more cheaply; parsedate_tz reads every other form, with its
-    leniency for what old mailers wrote.
-    """
-    match = _RFC5322_DATE.fullmatch(value)
-    month = _MONTHS.get(match.group(2).lower()) if match else None
-    if match is None or month is None:
-        parsed = parsedate_tz(value)
-        if parsed is None:
-            return None
-        return parsed[:6], parsed[9] or 0
-    day, _, year, hour, minute, second, zone = match.groups()
-    hours_minutes = int(zone[1:])
-    offset = hours_minutes // 100 * 3600 + hours_minutes % 100 * 60
-    date = (int(year), month, int(day), int(hour), int(minute), int(second))
-    return date, -offset if zone.startswith("-") else offset
-
-
 def timestamp_ms(value: str) -> int | None:
     """Milliseconds since the epoch for a date header's text, or None if it has none."""
     try:
-        parsed = _read_date(value)
+        parsed = parsedate_tz(value)
         if parsed is None:
             return None
-        date, offset = parsed
         # A date without a zone is read as UTC so results do not depend on the host.
-        seconds = calendar.timegm(date) - offset
+        seconds = calendar.timegm(parsed[:6]) - (parsed[9] or 0)
     except Exception:
         return None
     if not 0 <= seconds <= _MAX_SECONDS:
