@@ -13,6 +13,7 @@ never runs twice. (The SMTP handler with a pool of its own is covered in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -62,6 +63,31 @@ def in_child(work: Callable[[], str]) -> str:
     assert os.WIFEXITED(status), f"child ended by signal {os.WTERMSIG(status)}"
     assert os.WEXITSTATUS(status) == 0
     return report
+
+
+@contextlib.contextmanager
+def held_by_another_thread(
+    take: Callable[[], object], give_back: Callable[[], object]
+) -> Iterator[None]:
+    """Within the block, another thread has run ``take`` and waits to run ``give_back``:
+    what a fork in the middle of that thread's call leaves the child."""
+    inside, leave = threading.Event(), threading.Event()
+    taken: list[object] = []
+
+    def holder() -> None:
+        taken.append(take())
+        inside.set()
+        leave.wait(CHILD_TIME_LIMIT)
+        give_back()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert inside.wait(5.0) and taken == [True]
+        yield
+    finally:
+        leave.set()
+        thread.join()
 
 
 @pytest.fixture
@@ -138,29 +164,19 @@ def test_pop3_pool_is_usable_in_a_child_forked_while_another_thread_holds_it(
     pool = POP3ConnectionPool(
         pop3_server.host, pop3_server.port, "user", PASSWORD, pool_size=2, **pop3_options()
     )
-    inside, leave = threading.Event(), threading.Event()
-
-    def busy_thread() -> None:
-        with pool._lock:  # another thread is in the middle of a pool call at fork time
-            inside.set()
-            leave.wait(CHILD_TIME_LIMIT)
-
-    thread = threading.Thread(target=busy_thread)
-    thread.start()
+    # Another thread is in the middle of a pool call at fork time.
     try:
-        assert inside.wait(5.0)
+        with held_by_another_thread(pool._lock.acquire, pool._lock.release):
 
-        def child() -> str:
-            handler = pool.acquire()
-            assert handler is not None
-            numbers = handler.list_messages()[0]
-            pool.release(handler, commit=True)
-            return f"listed {numbers}"
+            def child() -> str:
+                handler = pool.acquire()
+                assert handler is not None
+                numbers = handler.list_messages()[0]
+                pool.release(handler, commit=True)
+                return f"listed {numbers}"
 
-        assert in_child(child) == "listed [1, 2]"
+            assert in_child(child) == "listed [1, 2]"
     finally:
-        leave.set()
-        thread.join()
         pool.close_all()
 
 
@@ -200,27 +216,17 @@ def test_smtp_handler_is_usable_in_a_child_forked_while_another_thread_sends() -
             pool_wait_timeout=1.0,
             retry=RetryPolicy.never(),
         )
-        inside, leave = threading.Event(), threading.Event()
-
-        def sending_thread() -> None:
-            # Another thread holds the handler's one slot at fork time, as a send does.
-            assert handler._slots.acquire(timeout=5.0)
-            inside.set()
-            leave.wait(CHILD_TIME_LIMIT)
-            handler._slots.release()
-
-        thread = threading.Thread(target=sending_thread)
-        thread.start()
+        # Another thread holds the handler's one slot at fork time, as a send does.
         try:
-            assert inside.wait(5.0)
+            with held_by_another_thread(
+                lambda: handler._slots.acquire(timeout=5.0), handler._slots.release
+            ):
 
-            def child() -> str:
-                result = handler.send_message(["b@example.org"], "from the child", "hi")
-                return f"{result.status.value} {result.smtp_error}"
+                def child() -> str:
+                    result = handler.send_message(["b@example.org"], "from the child", "hi")
+                    return f"{result.status.value} {result.smtp_error}"
 
-            assert in_child(child) == "success None"
+                assert in_child(child) == "success None"
         finally:
-            leave.set()
-            thread.join()
             handler.close()
         assert handler.send_message(["b@example.org"], "the parent", "hi").success
