@@ -211,6 +211,67 @@ def test_accounts_are_kept_apart(connect: Any) -> None:
     assert "u1" in alice and "u1" not in bob and "u2" in bob
 
 
+def test_hundreds_of_uids_are_recorded_and_pruned_in_one_transaction_each(
+    connect: Any,
+) -> None:
+    store = DBUIDStore(connect(), account="alice")
+    uids = [f"u{n}" for n in range(700)]  # more than one statement's worth of rows
+    with store.run() as recorded:
+        assert recorded == frozenset()
+        store.begin()
+        for uid in uids:
+            store.record(uid)
+        store.commit()
+        assert store.recorded() == frozenset(uids)
+        store.retain(uids[:50])
+    assert store.recorded() == frozenset(uids[:50])
+    with store.run() as recorded:
+        assert recorded == frozenset(uids[:50])
+
+
+def test_a_uid_recorded_twice_in_one_transaction_commits_nothing(connect: Any) -> None:
+    store = DBUIDStore(connect(), account="alice")
+    with store.run():
+        store.begin()
+        for uid in ("a", "b", "a"):
+            store.record(uid)
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+            store.commit()
+        assert store.recorded() == frozenset()
+        store.begin()
+        store.record("a")
+        store.commit()
+    assert store.recorded() == frozenset({"a"})
+
+
+def test_a_batch_costs_one_statement_for_its_uids_and_a_run_one_transaction_to_start(
+    tmp_path: Path,
+) -> None:
+    connection = sqlite3.connect(tmp_path / "app.db")
+    store = DBUIDStore(connection, account="alice")
+    with store.run():  # the first run inserts the lease row
+        pass
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    with store.run():
+        started = list(statements)
+        store.begin()
+        for n in range(50):
+            store.record(f"u{n}")
+        store.commit()
+        store.retain([f"u{n}" for n in range(10)])
+    connection.set_trace_callback(None)
+    # Taking the lease and reading the recorded UIDs share one transaction.
+    assert sum(s.startswith("BEGIN") for s in started) == 1
+    assert any("SELECT uid FROM" in s for s in started)
+    assert not any(s.startswith("INSERT") for s in started)  # the lease row exists
+    writes = [s.split(" (")[0] for s in statements if s.startswith(("INSERT", "DELETE"))]
+    assert writes == [
+        "INSERT INTO mailhandlers_pop3_uids",
+        "DELETE FROM mailhandlers_pop3_uids WHERE account = 'alice' AND uid IN",
+    ]
+
+
 # -- leases and fencing -------------------------------------------------------------
 
 
@@ -248,8 +309,27 @@ def test_a_worker_that_lost_its_lease_cannot_commit(connect: Any) -> None:
 def test_tokens_only_go_up(connect: Any) -> None:
     lease = Lease(connect(), "alice", ttl=5)
     tokens = [lease.acquire() for _ in range(3)]
-    assert tokens == sorted(tokens) and len(set(tokens)) == 3
+    assert tokens == [1, 2, 3]
     lease.release()
+    assert lease.acquire() == 4
+
+
+def test_what_runs_with_the_lease_is_rolled_back_with_it(connect: Any) -> None:
+    lease = Lease(connect(), "alice", ttl=5)
+
+    def fail(cursor: Any) -> None:
+        raise RuntimeError("read failed")
+
+    with pytest.raises(RuntimeError):
+        lease.acquire(then=fail)
+    assert lease.token is None
+    seen: list[Any] = []
+    assert lease.acquire(then=seen.append) == 1  # the failed take left nothing behind
+    assert len(seen) == 1
+    other = Lease(connect(), "alice", ttl=5, holder="other")
+    with pytest.raises(AccountBusyError):
+        other.acquire(then=seen.append)
+    assert len(seen) == 1  # only a won lease runs it
 
 
 def test_a_dead_workers_lease_expires(connect: Any) -> None:

@@ -95,15 +95,25 @@ class Lease:
             " expires_at DOUBLE PRECISION NOT NULL DEFAULT 0)"
         )
 
-    def acquire(self, wait: float = 0.0, poll: float = 0.2) -> int:
+    def acquire(
+        self,
+        wait: float = 0.0,
+        poll: float = 0.2,
+        *,
+        then: Callable[[Any], object] | None = None,
+    ) -> int:
         """Take the lease; return the new fencing token.
+
+        ``then(cursor)``, if given, runs inside the transaction that takes the lease,
+        before it commits: what it reads is read under the lease, and the run saves
+        the round trips of a transaction of its own.
 
         Waits up to ``wait`` seconds for another worker's lease to end or expire,
         then raises :class:`~src.handlers.errors.AccountBusyError`.
         """
         deadline = self._clock() + max(0.0, wait)
         while True:
-            won, token, left = self._try_acquire()
+            won, token, left = self._try_acquire(then)
             if won:
                 self.token = token
                 log.debug("sync lease for %r taken, token %d", self.account, token)
@@ -117,16 +127,12 @@ class Lease:
                 )
             self._sleep(min(poll, remaining))
 
-    def _try_acquire(self) -> tuple[bool, int, float]:
+    def _try_acquire(self, then: Callable[[Any], object] | None) -> tuple[bool, int, float]:
         now = self._tx.dialect.now
         cursor = self._tx.begin()
         try:
-            self._tx.execute(
-                cursor,
-                f"INSERT INTO {self.table} (account, holder, token, expires_at)"
-                " VALUES (?, NULL, 0, 0) ON CONFLICT (account) DO NOTHING",
-                (self.account,),
-            )
+            # The row exists after an account's first run: one UPDATE takes a free or
+            # expired lease; only a missing row needs the INSERT.
             self._tx.execute(
                 cursor,
                 f"UPDATE {self.table} SET holder = ?, token = token + 1,"
@@ -135,12 +141,22 @@ class Lease:
                 (self.holder, self.ttl, self.account, self.holder),
             )
             won = cursor.rowcount == 1
+            if not won:
+                self._tx.execute(
+                    cursor,
+                    f"INSERT INTO {self.table} (account, holder, token, expires_at)"
+                    f" VALUES (?, ?, 1, {now} + ?) ON CONFLICT (account) DO NOTHING",
+                    (self.account, self.holder, self.ttl),
+                )
+                won = cursor.rowcount == 1
             self._tx.execute(
                 cursor,
                 f"SELECT token, expires_at - {now} FROM {self.table} WHERE account = ?",
                 (self.account,),
             )
             token, left = cursor.fetchone()
+            if won and then is not None:
+                then(cursor)
             self._tx.commit(cursor)
         except BaseException:
             self._tx.rollback(cursor)
@@ -197,9 +213,12 @@ class Lease:
                     cursor.close()
 
     @contextmanager
-    def held(self, wait: float = 0.0) -> Iterator[int]:
-        """Hold the lease for a block; yields the fencing token."""
-        token = self.acquire(wait)
+    def held(
+        self, wait: float = 0.0, *, then: Callable[[Any], object] | None = None
+    ) -> Iterator[int]:
+        """Hold the lease for a block; yields the fencing token (``then`` as in
+        :meth:`acquire`)."""
+        token = self.acquire(wait, then=then)
         try:
             yield token
         finally:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .._net.logs import get_logger
 from ..errors import ConfigurationError, POP3MessageTooLargeError
@@ -37,6 +37,18 @@ from .sync import MessageCallback, SyncMailbox, SyncResult, split_listing, sync_
 from .uid_store import UIDStore, check_uid
 
 log = get_logger("sync")
+
+_T = TypeVar("_T")
+
+#: UIDs per INSERT or DELETE statement: three parameters each stays under SQLite's
+#: oldest limit of 999 parameters per statement.
+_ROWS_PER_STATEMENT = 300
+
+
+def _slices(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
 
 #: Receives one parsed message dict (``"uid"`` added) and a cursor in the open transaction.
 TransactionalCallback = Callable[[dict[str, Any], Any], object]
@@ -143,13 +155,12 @@ class DBUIDStore:
             " PRIMARY KEY (account, uid))"
         )
 
-    def _in_transaction(self, text: str, values: tuple[Any, ...]) -> list[Any]:
+    def _in_transaction(self, read: Callable[[Any], _T]) -> _T:
         cursor = self._tx.begin()
         try:
-            self._tx.execute(cursor, text, values)
-            rows = list(cursor.fetchall()) if cursor.description else []
+            result = read(cursor)
             self._tx.commit(cursor)
-            return rows
+            return result
         except BaseException:
             self._tx.rollback(cursor)
             raise
@@ -158,18 +169,24 @@ class DBUIDStore:
 
     def recorded(self) -> frozenset[str]:
         """Every UID recorded for the account."""
-        rows = self._in_transaction(
-            f"SELECT uid FROM {self.table} WHERE account = ?", (self.account,)
-        )
-        return frozenset(str(row[0]) for row in rows)
+        return self._in_transaction(self._read_recorded)
+
+    def _read_recorded(self, cursor: Any) -> frozenset[str]:
+        self._tx.execute(cursor, f"SELECT uid FROM {self.table} WHERE account = ?", (self.account,))
+        return frozenset(str(row[0]) for row in cursor.fetchall())
 
     def __contains__(self, uid: object) -> bool:
         if not isinstance(uid, str):
             return False
-        rows = self._in_transaction(
-            f"SELECT 1 FROM {self.table} WHERE account = ? AND uid = ?", (self.account, uid)
+        return self._in_transaction(
+            lambda cursor: bool(
+                self._tx.execute(
+                    cursor,
+                    f"SELECT 1 FROM {self.table} WHERE account = ? AND uid = ?",
+                    (self.account, uid),
+                ).fetchall()
+            )
         )
-        return bool(rows)
 
     def __len__(self) -> int:
         return len(self.recorded())
@@ -177,8 +194,12 @@ class DBUIDStore:
     @contextmanager
     def run(self) -> Iterator[frozenset[str]]:
         """Hold the account's lease for one run; yields the UIDs recorded so far."""
-        with self.lease.held(self.lease_wait):
-            self._known = set(self.recorded())
+        known: set[str] = set()
+        # Read in the transaction that takes the lease: no transaction of its own.
+        with self.lease.held(
+            self.lease_wait, then=lambda cursor: known.update(self._read_recorded(cursor))
+        ):
+            self._known = known
             try:
                 yield frozenset(self._known)
             finally:
@@ -198,20 +219,21 @@ class DBUIDStore:
         """
         check_uid(uid)
         self._open()
-        # Written at commit, all in one executemany: one round trip per batch.
+        # Written at commit, with the batch's other UIDs in one statement.
         self._pending.append(uid)
 
     def commit(self) -> None:
         """Check the fencing token in the transaction, then commit it."""
         cursor = self._open()
         try:
-            if self._pending:
-                now = time.time()
-                cursor.executemany(
-                    self._tx.dialect.sql(
-                        f"INSERT INTO {self.table} (account, uid, recorded_at) VALUES (?, ?, ?)"
-                    ),
-                    [self._tx.dialect.params((self.account, uid, now)) for uid in self._pending],
+            now = time.time()
+            for rows in _slices(self._pending, _ROWS_PER_STATEMENT):
+                # One multi-row INSERT: the database runs one statement, not one per UID.
+                self._tx.execute(
+                    cursor,
+                    f"INSERT INTO {self.table} (account, uid, recorded_at) VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(rows)),
+                    [value for uid in rows for value in (self.account, uid, now)],
                 )
             self.lease.check(cursor)
             self._tx.commit(cursor)
@@ -240,10 +262,14 @@ class DBUIDStore:
             return
         cursor = self.begin()
         try:
-            cursor.executemany(
-                self._tx.dialect.sql(f"DELETE FROM {self.table} WHERE account = ? AND uid = ?"),
-                [self._tx.dialect.params((self.account, uid)) for uid in gone],
-            )
+            for uids in _slices(gone, _ROWS_PER_STATEMENT):
+                self._tx.execute(
+                    cursor,
+                    f"DELETE FROM {self.table} WHERE account = ? AND uid IN ("
+                    + ", ".join(["?"] * len(uids))
+                    + ")",
+                    [self.account, *uids],
+                )
         except BaseException:
             self.rollback()
             raise
