@@ -137,6 +137,7 @@ def configure_sync(
     uid_table: str = "mailhandlers_pop3_uids",
     lease_table: str = "mailhandlers_leases",
     retry_countdown: float = 10.0,
+    pipelined: bool = False,
 ) -> None:
     """Set how :func:`sync_pop3_account` finds accounts and where it stores messages.
 
@@ -146,7 +147,12 @@ def configure_sync(
     whose batch was rolled back). ``handler_options`` are keyword options for every
     :class:`~src.handlers.POP3ProtocolHandler` (``timeout``, ``ssl_context`` ...).
     ``batch_size`` messages share one transaction; ``lease_ttl`` is how long a dead
-    worker's lease blocks its account. Call it where the worker imports its Celery app.
+    worker's lease blocks its account. ``pipelined=True`` (psycopg 3) sends each
+    batch's statements, ``save_message``'s included, to PostgreSQL ahead and has them
+    answered together at the commit: much less work per message, but inside
+    ``save_message`` a cursor's ``rowcount`` is -1 and an error surfaces at the commit
+    (see :meth:`~src.handlers.DBUIDStore.pipeline`). Call it where the worker imports
+    its Celery app.
     """
     global _configuration
     _configuration = _SyncConfiguration(
@@ -159,6 +165,7 @@ def configure_sync(
             "lease_ttl": lease_ttl,
             "table": uid_table,
             "lease_table": lease_table,
+            "pipelined": pipelined,
         },
         retry_countdown,
     )

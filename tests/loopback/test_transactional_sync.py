@@ -5,6 +5,7 @@ The store tests run on SQLite and on a private PostgreSQL (``connect`` is parame
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 import time
@@ -51,6 +52,12 @@ def server() -> Iterator[POP3TestServer]:
 def batch(request: pytest.FixtureRequest) -> int:
     """Messages per transaction."""
     return int(request.param)
+
+
+@pytest.fixture(params=[False, True], ids=["in-turn", "sent-ahead"])
+def pipelined(request: pytest.FixtureRequest) -> bool:
+    """Whether the store sends a batch's statements ahead (PostgreSQL only)."""
+    return bool(request.param)
 
 
 def handler_for(srv: POP3TestServer) -> POP3ProtocolHandler:
@@ -168,11 +175,11 @@ def test_messages_with_unsafe_uids_are_left_alone_as_in_every_sync(
 
 
 def test_a_crash_after_the_save_commits_neither_and_the_message_comes_once(
-    server: POP3TestServer, connect: Any, batch: int
+    server: POP3TestServer, connect: Any, batch: int, pipelined: bool
 ) -> None:
     conn = connect()
     make_app_table(conn)
-    store = DBUIDStore(conn, account="alice", batch_size=batch, lease_ttl=0.2)
+    store = DBUIDStore(conn, account="alice", batch_size=batch, lease_ttl=0.2, pipelined=pipelined)
     with pytest.raises(Crash):
         handler_for(server).sync(store, saver(placeholder(conn), crash_on="m2"), delete_after=True)
     committed = (2 // batch) * batch  # whole batches before the one holding m2
@@ -187,17 +194,78 @@ def test_a_crash_after_the_save_commits_neither_and_the_message_comes_once(
 
 
 def test_a_failing_save_is_rolled_back_and_retried(
-    server: POP3TestServer, connect: Any, batch: int
+    server: POP3TestServer, connect: Any, batch: int, pipelined: bool
 ) -> None:
     conn = connect()
     make_app_table(conn)
-    store = DBUIDStore(conn, account="alice", batch_size=batch)
+    store = DBUIDStore(conn, account="alice", batch_size=batch, pipelined=pipelined)
     result = handler_for(server).sync(store, saver(placeholder(conn), fail_on="m3"))
     assert result.fetched == 4 and result.failed == 1
     assert saved(conn) == ["m0", "m1", "m2", "m4"]
     assert handler_for(server).sync(store, saver(placeholder(conn))) == SyncResult(
         fetched=1, skipped=4
     )
+
+
+def test_a_database_error_in_a_batch_is_found_message_by_message(
+    server: POP3TestServer, connect: Any, pipelined: bool
+) -> None:
+    conn = connect()
+    make_app_table(conn)
+    taken = server.uids()[2]
+    cursor = conn.cursor()
+    # m2's row fails in the database (on PostgreSQL, sent ahead, only at the commit).
+    cursor.execute(f"INSERT INTO mail VALUES ({placeholder(conn)}, 'older')", (taken,))
+    conn.commit()
+    store = DBUIDStore(conn, account="alice", batch_size=5, pipelined=pipelined)
+    result = handler_for(server).sync(store, saver(placeholder(conn)), delete_after=True)
+    assert result == SyncResult(fetched=4, deleted=4, failed=1, failed_uids=(taken,))
+    assert saved(conn) == ["m0", "m1", "m3", "m4", "older"]
+    assert [uid for uid in server.uids()] == [taken]  # only the unsaved message stays
+
+
+@pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])
+def test_on_postgresql_a_batch_is_sent_ahead_in_one_pipeline(
+    server: POP3TestServer, connect: Any, autocommit: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = connect()
+    make_app_table(conn)
+    if isinstance(conn, sqlite3.Connection):
+        assert DBUIDStore(conn, account="alice", pipelined=True).pipeline() is None
+        return
+    conn.autocommit = autocommit  # with autocommit the store writes BEGIN and COMMIT itself
+    assert DBUIDStore(conn, account="alice").pipeline() is None  # only when asked for
+    store = DBUIDStore(conn, account="alice", batch_size=5, pipelined=True)
+    save = saver(placeholder(conn))
+    modes: list[bool] = []
+
+    def watched(message: dict[str, Any], cursor: Any) -> None:
+        modes.append(bool(conn.pgconn.pipeline_status))
+        save(message, cursor)
+
+    result = handler_for(server).sync(store, watched, delete_after=True)
+    assert result == SyncResult(fetched=5, deleted=5)
+    assert modes == [True] * 5
+    assert saved(conn) == [f"m{i}" for i in range(5)] and len(store) == 5
+
+
+def test_a_pipelined_batch_of_a_worker_that_lost_its_lease_commits_nothing(
+    connect: Any,
+) -> None:
+    conn1, conn2 = connect(), connect()
+    make_app_table(conn1)
+    first = DBUIDStore(conn1, account="alice", holder="w1", lease_ttl=0.2, pipelined=True)
+    second = DBUIDStore(conn2, account="alice", holder="w2", lease_ttl=30)
+    ahead = first.pipeline() or contextlib.nullcontext()
+    with first.run():
+        time.sleep(0.4)
+        with second.run(), pytest.raises(LeaseLostError), ahead:
+            cursor = first.begin()
+            for uid in ("u1", "u2"):
+                cursor.execute(f"INSERT INTO mail VALUES ({placeholder(conn1)}, 'x')", (uid,))
+                first.record(uid)
+            first.commit()
+    assert saved(conn1) == [] and len(first) == 0
 
 
 def test_accounts_are_kept_apart(connect: Any) -> None:

@@ -166,6 +166,8 @@ if DSN:
         batch_size=int(os.environ.get("MH_BATCH", "50")),
         lease_ttl=LEASE_TTL,
         retry_countdown=1.0,
+        # save_message reads no rowcount, so its INSERTs may be sent ahead.
+        pipelined=True,
     )
     configure(
         credentials_provider=smtp_account,

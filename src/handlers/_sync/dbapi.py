@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,12 +83,28 @@ class Transactions:
             cursor.execute("BEGIN")
         return cursor
 
-    def commit(self, cursor: Any) -> None:
-        """Commit the transaction ``cursor`` belongs to."""
+    def commit(self, cursor: Any, pipeline: Any = None) -> None:
+        """Commit the transaction ``cursor`` belongs to (sent through ``pipeline``,
+        if one is open, and answered before this returns)."""
         if self._explicit():
             cursor.execute("COMMIT")
+            if pipeline is not None:
+                pipeline.sync()
         else:
-            self.connection.commit()
+            self.connection.commit()  # psycopg syncs an open pipeline itself
+
+    def pipeline(self) -> AbstractContextManager[Any] | None:
+        """A context in which statements are sent ahead and answered together at the
+        next sync (psycopg 3's pipeline mode, yielding its ``Pipeline``); None where
+        the driver has no such mode."""
+        if not type(self.connection).__module__.startswith("psycopg"):
+            return None
+        from psycopg import Pipeline  # the connection is psycopg's: it is installed
+
+        if not Pipeline.is_supported():  # a libpq older than 14
+            return None
+        opened: AbstractContextManager[Any] = self.connection.pipeline()
+        return opened
 
     def rollback(self, cursor: Any) -> None:
         """Roll the transaction back."""

@@ -165,11 +165,12 @@ class Lease:
             cursor.close()
         return won, int(token), float(left)
 
-    def check(self, cursor: Any) -> None:
+    def check(self, cursor: Any, settle: Callable[[], object] | None = None) -> None:
         """Inside the caller's open transaction: renew the lease if the token still holds.
 
         Raises :class:`~src.handlers.errors.LeaseLostError` if another worker took
-        the lease (the caller must roll back).
+        the lease (the caller must roll back). ``settle``, when statements are sent
+        ahead (a pipeline), gets the answers in before the renewal's row count is read.
         """
         if self.token is None:
             raise LeaseLostError(f"no sync lease held for account {self.account!r}", self.account)
@@ -179,6 +180,8 @@ class Lease:
             " WHERE account = ? AND holder = ? AND token = ?",
             (self.ttl, self.account, self.holder, self.token),
         )
+        if settle is not None:
+            settle()
         if cursor.rowcount != 1:
             self.token = None
             raise LeaseLostError(

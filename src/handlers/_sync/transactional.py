@@ -30,7 +30,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .._net.logs import get_logger
-from ..errors import ConfigurationError, POP3MessageTooLargeError
+from ..errors import ConfigurationError, LeaseLostError, POP3MessageTooLargeError
 from .dbapi import Transactions, dialect_of
 from .lease import DEFAULT_LEASE_TTL, Lease, check_table_name
 from .sync import MessageCallback, SyncMailbox, SyncResult, split_listing, sync_mailbox
@@ -98,7 +98,9 @@ class DBUIDStore:
     renewing it (each committed message renews it); ``lease_wait`` is how long
     :meth:`run` waits for another worker's lease before raising ``AccountBusyError``.
     ``batch_size`` messages share one transaction (and one pipelined download): fewer
-    commits, the same exactly-once guarantee.
+    commits, the same exactly-once guarantee. ``pipelined=True`` (psycopg 3 only; no
+    effect elsewhere) sends a batch's statements, the application's included, ahead
+    and has them answered together at the commit (see :meth:`pipeline`).
 
     Example::
 
@@ -120,6 +122,7 @@ class DBUIDStore:
         holder: str | None = None,
         create_tables: bool = True,
         batch_size: int = 1,
+        pipelined: bool = False,
     ) -> None:
         if not isinstance(account, str) or not account:
             raise ConfigurationError("account must be a non-empty string", "account")
@@ -129,6 +132,7 @@ class DBUIDStore:
         if batch_size < 1:
             raise ConfigurationError("batch_size must be at least 1", "batch_size")
         self.batch_size = batch_size
+        self.pipelined = pipelined
         self._tx = Transactions(connection, dialect_of(connection))
         self.lease = Lease(
             connection,
@@ -139,6 +143,7 @@ class DBUIDStore:
             create_table=create_tables,
         )
         self._cursor: Any = None
+        self._pipeline: Any = None  # psycopg's Pipeline, while statements are sent ahead
         self._known: set[str] | None = None  # during a run: what is recorded
         self._pending: list[str] = []  # recorded in the open transaction
         if create_tables:
@@ -212,6 +217,34 @@ class DBUIDStore:
         self._cursor = self._tx.begin()
         return self._cursor
 
+    def pipeline(self) -> AbstractContextManager[None] | None:
+        """With ``pipelined=True`` on psycopg 3, a context in which a transaction's
+        statements, the application's included, are sent ahead and answered together
+        when it commits (psycopg's pipeline mode): one exchange with the database per
+        batch instead of one per statement. Otherwise None.
+
+        Inside it a statement's error surfaces at the commit, not where it was made
+        (:func:`sync_transactional` then saves the batch again, message by message),
+        and a cursor's ``rowcount`` is -1 until then; ``fetchone()`` and the other
+        fetch methods wait for their statement's result and work as usual.
+        """
+        if not self.pipelined:
+            return None
+        opened = self._tx.pipeline()
+        return None if opened is None else self._sending_ahead(opened)
+
+    @contextmanager
+    def _sending_ahead(self, opened: AbstractContextManager[Any]) -> Iterator[None]:
+        try:
+            with opened as pipeline:
+                self._pipeline = pipeline
+                try:
+                    yield
+                finally:
+                    self._pipeline = None
+        finally:
+            self.rollback()  # a transaction left open failed: see rollback()
+
     def record(self, uid: str) -> None:
         """Record ``uid`` in the open transaction; written by :meth:`commit`.
 
@@ -235,8 +268,9 @@ class DBUIDStore:
                     + ", ".join(["(?, ?, ?)"] * len(rows)),
                     [value for uid in rows for value in (self.account, uid, now)],
                 )
-            self.lease.check(cursor)
-            self._tx.commit(cursor)
+            pipeline = self._pipeline
+            self.lease.check(cursor, settle=None if pipeline is None else pipeline.sync)
+            self._tx.commit(cursor, pipeline)
         except BaseException:
             self.rollback()
             raise
@@ -247,6 +281,10 @@ class DBUIDStore:
     def rollback(self) -> None:
         """Roll the open transaction back (nothing happens if none is open)."""
         if self._cursor is None:
+            return
+        if self._pipeline is not None:
+            # A failed pipeline refuses even the ROLLBACK until it is closed; the
+            # transaction is rolled back when it is (see _sending_ahead).
             return
         try:
             self._tx.rollback(self._cursor)
@@ -421,7 +459,26 @@ def _save_batch(
     messages: list[_Fetched],
     failed: list[str],
 ) -> list[int]:
-    """Save and record ``messages`` in one transaction; return the numbers committed."""
+    """Save and record ``messages`` in one transaction; return the numbers committed.
+
+    Where the store can send statements ahead (:meth:`DBUIDStore.pipeline`), the batch
+    is first saved that way; if anything in it fails, the transaction is rolled back
+    and the batch saved again here, message by message, to find the one that failed.
+    """
+    open_pipeline = getattr(store, "pipeline", None)
+    pipeline = open_pipeline() if open_pipeline is not None and len(messages) > 1 else None
+    if pipeline is not None:
+        try:
+            with pipeline:
+                _save_all(store, handler_fn, messages)
+            return [number for number, _, _ in messages]
+        except LeaseLostError:
+            raise
+        except Exception as error:
+            log.debug(
+                "POP3 sync: a pipelined batch failed (%s); saving it message by message",
+                type(error).__name__,
+            )
     pending = list(messages)
     while pending:
         cursor = store.begin()
@@ -451,3 +508,19 @@ def _save_batch(
         failed.append(pending[bad][1])
         del pending[bad]
     return []
+
+
+def _save_all(
+    store: TransactionalUIDStore, handler_fn: TransactionalCallback, messages: list[_Fetched]
+) -> None:
+    """Save and record every message in one transaction, or roll it all back and raise."""
+    cursor = store.begin()
+    try:
+        for _number, uid, message in messages:
+            message["uid"] = uid
+            handler_fn(message, cursor)
+            store.record(uid)
+        store.commit()
+    except BaseException:
+        store.rollback()
+        raise
