@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from src.handlers._sync.uid_store import (
     MemoryUIDStore,
     SQLiteUIDStore,
     UIDStore,
+    are_valid_uids,
     check_uid,
 )
 from src.handlers.errors import POP3ConnectionError, POP3UnsupportedError
@@ -63,6 +64,61 @@ def test_check_uid_accepts_rfc_ids_only() -> None:
     for bad in ("", "has space", "x" * 71, "tab\there", "é"):
         with pytest.raises(ValueError):
             check_uid(bad)
+
+
+def test_uids_are_checked_in_bulk_as_one_by_one() -> None:
+    good = ["abc.123~!", "x" * 70, "!"]
+    assert are_valid_uids(good) and are_valid_uids([])
+    for bad in ("", "has space", "x" * 71, "tab\there", "é", "two\nlines", None, 7):
+        assert not are_valid_uids([*good, bad]), bad
+        assert not are_valid_uids([bad, *good]), bad
+
+
+@pytest.mark.parametrize("kind", ["memory", "file", "sqlite"])
+def test_stores_tell_the_recorded_among_many_in_one_step(kind: str, tmp_path: Path) -> None:
+    store: MemoryUIDStore | SQLiteUIDStore
+    if kind == "memory":
+        store = MemoryUIDStore()
+    elif kind == "file":
+        store = FileUIDStore(tmp_path / "seen.txt")
+    else:
+        store = SQLiteUIDStore(tmp_path / "seen.db")
+    for uid in ("a", "b", "c"):
+        store.add(uid)
+    assert store.recorded_among(["b", "c", "d"]) == {"b", "c"}
+    assert store.recorded_among([]) == set()
+    if isinstance(store, SQLiteUIDStore):
+        store.close()
+
+
+class MinimalStore:
+    """Only what the UIDStore protocol asks for: no bulk lookup."""
+
+    def __init__(self) -> None:
+        self.uids: set[str] = set()
+        self.lookups = 0
+
+    def __contains__(self, uid: object) -> bool:
+        self.lookups += 1
+        return uid in self.uids
+
+    def add(self, uid: str) -> None:
+        self.uids.add(uid)
+
+    def retain(self, uids: Collection[str]) -> None:
+        self.uids &= set(uids)
+
+
+def test_a_store_with_only_the_protocol_is_asked_one_id_at_a_time(
+    server: POP3TestServer,
+) -> None:
+    store = MinimalStore()
+    assert isinstance(store, UIDStore)
+    seen: list[str] = []
+    first = handler_for(server).sync(store, collector(seen))
+    second = handler_for(server).sync(store, collector(seen))
+    assert first == SyncResult(fetched=5) and second == SyncResult(skipped=5)
+    assert seen == [f"m{i}" for i in range(5)] and store.lookups > 0
 
 
 @pytest.mark.parametrize("kind", ["memory", "file", "sqlite"])

@@ -1,10 +1,12 @@
 """The ``LIST`` and ``UIDL`` listings, parsed straight from the reply's bytes.
 
-A listing can have millions of lines, so it is never split into line objects: one
-pattern walks the reply data and the message numbers, sizes and the places of the
-unique IDs go into typed arrays (eight bytes a number). Unique IDs stay inside the
-reply data and become strings only when asked for, one at a time. A listing costs
-about twice its own size while it is parsed.
+A listing can have millions of lines, so it is never split into line objects as a
+whole: the message numbers, sizes and the places of the unique IDs go into typed
+arrays (eight bytes a number), and unique IDs stay inside the reply data until they
+are asked for. The usual ``UIDL`` reply (every line a number and a valid ID) is
+checked by one pattern and then read, numbers and IDs alike, by splitting a few
+thousand lines at a time into words, without a step per line in Python; any other
+is walked line by line. A listing costs about twice its own size while it is parsed.
 
 Both listings must give each message number once, in ascending order (RFC 1939
 lists messages in order); anything else is a :class:`POP3ProtocolError`, since a
@@ -23,6 +25,8 @@ import bisect
 import re
 from array import array
 from collections.abc import Iterator
+from itertools import islice
+from operator import lt
 from typing import Final
 
 from ..errors import POP3ProtocolError
@@ -36,6 +40,21 @@ _SCAN_LINE = re.compile(rb"[ \t]*([0-9]{1,18})[ \t]+([0-9]{1,18})(?:[ \t\r][^\n]
 _UID_LINE = re.compile(
     rb"([0-9]{1,18})(?: ([\x21-\x7e]{1,%d})\r?(?:\n|\Z)|[ \t][^\n]*(?:\n|\Z))" % MAX_UID_LENGTH
 )
+
+
+# The usual UIDL reply: every line ``<number> <valid ID>``, CRLF or LF, nothing else.
+_PLAIN_UID_LINES = re.compile(rb"(?:[0-9]{1,18} [\x21-\x7e]{1,%d}\r?\n)*" % MAX_UID_LENGTH)
+# How much of a plain reply is split into words at a time.
+_WORDS_CHUNK: Final = 1 << 16
+
+
+def _word_chunks(data: bytes) -> Iterator[list[str]]:
+    """The words of ASCII ``data``, a few thousand lines at a time (cut at line ends)."""
+    position, size = 0, len(data)
+    while position < size:
+        end = data.find(b"\n", position + _WORDS_CHUNK) + 1 or size
+        yield data[position:end].decode("ascii").split()
+        position = end
 
 
 def _preview(data: bytes, at: int) -> str:
@@ -114,16 +133,29 @@ class UIDListing:
     __slots__ = ("_data", "_lengths", "_starts", "numbers")
 
     def __init__(
-        self, data: bytes, numbers: array[int], starts: array[int], lengths: array[int]
+        self,
+        data: bytes,
+        numbers: array[int],
+        starts: array[int] | None,
+        lengths: array[int] | None,
     ) -> None:
         self._data = data
         self.numbers = numbers
+        # None when every line of ``data`` is a number and a valid ID: the IDs are
+        # then read back by splitting the lines into words.
         self._starts = starts
         self._lengths = lengths
 
     @classmethod
     def parse(cls, data: bytes) -> UIDListing:
         """Parse the data of a ``UIDL`` reply (lines of ``<number> <unique-id>``)."""
+        if _PLAIN_UID_LINES.fullmatch(data) is not None:
+            # The usual reply, read without a step per line in Python.
+            plain: array[int] = array("q")
+            for words in _word_chunks(data):
+                plain.extend(map(int, words[0::2]))
+            if not plain or (plain[0] > 0 and all(map(lt, plain, islice(plain, 1, None)))):
+                return cls(data, plain, None, None)
         numbers: array[int] = array("q")
         starts: array[int] = array("q")
         lengths: array[int] = array("B")
@@ -146,12 +178,22 @@ class UIDListing:
 
     def __iter__(self) -> Iterator[tuple[int, str | None]]:
         data = self._data
+        if self._starts is None or self._lengths is None:
+            numbers, index = self.numbers, 0
+            for words in _word_chunks(data):
+                uids = words[1::2]
+                following = index + len(uids)
+                yield from zip(numbers[index:following], uids, strict=True)
+                index = following
+            return
         for number, start, length in zip(self.numbers, self._starts, self._lengths, strict=True):
             yield number, (data[start : start + length].decode("ascii") if start >= 0 else None)
 
     @property
     def invalid(self) -> tuple[int, ...]:
         """Numbers of the messages whose unique ID is not a valid RFC 1939 one."""
+        if self._starts is None:
+            return ()
         return tuple(
             number for number, start in zip(self.numbers, self._starts, strict=True) if start < 0
         )

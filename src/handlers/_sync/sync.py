@@ -29,14 +29,14 @@ counted in :attr:`SyncResult.unsafe`, with its message number in
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .._net.logs import get_logger
 from ..errors import POP3MessageTooLargeError
-from .uid_store import UIDStore, is_valid_uid
+from .uid_store import UIDStore, are_valid_uids, is_valid_uid
 
 log = get_logger("sync")
 
@@ -114,6 +114,8 @@ def split_listing(listing: UniqueIDs) -> tuple[list[tuple[int, str]], list[int]]
     recorded or deleted), with a WARNING naming the message numbers.
     """
     pairs = list(listing)
+    if _all_valid_and_distinct([uid for _, uid in pairs]):
+        return cast(list[tuple[int, str]], pairs), []
     owners = Counter([uid for _, uid in pairs if uid is not None and is_valid_uid(uid)])
     safe: list[tuple[int, str]] = []
     unsafe: list[int] = []
@@ -129,6 +131,12 @@ def split_listing(listing: UniqueIDs) -> tuple[list[tuple[int, str]], list[int]]
             unsafe,
         )
     return safe, unsafe
+
+
+def _all_valid_and_distinct(uids: list[str | None]) -> bool:
+    """Whether every ID is valid and none repeats: the usual case, checked in bulk so
+    that a mailbox of many thousand messages does not pay for one ID at a time."""
+    return len(set(uids)) == len(uids) and are_valid_uids(uids)
 
 
 def sync_mailbox(
@@ -151,13 +159,26 @@ def sync_mailbox(
     tally = _Tally()
     with handler.session():
         safe, tally.unsafe_numbers = split_listing(handler.uid_listing())
+        uids = [uid for _, uid in safe]
+        recorded = _recorded(store, uids)
         for number, uid in safe:
-            _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
+            if uid in recorded:
+                tally.skipped += 1
+                if delete_after and handler.delete_message(number):
+                    tally.deleted += 1
+            else:
+                _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
         if prune:
-            store.retain({uid for _, uid in safe})
+            store.retain(uids)
     result = tally.result()
     log.debug("POP3 sync finished: %s", result)
     return result
+
+
+def _recorded(store: UIDStore, uids: list[str]) -> Container[str]:
+    """The recorded ones of ``uids``, asked in one step where the store can."""
+    among: Callable[[list[str]], set[str]] | None = getattr(store, "recorded_among", None)
+    return store if among is None else among(uids)
 
 
 def _sync_one(

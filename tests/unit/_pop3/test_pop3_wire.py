@@ -7,6 +7,7 @@ import io
 import poplib
 import tracemalloc
 from collections.abc import Callable
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given
@@ -194,6 +195,42 @@ def test_uid_lines_are_parsed_as_rfc_1939_says() -> None:
         (7, None),
     ]
     assert listing.invalid == (2, 3, 4, 5, 7)
+
+
+UID_TEXT = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=70)
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 9), UID_TEXT), max_size=60),
+    st.sampled_from([b"\r\n", b"\n"]),
+    st.integers(1, 300),
+)
+def test_a_plain_uid_listing_reads_as_line_by_line_parsing_would(
+    lines: list[tuple[int, str]], ending: bytes, chunk: int
+) -> None:
+    import src.handlers._pop3.listing as listing_module
+
+    numbers, number = [], 0
+    for step, _ in lines:
+        number += step
+        numbers.append(number)
+    expected = list(zip(numbers, [uid for _, uid in lines], strict=True))
+    data = b"".join(b"%d %s" % (n, uid.encode()) + ending for n, uid in expected)
+    # Small chunks: the listing is cut into many, at every kind of line.
+    with patch.object(listing_module, "_WORDS_CHUNK", chunk):
+        listing = UIDListing.parse(data)
+        assert list(listing) == expected and list(listing) == expected  # iterable twice
+    assert listing.invalid == () and list(listing.numbers) == numbers
+
+
+def test_a_plain_looking_listing_out_of_order_is_still_refused() -> None:
+    for data, words in (
+        (b"1 a\r\n3 b\r\n2 c\r\n", "message 2 after 3"),
+        (b"1 a\r\n1 b\r\n", "message 1 after 1"),
+        (b"0 a\r\n", "message number 0"),
+    ):
+        with pytest.raises(POP3ProtocolError, match=words):
+            UIDListing.parse(data)
 
 
 def test_capability_lines_that_cannot_be_capabilities_are_skipped() -> None:
