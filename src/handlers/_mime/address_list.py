@@ -88,7 +88,9 @@ def _keep(address: str) -> bool:
 def _simple_list(text: str) -> list[str] | None:
     """The addresses of a list that needs no scanner, or None if it does after all."""
     found: list[str] = []
-    for entry in _ENTRY_SEPARATOR.split(text):
+    # A plain split is much cheaper than the pattern, and lists seldom use ";".
+    entries = text.split(",") if ";" not in text else _ENTRY_SEPARATOR.split(text)
+    for entry in entries:
         angles = entry.count("<")
         if angles != entry.count(">") or angles > 1:
             return None  # an angle-addr that goes on past the separator, or junk
@@ -100,7 +102,8 @@ def _simple_list(text: str) -> list[str] | None:
             if closing < 0:
                 return None
             address = "".join(entry[opening + 1 : closing].split())
-        if _keep(address):
+        # As _keep decides, spelled out: this loop runs for every address in a list.
+        if address and "=?" not in address and not address.startswith("@"):
             found.append(address)
     return found
 

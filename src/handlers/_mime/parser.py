@@ -53,24 +53,35 @@ def _received_at(headers: Headers) -> int:
 # ------------------------------------------------------------------ public API
 
 
+# The keys of a result in their order, with the values that are not lists: copying
+# this is much cheaper than building the dict anew for every message.
+_RESULT_TEMPLATE: dict[str, Any] = {
+    "messageId": 0,
+    "popId": 0,
+    "messageIdHeader": "",
+    "from": "",
+    "to": None,
+    "cc": None,
+    "bcc": None,
+    "subject": "",
+    "textBody": "",
+    "htmlBody": "",
+    "receivedAt": 0,
+    "size": 0,
+    "attachmentCount": 0,
+    "attachments": None,
+    **dict.fromkeys(_FLAGS, False),
+}
+
+
 def _empty_result(number: int, size: int) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "messageId": number,
-        "popId": number,
-        "messageIdHeader": "",
-        "from": "",
-        "to": [],
-        "cc": [],
-        "bcc": [],
-        "subject": "",
-        "textBody": "",
-        "htmlBody": "",
-        "receivedAt": 0,
-        "size": size,
-        "attachmentCount": 0,
-        "attachments": [],
-        **dict.fromkeys(_FLAGS, False),
-    }
+    result = _RESULT_TEMPLATE.copy()
+    result["messageId"] = result["popId"] = number
+    result["to"] = []
+    result["cc"] = []
+    result["bcc"] = []
+    result["size"] = size
+    result["attachments"] = []
     return result
 
 
@@ -79,9 +90,10 @@ def _fill_from_headers(result: dict[str, Any], headers: Headers) -> None:
     result["messageIdHeader"] = clean(decode_8bit(message_id)) if message_id else ""
     result["from"] = sender(headers.first("from"))
     for key in ("to", "cc"):
-        result[key] = [
-            address for raw in headers.all(key) for address in addresses(decode_8bit(raw))
-        ]
+        found: list[str] = []
+        for raw in headers.all(key):
+            found += addresses(decode_8bit(raw))
+        result[key] = found
     result["subject"] = header_text(headers.first("subject"))
     result["receivedAt"] = _received_at(headers)
 

@@ -55,7 +55,7 @@ def split_blocks(text: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     Returns the text without them and each block's file name and decoded bytes. A
     ``begin`` line without a matching ``end`` line is left in the text.
     """
-    if b"begin" not in text:
+    if text.find(b"begin") < 0:  # cheaper than ``in``, which first tries an integer
         return text, []
     kept: list[bytes] = []
     blocks: list[tuple[str, bytes]] = []

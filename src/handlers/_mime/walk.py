@@ -63,9 +63,14 @@ class Headers:
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
-# Each line of a header section: a field with its continuation lines (name and value
-# captured), or any other line (both left empty).
-_SECTION_LINE = re.compile(rb"^(?:([!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)|[^\n]*)", re.M)
+# Each line of a header section: a field with its continuation lines (name, value on
+# the first line and the continuation lines captured), or any other line (all three
+# left empty). Most fields have no continuation, and so nothing to unfold.
+# Possessive quantifiers: giving characters back could never make a line match
+# otherwise, and not keeping the positions to give them back saves time.
+_SECTION_LINE = re.compile(
+    rb"^(?:([!-9;-~]++)[ \t]*+:([^\n]*+)((?:\n[ \t][^\n]*+)*+)|[^\n]*+)", re.M
+)
 _ENVELOPE = re.compile(rb"From [^\s:]")
 
 
@@ -82,14 +87,31 @@ def header_bounds(data: bytes, limit: int, start: int, stop: int) -> tuple[Heade
     """Read the header section of the part ``data[start:stop]``; return where its body
     starts instead of copying the body (a large attachment is not copied per level)."""
     defects: list[str] = []
-    if data.startswith(b"From ", start, stop) and _ENVELOPE.match(data, start, stop):
+    # The first byte rules out both special cases below in most sections, and reading
+    # it is much cheaper than asking ``startswith`` with bounds.
+    lead = data[start] if start < stop else -1
+    if (
+        lead == 0x46
+        and data.startswith(b"From ", start, stop)
+        and _ENVELOPE.match(data, start, stop)
+    ):
         # An mbox envelope line that some servers leave in front of the headers.
         newline = data.find(b"\n", start, stop)
         start = stop if newline < 0 else newline + 1
-    if data.startswith((b"\n", b"\r\n"), start, stop):
+        lead = data[start] if start < stop else -1
+    if lead == 0x0A or (lead == 0x0D and data.startswith(b"\r\n", start, stop)):
         # No header fields: the body starts after the empty first line.
         return Headers(), data.index(b"\n", start) + 1, defects
-    end, body = _find_blank_line(data, start, stop)
+    # The first empty line, with the line break before it. Searching from the line
+    # feed, whose CR is then looked at, is several times faster than a pattern that
+    # starts with an optional CR: a search for one byte is quick.
+    blank = _BLANK_LINE.search(data, start, stop)
+    if blank is None:
+        end = body = stop
+    else:
+        end, body = blank.span()
+        if end > start and data[end - 1] == 0x0D:
+            end -= 1
     if end - start > limit:
         defects.append(f"header section longer than {limit} bytes; the excess is ignored")
         cut = data.rfind(b"\n", start, min(start + limit, stop))
@@ -100,21 +122,6 @@ def header_bounds(data: bytes, limit: int, start: int, stop: int) -> tuple[Heade
             return Headers(fields), body, defects
     headers, body_start = _parse_fields(data, start, end, defects)
     return headers, body if body_start is None else body_start, defects
-
-
-def _find_blank_line(data: bytes, start: int, stop: int) -> tuple[int, int]:
-    """Where the first empty line in ``data[start:stop]`` begins (with the line break
-    before it) and ends, as a search for ``\\r?\\n\\r?\\n`` finds it; ``(stop, stop)`` if
-    there is none."""
-    # Searching from the line feed, whose CR is then looked at, is several times faster
-    # than a pattern that starts with an optional CR: a search for one byte is quick.
-    blank = _BLANK_LINE.search(data, start, stop)
-    if blank is None:
-        return stop, stop
-    newline = blank.start()
-    if newline > start and data[newline - 1] == 0x0D:
-        return newline - 1, blank.end()
-    return newline, blank.end()
 
 
 def _parse_fields(
@@ -172,17 +179,25 @@ def _well_formed_fields(data: bytes, start: int, end: int) -> list[tuple[str, by
     """
     # A copy, so that ``^`` matches at its start; header sections are small.
     lines = _SECTION_LINE.findall(data[start:end])
-    if (b"", b"") in lines:
+    if (b"", b"", b"") in lines:
         return None  # a line that is no field, a stray continuation, an empty line
     return [
-        (name.decode("ascii").lower(), value.replace(b"\r\n", b"").replace(b"\n", b"").strip())
-        for name, value in lines
+        (
+            name.decode("ascii").lower(),
+            (value + more).replace(b"\r\n", b"").replace(b"\n", b"").strip()
+            if more
+            else value.strip(),
+        )
+        for name, value, more in lines
     ]
 
 
 # ------------------------------------------------------------------ MIME tree
 
-_MIME_TYPE = re.compile(r"\s*([!#$%&'*+.^_`|~0-9a-z-]+)/([!#$%&'*+.^_`|~0-9a-z-]+)")
+# Matched against a parsed header value, which is stripped and in lower case.
+_MIME_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+")
+# The leaf types whose text is decoded, so the only ones whose charset is read.
+_TEXT_BODIES = frozenset({"text/plain", "text/html"})
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, which
@@ -191,6 +206,8 @@ _MIME_TYPE = re.compile(r"\s*([!#$%&'*+.^_`|~0-9a-z-]+)/([!#$%&'*+.^_`|~0-9a-z-]
 class _Part:
     content_type: str
     charset: str
+    """The declared charset, read only for a text/plain or text/html leaf (the bodies
+    decoded as text); empty for any other part."""
     boundary: bytes
     transfer_encoding: str
     disposition: str
@@ -202,46 +219,43 @@ class _Part:
 def _describe_part(headers: Headers, default_type: str) -> tuple[_Part, bool]:
     """Read a part's MIME headers; the flag is False when its Content-Type was unusable.
 
-    Of a multipart only its boundary is used (and its charset, should it be read as
-    text), of a leaf everything but the boundary, so each kind reads just that.
+    Of a multipart only its boundary is used, of a leaf everything but the boundary
+    (and the charset only of a text body), so each kind reads just that.
     """
     type_params = parse_params(headers.first("content-type"))
-    match = _MIME_TYPE.match(type_params.value) if type_params.value else None
-    content_type = "/".join(match.groups()) if match else default_type
-    type_ok = match is not None or not type_params.value
+    value = type_params.value
+    match = _MIME_TYPE.match(value) if value else None
+    content_type = match[0] if match else default_type
+    type_ok = match is not None or not value
+    # Parts are built with positional arguments, which is measurably faster.
     if content_type.startswith("multipart/"):
         boundary = type_params.plain.get("boundary")
-        multipart = _Part(
-            content_type=content_type,
-            charset=type_params.text("charset"),
-            boundary=(
-                boundary.encode("latin-1")
-                if boundary is not None
-                else type_params.extended.get("boundary", "").encode("utf-8", "replace")
-            ),
-            transfer_encoding="",
-            disposition="",
-            filename="",
-            named=False,
+        raw_boundary = (
+            boundary.encode("latin-1")
+            if boundary is not None
+            else type_params.extended.get("boundary", "").encode("utf-8", "replace")
         )
-        return multipart, type_ok
+        return _Part(content_type, "", raw_boundary, "", "", "", False), type_ok
     raw_disposition = headers.first("content-disposition")
     # Most leaves have no Content-Disposition; they are spared reading an empty one.
     disposition = parse_params(raw_disposition) if raw_disposition else None
     filename = (disposition and disposition.text("filename")) or type_params.text("name")
     encoding = headers.first("content-transfer-encoding")
     leaf = _Part(
-        content_type=content_type,
-        charset=type_params.text("charset"),
-        boundary=b"",
-        transfer_encoding=(
-            encoding.decode("latin-1").strip().strip('"').lower() if encoding else ""
-        ),
-        disposition=disposition.value if disposition else "",
-        filename=safe_filename(filename) if filename else "",
-        named=bool(filename),
+        content_type,
+        type_params.text("charset") if content_type in _TEXT_BODIES else "",
+        b"",
+        encoding.decode("latin-1").strip().strip('"').lower() if encoding else "",
+        disposition.value if disposition else "",
+        safe_filename(filename) if filename else "",
+        bool(filename),
     )
     return leaf, type_ok
+
+
+def _declared_charset(headers: Headers) -> str:
+    """The charset parameter of a part's Content-Type."""
+    return parse_params(headers.first("content-type")).text("charset")
 
 
 def _split_multipart(
@@ -263,12 +277,20 @@ def _split_multipart(
         if found > begin and body[found - 1] != 0x0A:
             continue
         newline = body.find(b"\n", pos, stop)
-        tail = body[pos : stop if newline < 0 else newline].rstrip(b" \t\r")
-        if tail not in (b"", b"--"):
+        line_end = stop if newline < 0 else newline
+        # Most delimiter lines end right after the boundary; they need no copy of a tail.
+        tail = body[pos:line_end].rstrip(b" \t\r") if line_end != pos else b""
+        if tail and tail != b"--":
             continue
         if start >= 0:
-            parts.append((start, _end_without_newline(body, start, found)))
-        if tail == b"--":
+            # The line break before a delimiter belongs to the delimiter (RFC 2046).
+            end = found
+            if end > start and body[end - 1] == 0x0A:
+                end -= 1
+                if end > start and body[end - 1] == 0x0D:
+                    end -= 1
+            parts.append((start, end))
+        if tail:
             return parts, True
         start = pos = stop if newline < 0 else newline + 1
     if start >= 0 and len(parts) < cap:
@@ -339,7 +361,9 @@ class Collector:
             if part.content_type.startswith("multipart/"):
                 children = self._children(part, data, start, stop, depth, alternative)
                 if children is None:
-                    part = _Part("text/plain", part.charset, b"", "", "", "", False)
+                    # Read as text after all, so its charset is wanted now.
+                    charset = _declared_charset(part_headers)
+                    part = _Part("text/plain", charset, b"", "", "", "", False)
                 else:
                     stack.extend(reversed(children))
                     continue
