@@ -140,6 +140,7 @@ def check_custom_headers(headers: Mapping[str, str] | None) -> None:
         raise MailValidationError(
             "custom_headers must be a dict of name to value", "custom_headers"
         )
+    seen: dict[str, str] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or _HEADER_NAME.fullmatch(name) is None:
             raise MailValidationError(
@@ -148,6 +149,15 @@ def check_custom_headers(headers: Mapping[str, str] | None) -> None:
             )
         if len(name) > MAX_HEADER_NAME_LENGTH:
             raise MailValidationError(f"custom header name {name!r} is too long", "custom_headers")
+        first = seen.setdefault(name.lower(), name)
+        if first != name:
+            # Both would be sent (or one silently dropped, for a Message-ID), and a
+            # reader would see only one of them.
+            raise MailValidationError(
+                f"custom headers {first!r} and {name!r} are the same field "
+                "(header names ignore case); give it once",
+                "custom_headers",
+            )
         if name.lower() in RESERVED_HEADERS:
             raise MailValidationError(
                 f"custom header {name!r} is set by the handler; use the send_message parameter",

@@ -300,6 +300,19 @@ def test_reserved_custom_headers_are_refused(name: str) -> None:
     assert error is not None and "custom header" in error
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Tag": "a", "x-tag": "b"},
+        {"Message-ID": "<a@example.com>", "message-id": "<b@example.com>"},
+    ],
+)
+def test_a_custom_header_given_twice_in_different_case_is_refused(headers: dict[str, str]) -> None:
+    valid, error = V.validate_message(["r@example.com"], "Hi", "Body", custom_headers=headers)
+    assert valid is False
+    assert error is not None and "same field" in error and repr(list(headers)[1]) in error
+
+
 def test_ordinary_custom_headers_are_accepted() -> None:
     headers = {
         "X-Campaign": "spring",
