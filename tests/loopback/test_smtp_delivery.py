@@ -8,6 +8,7 @@ extensions aiosmtpd lacks (DSN, CHUNKING, REQUIRETLS) and records every line.
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from typing import Any
@@ -454,10 +455,19 @@ def test_exact_size_where_the_envelope_depends_on_the_bytes(
 def test_a_build_failing_after_the_envelope_sends_nothing(
     make_handler: MakeHandler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_build(pending: PendingMessage) -> OutgoingMessage:
-        raise RuntimeError("builder bug")
-
     with scripted("PIPELINING", "8BITMIME") as server:
+
+        def broken_build(pending: PendingMessage) -> OutgoingMessage:
+            # Fail once the server has read the pipelined DATA: closing the connection
+            # with its replies unread resets it, and a reset drops what the server had
+            # not read yet, which would make what it saw depend on timing.
+            deadline = time.monotonic() + 5
+            while b"DATA\r\n" not in server.conversations[0].data:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.002)
+            raise RuntimeError("builder bug")
+
         handler = make_handler(server.host, server.port)
         monkeypatch.setattr(PendingMessage, "_build", broken_build)
         failed = handler.send_message(["bob@example.org"], "s", "hi")
