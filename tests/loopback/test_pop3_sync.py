@@ -308,6 +308,32 @@ def test_delete_after_without_quit_deletes_next_time(server: POP3TestServer) -> 
     assert len(seen) == 5 and server.messages() == []
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "lock-step"])
+def test_messages_handled_before_are_marked_for_deletion_together(
+    pipelining: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MemoryUIDStore()
+    seen: list[str] = []
+    with POP3TestServer(pipelining=pipelining) as srv:
+        for raw in MESSAGES:
+            srv.add_message(raw)
+        handler_for(srv).sync(store, collector(seen))  # recorded, left on the server
+        one_by_one: list[int] = []
+        single = POP3ProtocolHandler.delete_message
+
+        def counted(self: POP3ProtocolHandler, message_id: int) -> bool:
+            one_by_one.append(message_id)
+            return single(self, message_id)
+
+        monkeypatch.setattr(POP3ProtocolHandler, "delete_message", counted)
+        again = handler_for(srv).sync(store, collector(seen), delete_after=True)
+        left = srv.messages()
+        deletions = [command for command in srv.commands if command.startswith("DELE")]
+    assert again == SyncResult(skipped=5, deleted=5)
+    assert left == [] and len(seen) == 5
+    assert one_by_one == [] and deletions == [f"DELE {n}" for n in range(1, 6)]
+
+
 def test_sync_in_an_explicit_session_defers_deletion_to_disconnect(
     server: POP3TestServer,
 ) -> None:

@@ -16,7 +16,7 @@ Make ``handler_fn`` idempotent if that matters (the ``uid`` is a natural key).
 
 Deletions are committed by the session's ``QUIT``. If it never comes, the messages
 stay on the server, are recognised as seen next run, and (with ``delete_after``) are
-marked again then.
+marked again then, all together (pipelined where the server offers ``PIPELINING``).
 
 All of this rests on each message having an ID of its own. A message whose ID breaks
 RFC 1939 (not 1 to 70 characters from ``!`` to ``~``) or is shared with another
@@ -161,18 +161,28 @@ def sync_mailbox(
         safe, tally.unsafe_numbers = split_listing(handler.uid_listing())
         uids = [uid for _, uid in safe]
         recorded = _recorded(store, uids)
+        handled_before = [number for number, uid in safe if uid in recorded]
+        tally.skipped = len(handled_before)
+        if delete_after:
+            tally.deleted += mark_for_deletion(handler, handled_before)
         for number, uid in safe:
-            if uid in recorded:
-                tally.skipped += 1
-                if delete_after and handler.delete_message(number):
-                    tally.deleted += 1
-            else:
+            if uid not in recorded:
                 _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
         if prune:
             store.retain(uids)
     result = tally.result()
     log.debug("POP3 sync finished: %s", result)
     return result
+
+
+def mark_for_deletion(handler: SyncMailbox, numbers: list[int]) -> int:
+    """Mark ``numbers`` (all handed over and recorded) for deletion; return how many
+    the server took. Pipelined (``delete_messages``) where the mailbox offers it."""
+    delete_many = getattr(handler, "delete_messages", None)
+    if delete_many is not None and len(numbers) > 1:
+        deleted, _failed = delete_many(numbers)
+        return int(deleted)
+    return sum(1 for number in numbers if handler.delete_message(number))
 
 
 def _recorded(store: UIDStore, uids: list[str]) -> Container[str]:

@@ -33,7 +33,14 @@ from .._net.logs import get_logger
 from ..errors import ConfigurationError, LeaseLostError, POP3MessageTooLargeError
 from .dbapi import Transactions, dialect_of
 from .lease import DEFAULT_LEASE_TTL, Lease, check_table_name
-from .sync import MessageCallback, SyncMailbox, SyncResult, split_listing, sync_mailbox
+from .sync import (
+    MessageCallback,
+    SyncMailbox,
+    SyncResult,
+    mark_for_deletion,
+    split_listing,
+    sync_mailbox,
+)
 from .uid_store import UIDStore, check_uid
 
 log = get_logger("sync")
@@ -387,14 +394,14 @@ def sync_transactional(
                 continue
             todo.append((number, uid))
         if delete_after:
-            deleted += _delete(handler, handled_before)
+            deleted += mark_for_deletion(handler, handled_before)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             messages = _download(handler, chunk, failed, batched=batch_size > 1)
             done = _save_batch(store, handler_fn, messages, failed)
             fetched += len(done)
             if delete_after:
-                deleted += _delete(handler, done)
+                deleted += mark_for_deletion(handler, done)
         if prune:
             store.retain({uid for _, uid in safe})
     result = SyncResult(
@@ -440,17 +447,6 @@ def _download(
         else:
             found.append((number, uid, one))
     return found
-
-
-def _delete(handler: SyncMailbox, numbers: list[int]) -> int:
-    """Mark ``numbers`` (all committed) for deletion; return how many the server took.
-
-    Pipelined (``delete_messages``) where the mailbox offers it."""
-    delete_many = getattr(handler, "delete_messages", None)
-    if delete_many is not None and len(numbers) > 1:
-        deleted, _failed = delete_many(numbers)
-        return int(deleted)
-    return sum(1 for number in numbers if handler.delete_message(number))
 
 
 def _save_batch(
