@@ -149,7 +149,8 @@ def check_custom_headers(headers: Mapping[str, str] | None) -> None:
             )
         if len(name) > MAX_HEADER_NAME_LENGTH:
             raise MailValidationError(f"custom header name {name!r} is too long", "custom_headers")
-        first = seen.setdefault(name.lower(), name)
+        lowered = name.lower()
+        first = seen.setdefault(lowered, name)
         if first != name:
             # Both would be sent (or one silently dropped, for a Message-ID), and a
             # reader would see only one of them.
@@ -158,13 +159,13 @@ def check_custom_headers(headers: Mapping[str, str] | None) -> None:
                 "(header names ignore case); give it once",
                 "custom_headers",
             )
-        if name.lower() in RESERVED_HEADERS:
+        if lowered in RESERVED_HEADERS:
             raise MailValidationError(
                 f"custom header {name!r} is set by the handler; use the send_message parameter",
                 "custom_headers",
             )
         check_header_value(value, f"custom_headers[{name!r}]")
-        if name.lower() == "message-id":
+        if lowered == "message-id":
             problem = check_message_id(value)
             if problem is not None:
                 raise MailValidationError(

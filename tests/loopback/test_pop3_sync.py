@@ -74,15 +74,18 @@ def test_uids_are_checked_in_bulk_as_one_by_one() -> None:
         assert not are_valid_uids([bad, *good]), bad
 
 
+def store_of(kind: str, tmp_path: Path) -> MemoryUIDStore | SQLiteUIDStore:
+    """A new store of one kind: memory, file or sqlite."""
+    if kind == "memory":
+        return MemoryUIDStore()
+    if kind == "file":
+        return FileUIDStore(tmp_path / "seen.txt")
+    return SQLiteUIDStore(tmp_path / "seen.db")
+
+
 @pytest.mark.parametrize("kind", ["memory", "file", "sqlite"])
 def test_stores_tell_the_recorded_among_many_in_one_step(kind: str, tmp_path: Path) -> None:
-    store: MemoryUIDStore | SQLiteUIDStore
-    if kind == "memory":
-        store = MemoryUIDStore()
-    elif kind == "file":
-        store = FileUIDStore(tmp_path / "seen.txt")
-    else:
-        store = SQLiteUIDStore(tmp_path / "seen.db")
+    store = store_of(kind, tmp_path)
     for uid in ("a", "b", "c"):
         store.add(uid)
     assert store.recorded_among(["b", "c", "d"]) == {"b", "c"}
@@ -123,13 +126,7 @@ def test_a_store_with_only_the_protocol_is_asked_one_id_at_a_time(
 
 @pytest.mark.parametrize("kind", ["memory", "file", "sqlite"])
 def test_stores_add_contain_and_retain(kind: str, tmp_path: Path) -> None:
-    store: MemoryUIDStore | SQLiteUIDStore
-    if kind == "memory":
-        store = MemoryUIDStore()
-    elif kind == "file":
-        store = FileUIDStore(tmp_path / "seen.txt")
-    else:
-        store = SQLiteUIDStore(tmp_path / "seen.db")
+    store = store_of(kind, tmp_path)
     assert isinstance(store, UIDStore)
     store.add("a")
     store.add("b")

@@ -37,13 +37,13 @@ MAX_UID_LENGTH: Final = 70
 # A number has at most 18 digits, so it always fits a signed 64-bit array slot.
 _SCAN_LINE = re.compile(rb"[ \t]*([0-9]{1,18})[ \t]+([0-9]{1,18})(?:[ \t\r][^\n]*)?(?:\n|\Z)")
 # The second branch takes a line whose number is followed by an ID that is not valid.
-_UID_LINE = re.compile(
-    rb"([0-9]{1,18})(?: ([\x21-\x7e]{1,%d})\r?(?:\n|\Z)|[ \t][^\n]*(?:\n|\Z))" % MAX_UID_LENGTH
-)
+# A valid unique ID (RFC 1939, section 7).
+_UID_TEXT = rb"[\x21-\x7e]{1,%d}" % MAX_UID_LENGTH
+_UID_LINE = re.compile(rb"([0-9]{1,18})(?: (" + _UID_TEXT + rb")\r?(?:\n|\Z)|[ \t][^\n]*(?:\n|\Z))")
 
 
 # The usual UIDL reply: every line ``<number> <valid ID>``, CRLF or LF, nothing else.
-_PLAIN_UID_LINES = re.compile(rb"(?:[0-9]{1,18} [\x21-\x7e]{1,%d}\r?\n)*" % MAX_UID_LENGTH)
+_PLAIN_UID_LINES = re.compile(rb"(?:[0-9]{1,18} " + _UID_TEXT + rb"\r?\n)*")
 # How much of a plain reply is split into words at a time.
 _WORDS_CHUNK: Final = 1 << 16
 

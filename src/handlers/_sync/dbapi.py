@@ -29,6 +29,8 @@ class Dialect:
 
     paramstyle: str
     sqlite: bool
+    psycopg: bool = False
+    """psycopg 3, whose pipeline mode sends statements ahead."""
 
     @property
     def now(self) -> str:
@@ -61,7 +63,7 @@ def dialect_of(connection: Any) -> Dialect:
     paramstyle = getattr(module, "paramstyle", "qmark")
     if paramstyle not in _PARAMSTYLES:
         raise ConfigurationError(f"unknown DB-API paramstyle {paramstyle!r}", "connection")
-    return Dialect(paramstyle, sqlite=root in ("sqlite3", "_sqlite3"))
+    return Dialect(paramstyle, sqlite=root in ("sqlite3", "_sqlite3"), psycopg=root == "psycopg")
 
 
 class Transactions:
@@ -97,7 +99,7 @@ class Transactions:
         """A context in which statements are sent ahead and answered together at the
         next sync (psycopg 3's pipeline mode, yielding its ``Pipeline``); None where
         the driver has no such mode."""
-        if not type(self.connection).__module__.startswith("psycopg"):
+        if not self.dialect.psycopg:
             return None
         from psycopg import Pipeline  # the connection is psycopg's: it is installed
 

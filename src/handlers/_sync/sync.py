@@ -161,18 +161,32 @@ def sync_mailbox(
         safe, tally.unsafe_numbers = split_listing(handler.uid_listing())
         uids = [uid for _, uid in safe]
         recorded = _recorded(store, uids)
-        handled_before = [number for number, uid in safe if uid in recorded]
+        handled_before, todo = split_recorded(safe, recorded)
         tally.skipped = len(handled_before)
         if delete_after:
             tally.deleted += mark_for_deletion(handler, handled_before)
-        for number, uid in safe:
-            if uid not in recorded:
-                _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
+        for number, uid in todo:
+            _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
         if prune:
             store.retain(uids)
     result = tally.result()
     log.debug("POP3 sync finished: %s", result)
     return result
+
+
+def split_recorded(
+    safe: list[tuple[int, str]], recorded: Container[str]
+) -> tuple[list[int], list[tuple[int, str]]]:
+    """The numbers of messages handled in an earlier run, and the ``(number, uid)``
+    pairs still to hand over, both in listing order."""
+    handled_before: list[int] = []
+    todo: list[tuple[int, str]] = []
+    for number, uid in safe:
+        if uid in recorded:
+            handled_before.append(number)
+        else:
+            todo.append((number, uid))
+    return handled_before, todo
 
 
 def mark_for_deletion(handler: SyncMailbox, numbers: list[int]) -> int:

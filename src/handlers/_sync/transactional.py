@@ -39,6 +39,7 @@ from .sync import (
     SyncResult,
     mark_for_deletion,
     split_listing,
+    split_recorded,
     sync_mailbox,
 )
 from .uid_store import UIDStore, check_uid
@@ -385,14 +386,8 @@ def sync_transactional(
     failed: list[str] = []
     with store.run() as recorded, handler.session():
         safe, unsafe = split_listing(handler.uid_listing())
-        todo: list[tuple[int, str]] = []
-        handled_before: list[int] = []
-        for number, uid in safe:
-            if uid in recorded:
-                skipped += 1
-                handled_before.append(number)
-                continue
-            todo.append((number, uid))
+        handled_before, todo = split_recorded(safe, recorded)
+        skipped = len(handled_before)
         if delete_after:
             deleted += mark_for_deletion(handler, handled_before)
         for start in range(0, len(todo), batch_size):

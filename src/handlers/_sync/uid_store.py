@@ -64,7 +64,7 @@ def is_valid_uid(uid: object) -> bool:
     return isinstance(uid, str) and _UID.fullmatch(uid) is not None
 
 
-_UID_LINES = re.compile("[\x21-\x7e]{1,70}(?:\n[\x21-\x7e]{1,70})*")
+_UID_LINES = re.compile(f"{_UID.pattern}(?:\n{_UID.pattern})*")
 
 
 def are_valid_uids(uids: Sequence[object]) -> bool:
