@@ -29,7 +29,7 @@ import contextlib
 import poplib
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from poplib import POP3, POP3_SSL
 from types import TracebackType
 from typing import Any, Final, cast
@@ -59,6 +59,7 @@ from ._sync.transactional import (
 )
 from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 from .errors import (
+    ConfigurationError,
     POP3AuthenticationError,
     POP3ConnectionError,
     POP3MailboxBusyError,
@@ -70,6 +71,7 @@ from .errors import (
 from .retry import Clock, RetryPolicy, Sleep, default_sleep
 
 __all__ = [
+    "DEFAULT_BATCH_BYTES",
     "DEFAULT_CONNECT_RETRY",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "POP3",
@@ -103,6 +105,8 @@ log = get_logger("pop3")
 
 #: Messages larger than this are refused unless ``max_message_size`` says otherwise.
 DEFAULT_MAX_MESSAGE_SIZE: Final = 50 * 1024 * 1024
+#: How much :meth:`POP3ProtocolHandler.fetch_each` downloads at a time, by listed size.
+DEFAULT_BATCH_BYTES: Final = 4 * 1024 * 1024
 
 
 class POP3ProtocolHandler:
@@ -378,6 +382,30 @@ class POP3ProtocolHandler:
         broken connection still raises, since no later message could be fetched.
         """
         return self._mailbox.fetch_many(message_ids)
+
+    def fetch_each(
+        self,
+        message_ids: list[int] | None,
+        handle: Callable[[dict[str, Any]], object],
+        *,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> list[int]:
+        """Download and parse messages (all when ``message_ids`` is None), calling
+        ``handle(message)`` for each in turn; return the numbers not handed over.
+
+        Unlike :meth:`fetch_messages`, which returns them all at once, this holds at
+        most ``batch_bytes`` of downloaded messages (by the sizes ``LIST`` gives; a
+        larger message alone), so a mailbox of any size is fetched in bounded memory,
+        each batch pipelined where the server offers PIPELINING. A message that is
+        refused, missing or too large is logged, skipped and among the numbers
+        returned. ``handle`` is not timed; if it raises, no later message is fetched
+        and the exception propagates.
+        """
+        if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int) or batch_bytes < 1:
+            raise ConfigurationError(
+                "batch_bytes must be a positive number of bytes", "batch_bytes"
+            )
+        return self._mailbox.fetch_each(message_ids, handle, batch_bytes)
 
     def fetch_raw_messages(self, message_ids: list[int] | None = None) -> dict[int, bytes]:
         """Download several messages (all when None) without parsing them.

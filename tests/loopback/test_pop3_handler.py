@@ -85,9 +85,15 @@ def client(mocker: MockerFixture) -> Mock:
     """A poplib double with a two-message mailbox, returned by the patched POP3_SSL."""
     double: Mock = mocker.Mock(name="poplib-client")
     double.stat.return_value = (2, 90)
-    double.list.side_effect = lambda which=None: (
-        (b"+OK", [b"1 40", b"2 50"], 10) if which is None else f"+OK {which} 40".encode()
-    )
+
+    def scan(which: int | None = None) -> object:
+        if which is None:
+            return (b"+OK", [b"1 40", b"2 50"], 10)
+        if which not in (1, 2):
+            raise poplib.error_proto(b"-ERR no such message")
+        return f"+OK {which} 40".encode()
+
+    double.list.side_effect = scan
     double.retr.return_value = (b"+OK", SIMPLE, 40)
     double.uidl.return_value = (b"+OK", [b"1 uid-a", b"2 uid-b"], 16)
     double.top.return_value = (b"+OK", SIMPLE[:2], 20)

@@ -242,6 +242,19 @@ def test_dele_many_answers_in_order_and_isolates_refusals() -> None:
         assert srv.messages() == [MESSAGES[2]]
 
 
+def test_list_many_answers_in_order_and_isolates_refusals() -> None:
+    with POP3TestServer(users={"user": SECRET}) as srv:
+        for raw in MESSAGES[:4]:
+            srv.add_message(raw)
+        pop = client(srv)
+        replies = pop.list_many([3, 99, 1, 4], window=3)
+        assert replies[0] == b"+OK 3 %d" % len(MESSAGES[2])
+        assert replies[1].startswith(b"-ERR")
+        assert replies[2:] == [b"+OK 1 %d" % len(MESSAGES[0]), b"+OK 4 %d" % len(MESSAGES[3])]
+        assert pop.stat()[0] == 4  # in step
+        pop.quit()
+
+
 def test_delete_messages_is_pipelined_only_when_offered(
     server: POP3TestServer, mocker: MockerFixture
 ) -> None:

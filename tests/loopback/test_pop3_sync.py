@@ -256,22 +256,47 @@ def test_store_failure_stops_sync_committing_only_recorded_deletions(
     assert server.messages() == []
 
 
-def test_connection_lost_mid_sync_then_resume(server: POP3TestServer) -> None:
+def test_connection_lost_mid_sync_then_resume() -> None:
+    # Lock-step, each message is handed over as soon as it arrives, so a connection
+    # lost at the third RETR leaves the first two handed over and recorded.
     store = MemoryUIDStore()
     seen: list[str] = []
 
     def drop_after_two(message: dict[str, Any]) -> None:
         seen.append(message["subject"])
         if len(seen) == 2:
-            server.faults.drop_after = "RETR"
+            srv.faults.drop_after = "RETR"
 
-    with pytest.raises(POP3ConnectionError):
-        handler_for(server).sync(store, drop_after_two)
-    server.faults.reset()
-    assert server.wait_idle()
-    result = handler_for(server).sync(store, collector(seen))
+    with POP3TestServer(pipelining=False) as srv:
+        for raw in MESSAGES:
+            srv.add_message(raw)
+        with pytest.raises(POP3ConnectionError):
+            handler_for(srv).sync(store, drop_after_two)
+        srv.faults.reset()
+        assert srv.wait_idle()
+        result = handler_for(srv).sync(store, collector(seen))
     assert seen == ["m0", "m1", "m2", "m3", "m4"]
     assert result.fetched == 3 and result.skipped == 2
+
+
+def test_connection_lost_during_a_pipelined_batch_hands_over_nothing_of_it(
+    server: POP3TestServer,
+) -> None:
+    # A batch is handed over only once all of it has arrived: a connection lost
+    # while it downloads hands over none of it, and the next run hands over each once.
+    store = MemoryUIDStore()
+    seen: list[str] = []
+    server.faults.drop_mid_retr_after_bytes = 40
+    with pytest.raises(POP3ConnectionError):
+        handler_for(server).sync(store, collector(seen), delete_after=True)
+    assert seen == [] and len(store) == 0
+    server.faults.reset()
+    assert server.wait_idle()
+    assert server.messages() == MESSAGES
+    result = handler_for(server).sync(store, collector(seen), delete_after=True)
+    assert seen == ["m0", "m1", "m2", "m3", "m4"]
+    assert result == SyncResult(fetched=5, deleted=5)
+    assert server.messages() == []
 
 
 def test_delete_after_only_deletes_what_the_handler_accepted(server: POP3TestServer) -> None:

@@ -63,6 +63,11 @@ class _LineReader:
     ) -> list[bytes]:  # pragma: no cover - never called: pipelines is False
         raise POP3ProtocolError("this client cannot pipeline")
 
+    def list_many(
+        self, numbers: list[int]
+    ) -> list[bytes]:  # pragma: no cover - never called: pipelines is False
+        raise POP3ProtocolError("this client cannot pipeline")
+
 
 class _BytesReader(_LineReader):
     """Reads multi-line replies as one ``bytes`` each (this library's fast clients)."""
@@ -88,6 +93,9 @@ class _BytesReader(_LineReader):
 
     def delete_many(self, numbers: list[int]) -> list[bytes]:
         return self._client.dele_many(numbers)
+
+    def list_many(self, numbers: list[int]) -> list[bytes]:
+        return self._client.list_many(numbers)
 
 
 class ClientAdapter:
@@ -183,6 +191,20 @@ class ClientAdapter:
         if not isinstance(reply, bytes | str):
             return None
         return parse_scan_line(strip_ok(reply))[1]
+
+    def sizes_of(self, numbers: list[int]) -> list[int | None]:
+        """Pipelined ``LIST n`` of ``numbers`` (only after :meth:`can_pipeline`): each
+        message's size, in order, None where the server refused (no such message)."""
+        sizes: list[int | None] = []
+        for number, status in zip(numbers, self._reader.list_many(numbers), strict=True):
+            if not status.startswith(b"+"):
+                sizes.append(None)
+                continue
+            listed, size = parse_scan_line(strip_ok(status))
+            if listed != number:
+                raise POP3ProtocolError(f"LIST {number} was answered for message {listed}")
+            sizes.append(size)
+        return sizes
 
     def unique_ids(self) -> UIDListing:
         """``UIDL``: every message's unique ID (None where it is invalid)."""

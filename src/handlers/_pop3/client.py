@@ -14,8 +14,8 @@ The stock :class:`poplib.POP3` has three habits a library cannot live with:
 :class:`FastPOP3` and :class:`FastPOP3_SSL` fix these on their own instances only. They
 keep poplib's public methods and return shapes, and add :meth:`FastPOP3.retr_bytes` and
 :meth:`FastPOP3.top_bytes`, which hand back the message as one ``bytes`` object
-without splitting it into lines, and pipelined ``RETR`` and ``DELE``
-(:meth:`FastPOP3.retr_many`, :meth:`FastPOP3.dele_many`).
+without splitting it into lines, and pipelined ``RETR``, ``DELE`` and ``LIST n``
+(:meth:`FastPOP3.retr_many`, :meth:`FastPOP3.dele_many`, :meth:`FastPOP3.list_many`).
 """
 
 from __future__ import annotations
@@ -183,13 +183,22 @@ class FastReplies(poplib.POP3):
         Only for servers that list PIPELINING in CAPA (RFC 2449). Returns the status
         lines in the order of ``numbers``; a ``-ERR`` affects only its own message.
         """
+        return self._statuses("DELE", numbers, window)
+
+    def list_many(self, numbers: Iterable[int], window: int = PIPELINE_WINDOW) -> list[bytes]:
+        """``LIST n`` for every message in ``numbers``, pipelined as :meth:`dele_many`;
+        the status lines (``+OK n size`` or ``-ERR ...``) in the order of ``numbers``."""
+        return self._statuses("LIST", numbers, window)
+
+    def _statuses(self, verb: str, numbers: Iterable[int], window: int) -> list[bytes]:
         if window < 1:
             raise ValueError("window must be at least 1")
+        command = verb.encode("ascii") + b" %d\r\n"
         pending = list(numbers)
         replies: list[bytes] = []
         for start in range(0, len(pending), window):
             batch = pending[start : start + window]
-            self.sock.sendall(b"".join(b"DELE %d\r\n" % number for number in batch))
+            self.sock.sendall(b"".join(command % number for number in batch))
             replies.extend(self._getline()[0] for _ in batch)
         return replies
 

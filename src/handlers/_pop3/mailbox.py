@@ -8,7 +8,7 @@ missing and too large messages are logged and skipped where several are asked fo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,12 @@ from .session import Session, SessionState
 from .wire import error_for_reply
 
 log = get_logger("pop3")
+
+#: A message's listed size, None where the server's reply gave none.
+_SizeOf = Callable[[int], "int | None"]
+#: Up to this many messages asked by number have their sizes asked one by one
+#: (``LIST n``), which beats listing a mailbox of thousands to find a few.
+_FEW = 32
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,9 @@ class Mailbox:
         def parse(number: int, raw: bytes, size: int) -> None:
             messages.append(self._options.parse(raw, number, size))
 
-        self._retrieve_each(numbers, parse)
+        with self._session.using() as session:
+            _, wanted, size_of = self._wanted(session, numbers)
+            self._retrieve_all(session, wanted, size_of, parse)
         return messages
 
     def fetch_raw(self, numbers: list[int] | None) -> dict[int, bytes]:
@@ -141,8 +149,50 @@ class Mailbox:
         def keep(number: int, raw: bytes, size: int) -> None:
             raws[number] = raw
 
-        self._retrieve_each(numbers, keep)
+        with self._session.using() as session:
+            _, wanted, size_of = self._wanted(session, numbers)
+            self._retrieve_all(session, wanted, size_of, keep)
         return raws
+
+    def fetch_each(
+        self,
+        numbers: list[int] | None,
+        handle: Callable[[dict[str, Any]], object],
+        batch_bytes: int,
+    ) -> list[int]:
+        """Hand each parsed message (all for None) to ``handle``, in order, as soon as
+        its batch is downloaded; return the numbers not handed over (refused, missing
+        or too large).
+
+        Where the server offers PIPELINING, each batch is one pipelined download of at
+        most ``batch_bytes`` by the listed sizes (a larger message is a batch of its
+        own), so memory stays bounded however many are asked for; elsewhere each message
+        is handed over as soon as it is downloaded.
+        ``handle`` runs outside every time limit; if it raises, the rest are not fetched.
+        """
+        with self._session.using() as session:
+            targets, wanted, size_of = self._wanted(session, numbers)
+            handed: set[int] = set()
+            downloaded: dict[int, tuple[bytes, int]] = {}
+
+            def keep(number: int, raw: bytes, size: int) -> None:
+                downloaded[number] = (raw, size)
+
+            if len(wanted) > 1 and session.run("CAPA", ClientAdapter.can_pipeline):
+                batches: Iterable[list[int]] = _batches(wanted, size_of, batch_bytes)
+            else:
+                # One round trip per message either way: hand each over at once.
+                batches = ([number] for number in wanted)
+            for batch in batches:
+                downloaded.clear()
+                self._retrieve_all(session, batch, size_of, keep)
+                for number in batch:
+                    if number in downloaded:
+                        raw, size = downloaded.pop(number)
+                        handle(self._options.parse(raw, number, size))
+                        handed.add(number)
+        asked = targets if numbers is None else numbers
+        return [number for number in asked if number not in handed]
 
     def headers(self, numbers: list[int] | None) -> list[dict[str, Any]]:
         """Header summaries (``TOP n 0``) of several messages, all for None."""
@@ -156,40 +206,79 @@ class Mailbox:
                     summaries.append(parse_header_summary(headers, number, size=size))
         return summaries
 
-    def _retrieve_each(
-        self, numbers: list[int] | None, handle: Callable[[int, bytes, int], None]
-    ) -> None:
-        """RETR the wanted messages in one session and hand each to ``handle``."""
-        limit = self._options.max_message_size
-        with self._session.using() as session:
+    def _wanted(
+        self, session: Session, numbers: list[int] | None
+    ) -> tuple[list[int], list[int], _SizeOf]:
+        """The messages of ``numbers`` (all for None) that are in the mailbox, those of
+        them within the size limit, and how to look up a size."""
+        if numbers is not None and len(numbers) <= _FEW:
+            targets, size_of = self._sizes_of_few(session, numbers)
+        else:
             listing = session.run("LIST", ClientAdapter.scan)
-            wanted = []
-            for number in _targets(numbers, listing):
+            targets, size_of = list(_targets(numbers, listing)), listing.size_of
+        limit = self._options.max_message_size
+        wanted = []
+        for number in targets:
+            try:
+                check_size(number, size_of(number), limit)
+            except POP3MessageTooLargeError as error:
+                log.warning("skipping POP3 message %d: %s", number, error)
+                continue
+            wanted.append(number)
+        return targets, wanted, size_of
+
+    def _sizes_of_few(self, session: Session, numbers: list[int]) -> tuple[list[int], _SizeOf]:
+        """``LIST n`` for each of a few messages (pipelined where the server offers it),
+        cheaper than listing a large mailbox whole."""
+        for number in numbers:
+            check_message_id(number)
+        found: dict[int, int | None] = {}
+        if len(numbers) > 1 and session.run("CAPA", ClientAdapter.can_pipeline):
+            asked = session.run("LIST", lambda adapter: adapter.sizes_of(numbers))
+            found.update(
+                (n, size) for n, size in zip(numbers, asked, strict=True) if size is not None
+            )
+        else:
+            for number in numbers:
                 try:
-                    check_size(number, listing.size_of(number), limit)
-                except POP3MessageTooLargeError as error:
-                    log.warning("skipping POP3 message %d: %s", number, error)
+                    found[number] = session.run("LIST", _size_asker(number))
+                except POP3ResponseError:
                     continue
-                wanted.append(number)
-            if len(wanted) > 1 and session.run("CAPA", ClientAdapter.can_pipeline):
-                self._retrieve_pipelined(session, wanted, listing, handle)
-                return
-            for number in wanted:
-                try:
-                    raw = self._retrieve(session, number)
-                except POP3MessageTooLargeError as error:
-                    log.warning("skipping POP3 message %d: %s", number, error)
-                    continue
-                except POP3ResponseError as error:
-                    log.warning("POP3 server refused message %d: %s", number, error)
-                    continue
-                handle(number, raw, listing.size_of(number))
+        targets = []
+        for number in numbers:
+            if number in found:
+                targets.append(number)
+            else:
+                log.warning("POP3 message %d is not in the mailbox; skipped", number)
+        return targets, found.__getitem__
+
+    def _retrieve_all(
+        self,
+        session: Session,
+        wanted: list[int],
+        size_of: _SizeOf,
+        handle: Callable[[int, bytes, int], None],
+    ) -> None:
+        """RETR ``wanted`` (pipelined where the server offers it); hand each to ``handle``."""
+        if len(wanted) > 1 and session.run("CAPA", ClientAdapter.can_pipeline):
+            self._retrieve_pipelined(session, wanted, size_of, handle)
+            return
+        for number in wanted:
+            try:
+                raw = self._retrieve(session, number)
+            except POP3MessageTooLargeError as error:
+                log.warning("skipping POP3 message %d: %s", number, error)
+                continue
+            except POP3ResponseError as error:
+                log.warning("POP3 server refused message %d: %s", number, error)
+                continue
+            handle(number, raw, _size(size_of(number), raw))
 
     def _retrieve_pipelined(
         self,
         session: Session,
         wanted: list[int],
-        listing: ScanListing,
+        size_of: _SizeOf,
         handle: Callable[[int, bytes, int], None],
     ) -> None:
         limit = self._options.max_message_size
@@ -202,7 +291,7 @@ class Mailbox:
                 refusal = error_for_reply(status, secrets=session.secrets())
                 log.warning("POP3 server refused message %d: %s", number, refusal)
                 return
-            handle(number, raw, listing.size_of(number))
+            handle(number, raw, _size(size_of(number), raw))
 
         try:
             session.run("RETR", lambda adapter: adapter.retrieve_many(wanted, limit, deliver))
@@ -324,3 +413,27 @@ def _targets(requested: Iterable[int] | None, listing: ScanListing) -> Iterable[
         else:
             log.warning("POP3 message %d is not in the mailbox; skipped", number)
     return targets
+
+
+def _size_asker(number: int) -> Callable[[ClientAdapter], int | None]:
+    return lambda adapter: adapter.size_of(number)
+
+
+def _size(listed: int | None, raw: bytes) -> int:
+    return listed if listed is not None else len(raw)
+
+
+def _batches(numbers: list[int], size_of: _SizeOf, budget: int) -> Iterator[list[int]]:
+    """``numbers`` in order, cut into runs whose listed sizes add up to at most
+    ``budget`` (a message larger than that alone)."""
+    batch: list[int] = []
+    total = 0
+    for number in numbers:
+        size = size_of(number) or 0
+        if batch and total + size > budget:
+            yield batch
+            batch, total = [], 0
+        batch.append(number)
+        total += size
+    if batch:
+        yield batch

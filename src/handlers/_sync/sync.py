@@ -3,11 +3,14 @@
 :func:`sync_mailbox` lists the mailbox's unique IDs (``UIDL``), skips the ones in a
 :class:`~src.handlers._sync.uid_store.UIDStore`, and for every other message, oldest first:
 
-1. downloads and parses it;
+1. downloads and parses it (in size-bounded batches, each pipelined where the server
+   offers PIPELINING, when the mailbox has ``fetch_each``);
 2. calls ``handler_fn(message)``, the message dict carrying its unique ID under
    ``"uid"``;
 3. only if that returned, records the ID in the store (durably);
-4. only then, with ``delete_after=True``, marks the message for deletion.
+4. only then, with ``delete_after=True``, marks the message for deletion: once the
+   run's new messages have all been through steps 1 to 3, every one recorded is
+   marked, together.
 
 So a run interrupted at any point never loses a message and never hands one over
 twice, except in one window: if the process dies after ``handler_fn`` returned but
@@ -28,6 +31,7 @@ counted in :attr:`SyncResult.unsafe`, with its message number in
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Container, Iterator
 from contextlib import AbstractContextManager
@@ -35,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from .._net.logs import get_logger
-from ..errors import POP3MessageTooLargeError
+from ..errors import MailHandlerError, POP3MessageTooLargeError
 from .uid_store import UIDStore, are_valid_uids, is_valid_uid
 
 log = get_logger("sync")
@@ -64,6 +68,9 @@ class SyncMailbox(Protocol):
 
 #: Receives one parsed message dict (with ``"uid"`` added); raising marks it failed.
 MessageCallback = Callable[[dict[str, Any]], object]
+#: A mailbox's ``fetch_each(numbers, handle)``: parsed messages handed to ``handle`` in
+#: order, downloaded in bounded batches; returns the numbers not handed over.
+FetchEach = Callable[[list[int], Callable[[dict[str, Any]], object]], list[int]]
 
 
 @dataclass(frozen=True)
@@ -165,8 +172,23 @@ def sync_mailbox(
         tally.skipped = len(handled_before)
         if delete_after:
             tally.deleted += mark_for_deletion(handler, handled_before)
-        for number, uid in todo:
-            _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
+        fetch_each: FetchEach | None = getattr(handler, "fetch_each", None)
+        if fetch_each is None:
+            for number, uid in todo:
+                _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
+        else:
+            done: list[int] = []
+            try:
+                _hand_over(fetch_each, store, handler_fn, todo, tally, done)
+            except Exception:
+                if delete_after and done:
+                    # What was recorded before the failure is deleted as it would
+                    # have been; a lost session leaves that to the next run.
+                    with contextlib.suppress(MailHandlerError):
+                        tally.deleted += mark_for_deletion(handler, done)
+                raise
+            if delete_after:
+                tally.deleted += mark_for_deletion(handler, done)
         if prune:
             store.retain(uids)
     result = tally.result()
@@ -203,6 +225,48 @@ def _recorded(store: UIDStore, uids: list[str]) -> Container[str]:
     """The recorded ones of ``uids``, asked in one step where the store can."""
     among: Callable[[list[str]], set[str]] | None = getattr(store, "recorded_among", None)
     return store if among is None else among(uids)
+
+
+def _hand_over(
+    fetch_each: FetchEach,
+    store: UIDStore,
+    handler_fn: MessageCallback,
+    todo: list[tuple[int, str]],
+    tally: _Tally,
+    recorded: list[int],
+) -> None:
+    """Steps 1 to 3 for every message of ``todo`` through ``fetch_each``, adding to
+    ``recorded`` the numbers of those now recorded (handed over, or found recorded
+    meanwhile)."""
+    uid_of = dict(todo)
+
+    def take(message: dict[str, Any]) -> None:
+        number = message["popId"]
+        uid = uid_of[number]
+        if uid in store:
+            tally.skipped += 1
+            recorded.append(number)
+            return
+        message["uid"] = uid
+        try:
+            handler_fn(message)
+        except Exception as error:
+            log.warning(
+                "POP3 sync: handler failed for message %s: %s: %s",
+                uid,
+                type(error).__name__,
+                error,
+            )
+            return
+        store.add(uid)
+        tally.fetched += 1
+        recorded.append(number)
+
+    fetch_each([number for number, _ in todo], take)
+    settled = set(recorded)
+    for number, uid in todo:
+        if number not in settled:
+            tally.fail(uid)
 
 
 def _sync_one(

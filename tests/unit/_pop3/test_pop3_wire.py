@@ -319,12 +319,22 @@ def test_a_large_listing_costs_a_small_multiple_of_its_bytes() -> None:
         handler = plain_handler(server)
         tracemalloc.start()
         try:
-            raws = handler.fetch_raw_messages([1])
+            # More messages than are sized one by one, so the whole mailbox is listed.
+            raws = handler.fetch_raw_messages(list(range(1, 41)))
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    assert list(raws) == [1]
+    assert list(raws) == list(range(1, 41))
     assert peak < 3 * len(reply), f"peak {peak} for a {len(reply)}-byte listing"
+
+
+def test_a_pipelined_list_n_answered_for_another_message_is_a_protocol_error() -> None:
+    replies = {"CAPA": listing([b"PIPELINING", b"UIDL"]), "LIST": b"+OK 9 100\r\n"}
+    with (
+        ScriptedServer(canned_pop3(replies)) as server,
+        pytest.raises(POP3ProtocolError, match="LIST 1 was answered for message 9"),
+    ):
+        plain_handler(server).fetch_raw_messages([1, 2])
 
 
 @pytest.mark.parametrize(
