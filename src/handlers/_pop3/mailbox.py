@@ -167,8 +167,8 @@ class Mailbox:
         Where the server offers PIPELINING, each batch is one pipelined download of at
         most ``batch_bytes`` by the listed sizes (a larger message is a batch of its
         own), so memory stays bounded however many are asked for; elsewhere each message
-        is handed over as soon as it is downloaded.
-        ``handle`` runs outside every time limit; if it raises, the rest are not fetched.
+        is handed over as soon as it is downloaded. ``handle`` runs outside every time
+        limit; if it raises, the rest are not fetched.
         """
         with self._session.using() as session:
             targets, wanted, size_of = self._wanted(session, numbers)
