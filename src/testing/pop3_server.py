@@ -621,6 +621,10 @@ class _Listener:
                     conn, _ = self._sock.accept()
                 except OSError:
                     continue
+                # As real servers do: pipelined replies are small writes in a row,
+                # which Nagle's algorithm would hold back for the client's delayed ACK.
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._server._open_session(conn)
 
 
