@@ -116,7 +116,7 @@ def test_save_and_uid_commit_together_then_delete(
     assert len(store) == 0  # pruned: the messages are gone from the server
 
 
-def test_a_committed_batch_is_deleted_in_one_pipelined_round_after_its_commit(
+def test_committed_messages_are_deleted_in_one_pipelined_round_after_the_last_commit(
     server: POP3TestServer, connect: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conn = connect()
@@ -145,10 +145,76 @@ def test_a_committed_batch_is_deleted_in_one_pipelined_round_after_its_commit(
     result = handler_for(server).sync(store, recording_save, delete_after=True)
     assert result == SyncResult(fetched=5, deleted=5)
     assert events == [
-        *("save m0", "save m1", "save m2", "commit", "dele [1, 2, 3]"),
-        *("save m3", "save m4", "commit", "dele [4, 5]"),
+        *("save m0", "save m1", "save m2", "commit"),
+        *("save m3", "save m4", "commit", "dele [1, 2, 3, 4, 5]"),
     ]
     assert server.messages() == []
+
+
+def test_a_run_that_fails_after_a_commit_still_deletes_what_was_committed(
+    server: POP3TestServer, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = connect()
+    make_app_table(conn)
+    store = DBUIDStore(conn, account="alice", batch_size=3)
+    commit = store.commit
+    commits: list[int] = []
+
+    def second_commit_fails() -> None:
+        commits.append(len(commits))
+        if len(commits) == 2:
+            store.rollback()
+            raise OSError("the database went away")
+        commit()
+
+    monkeypatch.setattr(store, "commit", second_commit_fails)
+    with pytest.raises(OSError, match="went away"):
+        handler_for(server).sync(store, saver(placeholder(conn)), delete_after=True)
+    assert saved(conn) == ["m0", "m1", "m2"]
+    assert server.messages() == MESSAGES[3:]  # the committed batch, and only it, deleted
+
+
+def test_one_message_per_transaction_still_downloads_in_one_pipelined_batch(
+    server: POP3TestServer, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = connect()
+    make_app_table(conn)
+    store = DBUIDStore(conn, account="alice")  # batch_size 1: a commit per message
+    retrs_before_save: list[int] = []
+    commits: list[str] = []
+    save = saver(placeholder(conn))
+
+    def counting_save(message: dict[str, Any], cursor: Any) -> None:
+        retrs_before_save.append(sum(c.startswith("RETR") for c in server.commands))
+        save(message, cursor)
+
+    commit = store.commit
+
+    def recording_commit() -> None:
+        commit()
+        commits.append("commit")
+
+    monkeypatch.setattr(store, "commit", recording_commit)
+    result = handler_for(server).sync(store, counting_save, delete_after=True)
+    assert result == SyncResult(fetched=5, deleted=5)
+    assert retrs_before_save == [5] * 5  # every RETR went out before the first save
+    assert len(commits) == 5 and server.messages() == []
+
+
+def test_messages_that_cannot_be_downloaded_are_failed_in_listing_order(
+    server: POP3TestServer, connect: Any
+) -> None:
+    conn = connect()
+    make_app_table(conn)
+    store = DBUIDStore(conn, account="alice", batch_size=2)
+    uids = server.uids()
+    handler = POP3ProtocolHandler(
+        server.host, server.port, "user", "password", "none", 5, max_message_size=40
+    )
+    # m0..m4 are all about 50 bytes: over the limit, none is downloaded.
+    result = handler.sync(store, saver(placeholder(conn)), delete_after=True)
+    assert result == SyncResult(failed=5, failed_uids=tuple(uids))
+    assert saved(conn) == [] and len(server.messages()) == 5
 
 
 @pytest.mark.parametrize(

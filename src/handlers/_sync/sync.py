@@ -178,17 +178,12 @@ def sync_mailbox(
                 _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
         else:
             done: list[int] = []
-            try:
-                _hand_over(fetch_each, store, handler_fn, todo, tally, done)
-            except Exception:
-                if delete_after and done:
-                    # What was recorded before the failure is deleted as it would
-                    # have been; a lost session leaves that to the next run.
-                    with contextlib.suppress(MailHandlerError):
-                        tally.deleted += mark_for_deletion(handler, done)
-                raise
-            if delete_after:
-                tally.deleted += mark_for_deletion(handler, done)
+            tally.deleted += hand_over_then_mark(
+                handler,
+                lambda: _hand_over(fetch_each, store, handler_fn, todo, tally, done),
+                done,
+                delete_after,
+            )
         if prune:
             store.retain(uids)
     result = tally.result()
@@ -219,6 +214,26 @@ def mark_for_deletion(handler: SyncMailbox, numbers: list[int]) -> int:
         deleted, _failed = delete_many(numbers)
         return int(deleted)
     return sum(1 for number in numbers if handler.delete_message(number))
+
+
+def hand_over_then_mark(
+    handler: SyncMailbox, hand_over: Callable[[], object], done: list[int], delete_after: bool
+) -> int:
+    """Run ``hand_over``, which adds to ``done`` the numbers of the messages it got
+    recorded; then, with ``delete_after``, mark those for deletion together and return
+    how many the server took.
+
+    If ``hand_over`` raises, what it recorded before is still marked (unless the
+    session is gone, which leaves it to the next run), then the error propagates.
+    """
+    try:
+        hand_over()
+    except Exception:
+        if delete_after and done:
+            with contextlib.suppress(MailHandlerError):
+                mark_for_deletion(handler, done)
+        raise
+    return mark_for_deletion(handler, done) if delete_after and done else 0
 
 
 def _recorded(store: UIDStore, uids: list[str]) -> Container[str]:

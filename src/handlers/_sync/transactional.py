@@ -4,7 +4,8 @@ A :class:`TransactionalUIDStore` keeps the handled UIDs in the application's own
 database and lets the sync run the application's save inside the same transaction.
 For each new message, oldest first, :func:`sync_transactional`:
 
-1. downloads and parses it;
+1. downloads and parses it (in size-bounded batches, each pipelined where the server
+   offers PIPELINING, when the mailbox has ``fetch_each``);
 2. opens a transaction (:meth:`~TransactionalUIDStore.begin`) and calls
    ``handler_fn(message, cursor)`` with a cursor in that transaction;
 3. records the UID in the same transaction (:meth:`~TransactionalUIDStore.record`);
@@ -34,9 +35,11 @@ from ..errors import ConfigurationError, LeaseLostError, POP3MessageTooLargeErro
 from .dbapi import Transactions, dialect_of
 from .lease import DEFAULT_LEASE_TTL, Lease, check_table_name
 from .sync import (
+    FetchEach,
     MessageCallback,
     SyncMailbox,
     SyncResult,
+    hand_over_then_mark,
     mark_for_deletion,
     split_listing,
     split_recorded,
@@ -392,8 +395,10 @@ def sync_transactional(
     """Hand each new message to ``handler_fn(message, cursor)`` and record it in one commit.
 
     See the module docstring for the order of steps. A store with a ``batch_size``
-    attribute above 1 (:class:`DBUIDStore`) gets that many messages per transaction,
-    downloaded with pipelined ``RETR`` when the mailbox offers ``fetch_messages``.
+    attribute above 1 (:class:`DBUIDStore`) gets that many messages per transaction.
+    Messages are downloaded through the mailbox's ``fetch_each`` (size-bounded batches,
+    pipelined where the server allows) whatever the batch size; a mailbox without it
+    is asked with ``fetch_messages`` per batch, or ``fetch_message`` one by one.
     ``handler_fn`` must write only through the cursor: when it raises for one message
     of a batch, the batch's transaction is rolled back and run again without that
     message (so it may be called again for the others, in a new transaction).
@@ -414,13 +419,33 @@ def sync_transactional(
         skipped = len(handled_before)
         if delete_after:
             deleted += mark_for_deletion(handler, handled_before)
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            messages = _download(handler, chunk, failed, batched=batch_size > 1)
-            done = _save_batch(store, handler_fn, messages, failed)
-            fetched += len(done)
-            if delete_after:
-                deleted += mark_for_deletion(handler, done)
+
+        done: list[int] = []  # committed, not marked for deletion yet
+
+        def save(messages: list[_Fetched]) -> None:
+            nonlocal fetched
+            committed = _save_batch(store, handler_fn, messages, failed)
+            fetched += len(committed)
+            done.extend(committed)
+
+        fetch_each: FetchEach | None = getattr(handler, "fetch_each", None)
+        if fetch_each is None:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                save(_download(handler, chunk, failed, batched=batch_size > 1))
+                if delete_after:
+                    deleted += mark_for_deletion(handler, done)
+                done.clear()
+        else:
+            deleted += hand_over_then_mark(
+                handler,
+                lambda: _in_batches(fetch_each, todo, batch_size, save, failed),
+                done,
+                delete_after,
+            )
+        if len(failed) > 1:
+            order = {uid: index for index, (_, uid) in enumerate(todo)}
+            failed.sort(key=order.__getitem__)
         if prune:
             store.retain({uid for _, uid in safe})
     result = SyncResult(
@@ -437,6 +462,33 @@ def sync_transactional(
 
 
 _Fetched = tuple[int, str, dict[str, Any]]
+
+
+def _in_batches(
+    fetch_each: FetchEach,
+    todo: list[tuple[int, str]],
+    batch_size: int,
+    save: Callable[[list[_Fetched]], None],
+    failed: list[str],
+) -> None:
+    """Download ``todo`` through ``fetch_each`` (bounded, pipelined batches) and pass
+    every ``batch_size`` messages to ``save``; the UIDs of messages that could not be
+    downloaded go to ``failed``."""
+    uid_of = dict(todo)
+    pending: list[_Fetched] = []
+
+    def take(message: dict[str, Any]) -> None:
+        number = message["popId"]
+        pending.append((number, uid_of[number], message))
+        if len(pending) >= batch_size:
+            batch = pending[:]
+            pending.clear()
+            save(batch)
+
+    missed = fetch_each([number for number, _ in todo], take)
+    if pending:
+        save(pending[:])
+    failed.extend(uid_of[number] for number in missed)
 
 
 def _download(
