@@ -11,8 +11,9 @@ For each new message, oldest first, :func:`sync_transactional`:
 3. records the UID in the same transaction (:meth:`~TransactionalUIDStore.record`);
 4. commits (:meth:`~TransactionalUIDStore.commit`), which first checks the account's
    fencing token inside the transaction;
-5. only then, with ``delete_after=True``, marks the committed messages for deletion
-   (the ``DELE`` commands pipelined where the server offers PIPELINING).
+5. only then, with ``delete_after=True``, marks the committed messages for deletion:
+   all together once the run's last commit is done, or once a commit failed (the
+   ``DELE`` commands pipelined where the server offers PIPELINING).
 
 The save and the record are one commit, so there is no window: a worker that dies at
 any point either committed both (the message is skipped next time) or neither (it is
