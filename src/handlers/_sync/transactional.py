@@ -12,8 +12,9 @@ For each new message, oldest first, :func:`sync_transactional`:
 4. commits (:meth:`~TransactionalUIDStore.commit`), which first checks the account's
    fencing token inside the transaction;
 5. only then, with ``delete_after=True``, marks the committed messages for deletion:
-   all together once the run's last commit is done, or once a commit failed (the
-   ``DELE`` commands pipelined where the server offers PIPELINING).
+   all together once the run's last commit is done, or once a commit failed (after
+   each commit for a mailbox without ``fetch_each``); the ``DELE`` commands are
+   pipelined where the server offers PIPELINING.
 
 The save and the record are one commit, so there is no window: a worker that dies at
 any point either committed both (the message is skipped next time) or neither (it is
