@@ -31,10 +31,9 @@ counted in :attr:`SyncResult.unsafe`, with its message number in
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Callable, Container, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -230,7 +229,7 @@ def hand_over_then_mark(
         hand_over()
     except Exception:
         if delete_after and done:
-            with contextlib.suppress(MailHandlerError):
+            with suppress(MailHandlerError):
                 mark_for_deletion(handler, done)
         raise
     return mark_for_deletion(handler, done) if delete_after and done else 0
