@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from protocol_only import ProtocolOnly
 
-from src.handlers._sync.sync import SyncResult
+from src.handlers._sync.sync import SyncResult, sync_mailbox
 from src.handlers._sync.uid_store import (
     FileUIDStore,
     MemoryUIDStore,
@@ -453,3 +454,24 @@ def test_stores_refuse_an_invalid_uid_with_a_library_error(tmp_path: Path) -> No
             store.add("caf\u00e9")
     with SQLiteUIDStore(tmp_path / "s.db") as sqlite_store, pytest.raises(MailValidationError):
         sqlite_store.add("x" * 71)
+
+
+def test_a_mailbox_with_only_the_protocol_is_synced_one_message_at_a_time(
+    server: POP3TestServer,
+) -> None:
+    store = MemoryUIDStore()
+    seen: list[str] = []
+    refused = server.uids()[2]
+    mailbox = ProtocolOnly(handler_for(server))
+    first = sync_mailbox(
+        mailbox, store, collector(seen, fail_on=lambda s: s == "m2"), delete_after=True
+    )
+    assert first == SyncResult(fetched=4, deleted=4, failed=1, failed_uids=(refused,))
+    commands = [c for c in server.commands if c.startswith(("RETR", "LIST", "DELE"))]
+    # A size and a download per message, then the deletions after the last one.
+    assert commands[:10] == [f"{verb} {n}" for n in range(1, 6) for verb in ("LIST", "RETR")]
+    assert commands[10:] == [f"DELE {n}" for n in (1, 2, 4, 5)]
+    assert server.messages() == [MESSAGES[2]]
+    again = sync_mailbox(mailbox, store, collector(seen), delete_after=True)
+    assert again == SyncResult(fetched=1, deleted=1)
+    assert seen == ["m0", "m1", "m3", "m4", "m2"] and server.messages() == []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from protocol_only import ProtocolOnly
 
 from src.handlers import (
     AccountBusyError,
@@ -26,6 +27,7 @@ from src.handlers import (
 )
 from src.handlers._pop3.client import FastPOP3
 from src.handlers._sync.dbapi import Dialect
+from src.handlers._sync.transactional import sync_transactional
 from src.handlers.pop3 import POP3ProtocolHandler
 from src.testing.pop3_server import POP3TestServer
 
@@ -199,6 +201,22 @@ def test_one_message_per_transaction_still_downloads_in_one_pipelined_batch(
     assert result == SyncResult(fetched=5, deleted=5)
     assert retrs_before_save == [5] * 5  # every RETR went out before the first save
     assert len(commits) == 5 and server.messages() == []
+
+
+def test_a_mailbox_with_only_the_protocol_commits_each_message_once(
+    server: POP3TestServer, connect: Any
+) -> None:
+    conn = connect()
+    make_app_table(conn)
+    store = DBUIDStore(conn, account="alice", batch_size=2)
+    mailbox = ProtocolOnly(handler_for(server))
+    result = sync_transactional(mailbox, store, saver(placeholder(conn)), delete_after=True)
+    assert result == SyncResult(fetched=5, deleted=5)
+    assert saved(conn) == [f"m{i}" for i in range(5)] and server.messages() == []
+    commands = server.commands
+    retrs = [i for i, command in enumerate(commands) if command.startswith("RETR")]
+    deletes = [i for i, command in enumerate(commands) if command.startswith("DELE")]
+    assert len(retrs) == 5 and len(deletes) == 5 and max(retrs) < min(deletes)
 
 
 def test_messages_that_cannot_be_downloaded_are_failed_in_listing_order(

@@ -3,8 +3,8 @@
 :func:`sync_mailbox` lists the mailbox's unique IDs (``UIDL``), skips the ones in a
 :class:`~src.handlers._sync.uid_store.UIDStore`, and for every other message, oldest first:
 
-1. downloads and parses it (in size-bounded batches, each pipelined where the server
-   offers PIPELINING, when the mailbox has ``fetch_each``);
+1. downloads and parses it (through the mailbox's ``fetch_each``: size-bounded
+   batches, each pipelined where the server offers PIPELINING);
 2. calls ``handler_fn(message)``, the message dict carrying its unique ID under
    ``"uid"``;
 3. only if that returned, records the ID in the store (durably);
@@ -171,18 +171,13 @@ def sync_mailbox(
         tally.skipped = len(handled_before)
         if delete_after:
             tally.deleted += mark_for_deletion(handler, handled_before)
-        fetch_each: FetchEach | None = getattr(handler, "fetch_each", None)
-        if fetch_each is None:
-            for number, uid in todo:
-                _sync_one(handler, store, handler_fn, number, uid, delete_after, tally)
-        else:
-            done: list[int] = []
-            tally.deleted += hand_over_then_mark(
-                handler,
-                lambda: _hand_over(fetch_each, store, handler_fn, todo, tally, done),
-                done,
-                delete_after,
-            )
+        done: list[int] = []
+        tally.deleted += hand_over_then_mark(
+            handler,
+            lambda: _hand_over(fetch_each_of(handler), store, handler_fn, todo, tally, done),
+            done,
+            delete_after,
+        )
         if prune:
             store.retain(uids)
     result = tally.result()
@@ -241,6 +236,40 @@ def _recorded(store: UIDStore, uids: list[str]) -> Container[str]:
     return store if among is None else among(uids)
 
 
+def fetch_each_of(handler: SyncMailbox) -> FetchEach:
+    """The mailbox's ``fetch_each`` (:class:`POP3ProtocolHandler` has one), or, for a
+    mailbox that offers only :class:`SyncMailbox`, the same built on ``fetch_message``:
+    one message at a time, each handed over as soon as it has arrived."""
+    own: FetchEach | None = getattr(handler, "fetch_each", None)
+    if own is not None:
+        return own
+
+    def one_by_one(numbers: list[int], handle: Callable[[dict[str, Any]], object]) -> list[int]:
+        missed = []
+        for number in numbers:
+            try:
+                message = handler.fetch_message(number)
+            except POP3MessageTooLargeError as error:
+                log.warning("POP3 sync: message %d not handled: %s", number, error)
+                message = None
+            if message is None:
+                missed.append(number)
+            else:
+                message.setdefault("popId", number)
+                handle(message)
+        return missed
+
+    return one_by_one
+
+
+def log_handler_failure(uid: str, error: Exception) -> None:
+    """The WARNING for a message the application's function refused (it is tried
+    again next run)."""
+    log.warning(
+        "POP3 sync: handler failed for message %s: %s: %s", uid, type(error).__name__, error
+    )
+
+
 def _hand_over(
     fetch_each: FetchEach,
     store: UIDStore,
@@ -257,23 +286,17 @@ def _hand_over(
     def take(message: dict[str, Any]) -> None:
         number = message["popId"]
         uid = uid_of[number]
-        if uid in store:
+        if uid not in store:
+            message["uid"] = uid
+            try:
+                handler_fn(message)
+            except Exception as error:
+                log_handler_failure(uid, error)
+                return
+            store.add(uid)
+            tally.fetched += 1
+        else:
             tally.skipped += 1
-            recorded.append(number)
-            return
-        message["uid"] = uid
-        try:
-            handler_fn(message)
-        except Exception as error:
-            log.warning(
-                "POP3 sync: handler failed for message %s: %s: %s",
-                uid,
-                type(error).__name__,
-                error,
-            )
-            return
-        store.add(uid)
-        tally.fetched += 1
         recorded.append(number)
 
     fetch_each([number for number, _ in todo], take)
@@ -281,41 +304,3 @@ def _hand_over(
     for number, uid in todo:
         if number not in settled:
             tally.fail(uid)
-
-
-def _sync_one(
-    handler: SyncMailbox,
-    store: UIDStore,
-    handler_fn: MessageCallback,
-    number: int,
-    uid: str,
-    delete_after: bool,
-    tally: _Tally,
-) -> None:
-    if uid in store:
-        tally.skipped += 1
-        if delete_after and handler.delete_message(number):
-            tally.deleted += 1
-        return
-    try:
-        message = handler.fetch_message(number)
-    except POP3MessageTooLargeError as error:
-        log.warning("POP3 sync: message %s not handled: %s", uid, error)
-        tally.fail(uid)
-        return
-    if message is None:
-        tally.fail(uid)
-        return
-    message["uid"] = uid
-    try:
-        handler_fn(message)
-    except Exception as error:
-        log.warning(
-            "POP3 sync: handler failed for message %s: %s: %s", uid, type(error).__name__, error
-        )
-        tally.fail(uid)
-        return
-    store.add(uid)
-    tally.fetched += 1
-    if delete_after and handler.delete_message(number):
-        tally.deleted += 1

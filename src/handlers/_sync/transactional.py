@@ -4,17 +4,16 @@ A :class:`TransactionalUIDStore` keeps the handled UIDs in the application's own
 database and lets the sync run the application's save inside the same transaction.
 For each new message, oldest first, :func:`sync_transactional`:
 
-1. downloads and parses it (in size-bounded batches, each pipelined where the server
-   offers PIPELINING, when the mailbox has ``fetch_each``);
+1. downloads and parses it (through the mailbox's ``fetch_each``: size-bounded
+   batches, each pipelined where the server offers PIPELINING);
 2. opens a transaction (:meth:`~TransactionalUIDStore.begin`) and calls
    ``handler_fn(message, cursor)`` with a cursor in that transaction;
 3. records the UID in the same transaction (:meth:`~TransactionalUIDStore.record`);
 4. commits (:meth:`~TransactionalUIDStore.commit`), which first checks the account's
    fencing token inside the transaction;
 5. only then, with ``delete_after=True``, marks the committed messages for deletion:
-   all together once the run's last commit is done, or once a commit failed (after
-   each commit for a mailbox without ``fetch_each``); the ``DELE`` commands are
-   pipelined where the server offers PIPELINING.
+   all together once the run's last commit is done, or once a commit failed (the
+   ``DELE`` commands pipelined where the server offers PIPELINING).
 
 The save and the record are one commit, so there is no window: a worker that dies at
 any point either committed both (the message is skipped next time) or neither (it is
@@ -33,7 +32,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .._net.logs import get_logger
-from ..errors import ConfigurationError, LeaseLostError, POP3MessageTooLargeError
+from ..errors import ConfigurationError, LeaseLostError
 from .dbapi import Transactions, dialect_of
 from .lease import DEFAULT_LEASE_TTL, Lease, check_table_name
 from .sync import (
@@ -41,7 +40,9 @@ from .sync import (
     MessageCallback,
     SyncMailbox,
     SyncResult,
+    fetch_each_of,
     hand_over_then_mark,
+    log_handler_failure,
     mark_for_deletion,
     split_listing,
     split_recorded,
@@ -399,8 +400,7 @@ def sync_transactional(
     See the module docstring for the order of steps. A store with a ``batch_size``
     attribute above 1 (:class:`DBUIDStore`) gets that many messages per transaction.
     Messages are downloaded through the mailbox's ``fetch_each`` (size-bounded batches,
-    pipelined where the server allows) whatever the batch size; a mailbox without it
-    is asked with ``fetch_messages`` per batch, or ``fetch_message`` one by one.
+    pipelined where the server allows) whatever the batch size (:func:`fetch_each_of`).
     ``handler_fn`` must write only through the cursor: when it raises for one message
     of a batch, the batch's transaction is rolled back and run again without that
     message (so it may be called again for the others, in a new transaction).
@@ -430,21 +430,12 @@ def sync_transactional(
             fetched += len(committed)
             done.extend(committed)
 
-        fetch_each: FetchEach | None = getattr(handler, "fetch_each", None)
-        if fetch_each is None:
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                save(_download(handler, chunk, failed, batched=batch_size > 1))
-                if delete_after:
-                    deleted += mark_for_deletion(handler, done)
-                done.clear()
-        else:
-            deleted += hand_over_then_mark(
-                handler,
-                lambda: _in_batches(fetch_each, todo, batch_size, save, failed),
-                done,
-                delete_after,
-            )
+        deleted += hand_over_then_mark(
+            handler,
+            lambda: _in_batches(fetch_each_of(handler), todo, batch_size, save, failed),
+            done,
+            delete_after,
+        )
         if len(failed) > 1:
             order = {uid: index for index, (_, uid) in enumerate(todo)}
             failed.sort(key=order.__getitem__)
@@ -493,35 +484,6 @@ def _in_batches(
     failed.extend(uid_of[number] for number in missed)
 
 
-def _download(
-    handler: SyncMailbox, chunk: list[tuple[int, str]], failed: list[str], *, batched: bool
-) -> list[_Fetched]:
-    fetch_many = getattr(handler, "fetch_messages", None)
-    if batched and fetch_many is not None and len(chunk) > 1:
-        # Pipelined RETR; refused and too large messages are left out (and logged).
-        by_number = {message.get("popId"): message for message in fetch_many([n for n, _ in chunk])}
-        found = []
-        for number, uid in chunk:
-            message = by_number.get(number)
-            if message is None:
-                failed.append(uid)
-            else:
-                found.append((number, uid, message))
-        return found
-    found = []
-    for number, uid in chunk:
-        try:
-            one = handler.fetch_message(number)
-        except POP3MessageTooLargeError as error:
-            log.warning("POP3 sync: message %s not handled: %s", uid, error)
-            one = None
-        if one is None:
-            failed.append(uid)
-        else:
-            found.append((number, uid, one))
-    return found
-
-
 def _save_batch(
     store: TransactionalUIDStore,
     handler_fn: TransactionalCallback,
@@ -559,12 +521,7 @@ def _save_batch(
                     handler_fn(message, cursor)
                     store.record(uid)
                 except Exception as error:
-                    log.warning(
-                        "POP3 sync: handler failed for message %s: %s: %s",
-                        uid,
-                        type(error).__name__,
-                        error,
-                    )
+                    log_handler_failure(uid, error)
                     bad = index
                     break
         except BaseException:
