@@ -137,9 +137,7 @@ class Mailbox:
         def parse(number: int, raw: bytes, size: int) -> None:
             messages.append(self._options.parse(raw, number, size))
 
-        with self._session.using() as session:
-            _, wanted, size_of = self._wanted(session, numbers)
-            self._retrieve_all(session, wanted, size_of, parse)
+        self._retrieve_each(numbers, parse)
         return messages
 
     def fetch_raw(self, numbers: list[int] | None) -> dict[int, bytes]:
@@ -149,9 +147,7 @@ class Mailbox:
         def keep(number: int, raw: bytes, size: int) -> None:
             raws[number] = raw
 
-        with self._session.using() as session:
-            _, wanted, size_of = self._wanted(session, numbers)
-            self._retrieve_all(session, wanted, size_of, keep)
+        self._retrieve_each(numbers, keep)
         return raws
 
     def fetch_each(
@@ -178,14 +174,15 @@ class Mailbox:
             def keep(number: int, raw: bytes, size: int) -> None:
                 downloaded[number] = (raw, size)
 
-            if len(wanted) > 1 and session.run("CAPA", ClientAdapter.can_pipeline):
+            pipelined = _pipelines(session, len(wanted))
+            if pipelined:
                 batches: Iterable[list[int]] = _batches(wanted, size_of, batch_bytes)
             else:
                 # One round trip per message either way: hand each over at once.
                 batches = ([number] for number in wanted)
             for batch in batches:
                 downloaded.clear()
-                self._retrieve_all(session, batch, size_of, keep)
+                self._retrieve_all(session, batch, size_of, keep, pipelined)
                 for number in batch:
                     if number in downloaded:
                         raw, size = downloaded.pop(number)
@@ -233,7 +230,7 @@ class Mailbox:
         for number in numbers:
             check_message_id(number)
         found: dict[int, int | None] = {}
-        if len(numbers) > 1 and session.run("CAPA", ClientAdapter.can_pipeline):
+        if _pipelines(session, len(numbers)):
             asked = session.run("LIST", lambda adapter: adapter.sizes_of(numbers))
             found.update(
                 (n, size) for n, size in zip(numbers, asked, strict=True) if size is not None
@@ -252,35 +249,37 @@ class Mailbox:
                 log.warning("POP3 message %d is not in the mailbox; skipped", number)
         return targets, found.__getitem__
 
+    def _retrieve_each(
+        self, numbers: list[int] | None, handle: Callable[[int, bytes, int], None]
+    ) -> None:
+        """RETR the wanted messages of ``numbers`` (all for None) in one session and
+        hand each to ``handle``."""
+        with self._session.using() as session:
+            _, wanted, size_of = self._wanted(session, numbers)
+            self._retrieve_all(session, wanted, size_of, handle, _pipelines(session, len(wanted)))
+
     def _retrieve_all(
         self,
         session: Session,
         wanted: list[int],
         size_of: _SizeOf,
         handle: Callable[[int, bytes, int], None],
+        pipelined: bool,
     ) -> None:
-        """RETR ``wanted`` (pipelined where the server offers it); hand each to ``handle``."""
-        if len(wanted) > 1 and session.run("CAPA", ClientAdapter.can_pipeline):
-            self._retrieve_pipelined(session, wanted, size_of, handle)
+        """RETR ``wanted`` (pipelined if ``pipelined`` and more than one); hand each to
+        ``handle``. Refused and too large messages are logged and skipped."""
+        if not (pipelined and len(wanted) > 1):
+            for number in wanted:
+                try:
+                    raw = self._retrieve(session, number)
+                except POP3MessageTooLargeError as error:
+                    log.warning("skipping POP3 message %d: %s", number, error)
+                    continue
+                except POP3ResponseError as error:
+                    log.warning("POP3 server refused message %d: %s", number, error)
+                    continue
+                handle(number, raw, _size(size_of(number), raw))
             return
-        for number in wanted:
-            try:
-                raw = self._retrieve(session, number)
-            except POP3MessageTooLargeError as error:
-                log.warning("skipping POP3 message %d: %s", number, error)
-                continue
-            except POP3ResponseError as error:
-                log.warning("POP3 server refused message %d: %s", number, error)
-                continue
-            handle(number, raw, _size(size_of(number), raw))
-
-    def _retrieve_pipelined(
-        self,
-        session: Session,
-        wanted: list[int],
-        size_of: _SizeOf,
-        handle: Callable[[int, bytes, int], None],
-    ) -> None:
         limit = self._options.max_message_size
 
         def deliver(number: int, status: bytes, raw: bytes | None) -> None:
@@ -345,7 +344,7 @@ class Mailbox:
         for number in numbers:
             check_message_id(number)
         with self._session.using() as session:
-            if len(numbers) > 1 and session.run("CAPA", ClientAdapter.can_pipeline):
+            if _pipelines(session, len(numbers)):
                 outcomes = self._delete_pipelined(session, numbers)
             else:
                 outcomes = [self._delete(session, number) for number in numbers]
@@ -413,6 +412,12 @@ def _targets(requested: Iterable[int] | None, listing: ScanListing) -> Iterable[
         else:
             log.warning("POP3 message %d is not in the mailbox; skipped", number)
     return targets
+
+
+def _pipelines(session: Session, count: int) -> bool:
+    """Whether ``count`` commands go out pipelined: more than one, and the server lists
+    PIPELINING (asked at most once per connection; one command is not worth a CAPA)."""
+    return count > 1 and session.run("CAPA", ClientAdapter.can_pipeline)
 
 
 def _size_asker(number: int) -> Callable[[ClientAdapter], int | None]:
