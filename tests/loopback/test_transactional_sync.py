@@ -99,6 +99,29 @@ def saved(connection: Any) -> list[str]:
     return rows
 
 
+def record_commits(
+    store: DBUIDStore,
+    events: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fail_at: int | None = None,
+) -> None:
+    """Append "commit" to ``events`` at each of the store's commits; the ``fail_at``-th
+    (from 1) rolls back instead and raises OSError, as a database that went away."""
+    commit = store.commit
+    count = 0
+
+    def recording_commit() -> None:
+        nonlocal count
+        count += 1
+        if count == fail_at:
+            store.rollback()
+            raise OSError("the database went away")
+        commit()
+        events.append("commit")
+
+    monkeypatch.setattr(store, "commit", recording_commit)
+
+
 # -- the transactional path ---------------------------------------------------------
 
 
@@ -131,13 +154,8 @@ def test_committed_messages_are_deleted_in_one_pipelined_round_after_the_last_co
         events.append(f"save {message['subject']}")
         save(message, cursor)
 
-    commit, dele_many = store.commit, FastPOP3.dele_many
-
-    def recording_commit() -> None:
-        commit()
-        events.append("commit")
-
-    monkeypatch.setattr(store, "commit", recording_commit)
+    record_commits(store, events, monkeypatch)
+    dele_many = FastPOP3.dele_many
 
     def recording_dele_many(self: FastPOP3, numbers: Any, window: int = 128) -> list[bytes]:
         events.append(f"dele {list(numbers)}")
@@ -159,17 +177,7 @@ def test_a_run_that_fails_after_a_commit_still_deletes_what_was_committed(
     conn = connect()
     make_app_table(conn)
     store = DBUIDStore(conn, account="alice", batch_size=3)
-    commit = store.commit
-    commits: list[int] = []
-
-    def second_commit_fails() -> None:
-        commits.append(len(commits))
-        if len(commits) == 2:
-            store.rollback()
-            raise OSError("the database went away")
-        commit()
-
-    monkeypatch.setattr(store, "commit", second_commit_fails)
+    record_commits(store, [], monkeypatch, fail_at=2)
     with pytest.raises(OSError, match="went away"):
         handler_for(server).sync(store, saver(placeholder(conn)), delete_after=True)
     assert saved(conn) == ["m0", "m1", "m2"]
@@ -184,19 +192,13 @@ def test_one_message_per_transaction_still_downloads_in_one_pipelined_batch(
     store = DBUIDStore(conn, account="alice")  # batch_size 1: a commit per message
     retrs_before_save: list[int] = []
     commits: list[str] = []
+    record_commits(store, commits, monkeypatch)
     save = saver(placeholder(conn))
 
     def counting_save(message: dict[str, Any], cursor: Any) -> None:
         retrs_before_save.append(sum(c.startswith("RETR") for c in server.commands))
         save(message, cursor)
 
-    commit = store.commit
-
-    def recording_commit() -> None:
-        commit()
-        commits.append("commit")
-
-    monkeypatch.setattr(store, "commit", recording_commit)
     result = handler_for(server).sync(store, counting_save, delete_after=True)
     assert result == SyncResult(fetched=5, deleted=5)
     assert retrs_before_save == [5] * 5  # every RETR went out before the first save
