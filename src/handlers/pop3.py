@@ -41,7 +41,7 @@ from ._net.config import Encryption, Endpoint, Timeouts
 from ._net.connect import Proxy
 from ._net.logs import get_logger
 from ._net.tls import resolve_context
-from ._pop3.checks import check_size_limit, credentials_for
+from ._pop3.checks import check_byte_count, check_size_limit, credentials_for
 from ._pop3.client import FastPOP3, FastPOP3_SSL
 from ._pop3.connection import DEFAULT_CONNECT_RETRY, ClientFactory, POP3Connector
 from ._pop3.listing import UIDListing
@@ -59,7 +59,6 @@ from ._sync.transactional import (
 )
 from ._sync.uid_store import FileUIDStore, MemoryUIDStore, SQLiteUIDStore, UIDStore
 from .errors import (
-    ConfigurationError,
     POP3AuthenticationError,
     POP3ConnectionError,
     POP3MailboxBusyError,
@@ -401,10 +400,7 @@ class POP3ProtocolHandler:
         returned. ``handle`` is not timed; if it raises, no later message is fetched
         and the exception propagates.
         """
-        if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int) or batch_bytes < 1:
-            raise ConfigurationError(
-                "batch_bytes must be a positive number of bytes", "batch_bytes"
-            )
+        check_byte_count(batch_bytes, "batch_bytes")
         return self._mailbox.fetch_each(message_ids, handle, batch_bytes)
 
     def fetch_raw_messages(self, message_ids: list[int] | None = None) -> dict[int, bytes]:

@@ -14,17 +14,19 @@ from .._auth.oauth2 import TokenProvider, TokenSource
 from ..errors import ConfigurationError, MailValidationError
 
 
+def check_byte_count(value: int, field: str) -> int:
+    """``value`` if it is a positive int (not a bool); else a ConfigurationError naming
+    ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{field} must be a positive byte count", field)
+    return value
+
+
 def check_size_limit(max_message_size: int | None) -> int | None:
     """``max_message_size`` if it is None or a positive int."""
-    if max_message_size is not None and (
-        isinstance(max_message_size, bool)
-        or not isinstance(max_message_size, int)
-        or max_message_size < 1
-    ):
-        raise ConfigurationError(
-            "max_message_size must be a positive byte count", "max_message_size"
-        )
-    return max_message_size
+    if max_message_size is None:
+        return None
+    return check_byte_count(max_message_size, "max_message_size")
 
 
 def credentials_for(
